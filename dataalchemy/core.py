@@ -21,7 +21,7 @@ CJK_RANGES = ('\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff'   # CJK unified ideograp
               '\u3040-\u309f\u30a0-\u30ff'                # Japanese hiragana, katakana
               '\U00020000-\U0002ebef')                    # CJK extensions B-F
 _re_cjk = re.compile(f'[{CJK_RANGES}]')
-TOKEN_RE = re.compile(rf"[{CJK_RANGES}]|(?:(?![{CJK_RANGES}])[^\W_])+(?:['’\-](?:(?![{CJK_RANGES}])[^\W_])+)*")
+TOKEN_RE = re.compile(rf"[{CJK_RANGES}]|[^\W_{CJK_RANGES}]+(?:['’\-][^\W_{CJK_RANGES}]+)*")
 _re_token = TOKEN_RE
 
 def is_cjk(ch: str) -> bool:
@@ -84,7 +84,7 @@ def normalize(text: str, form: str | None = 'NFKC', collapse_ws: bool = True, lo
     "Unicode-normalise `text` (`form`), collapse whitespace runs to one space and strip, optionally lowercase."
     text = text or ''
     if form: text = unicodedata.normalize(form, text)
-    if collapse_ws: text = re.sub(r'\s+', ' ', text).strip()
+    if collapse_ws: text = ' '.join(text.split())
     return text.lower() if lower else text
 
 def stable_id(obj: Any, n: int = 16) -> str:

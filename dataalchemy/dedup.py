@@ -387,9 +387,11 @@ class LocalEngine:
         import multiprocessing as mp
         from collections import deque
         fn = _self()._sig_chunk
-        # forkserver: workers start from a clean process, not from a copy of this one (whose heap may hold the corpus)
-        ctx = mp.get_context(os.environ.get('DATAALCHEMY_MP_START') or ('forkserver' if os.name == 'posix' else 'spawn'))
-        with ctx.Pool(self.workers) as pool:
+        import gc
+        gc.freeze()                 # forked workers then leave this process's objects alone (no copy-on-write by GC)
+        try: pool = mp.get_context('fork' if os.name == 'posix' else 'spawn').Pool(self.workers)
+        finally: gc.unfreeze()
+        with pool:
             q = deque()
             for c in itertools.chain([first, second], it):
                 q.append(pool.apply_async(fn, (c, params)))

@@ -1,6 +1,6 @@
 """Dedup benchmark: the course's per-token MinHash loop vs dataalchemy.dedup, on the same records in the same run.
 
-    python bench/dedup_bench.py [--corpus ../shared/corpora/t0_train_50k.jsonl.gz] [--limit N] [--sample 5000]
+    python bench/dedup.py [--corpus ../shared/corpora/t0_train_50k.jsonl.gz] [--limit N] [--sample 5000]
 
 Speed: records/s of (1) a faithful re-implementation of the course's SimpleDeduplicator (whitespace tokens, one
 `MinHash(num_perm)` per record, `update` per token, MinHashLSH query-then-insert loop) and (2) `find_clusters`

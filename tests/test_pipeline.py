@@ -1,0 +1,207 @@
+"The configured pipeline: `dataalchemy build` offline on the course example, with a model (FakeOpenAI), resuming after SIGKILL."
+import json, os, re, shutil, signal, subprocess, sys, time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import dataalchemy.pipeline as pl
+from dataalchemy.cli import load_commands
+from dataalchemy.core import read_records
+from dataalchemy.formats import validate
+from dataalchemy.qa import offline_doc_qa
+from dataalchemy.testing import FakeOpenAI, last_user
+
+ROOT = Path(__file__).resolve().parents[1]
+COURSE = ROOT / 'examples' / 'course.toml'
+DOCS = ROOT / 'examples' / 'docs'
+
+
+def fake_doc_qa(messages, params):
+    "A 'model' for the doc_qa task: the offline generator's pairs, with a summary that says who wrote it."
+    text = last_user(messages)
+    m = re.search(r'Text:\n(.*)\n\nFirst summarise', text, re.S) or re.search(r'文本：\n(.*)\n\n请先用一句话', text, re.S)
+    n = re.search(r'write (\d+) question|再写 (\d+) 个', text)
+    if not m: return 'I cannot help with that.'
+    obj = json.loads(offline_doc_qa({'text': m.group(1), 'n': int(next(g for g in n.groups() if g)) if n else 3}))
+    obj['summary'] = 'fake model: ' + obj['summary']
+    return 'Sure! Here is the JSON:\n```json\n' + json.dumps(obj, ensure_ascii=False) + '\n```'
+
+
+def write_config(path: Path, docs, **sections) -> Path:
+    "A small build config: `sections` maps section -> {key: value} (TOML written by hand, values JSON-encoded)."
+    lines = ['[build]', f'documents = {json.dumps([str(d) for d in docs])}', 'out = "run"',
+             'formats = ["alpaca", "sharegpt", "messages", "prompt-completion"]']
+    for k, v in sections.pop('build', {}).items(): lines.append(f'{k} = {json.dumps(v)}')
+    for s, kv in sections.items():
+        lines.append(f'[{s}]')
+        lines += [f'{k} = {json.dumps(v)}' for k, v in kv.items()]
+    path.write_text('\n'.join(lines) + '\n', encoding='utf-8')
+    return path
+
+
+SMALL = dict(qa={'chunk_by': 'sentences', 'chunk_size': 60, 'chunk_overlap': 0, 'pairs_per_chunk': 3},
+             pii={'enabled': False}, toxicity={'backend': 'lexicon'}, dedup={'workers': 1}, topk={'k': 3})
+
+
+@pytest.fixture
+def clean_env(monkeypatch, tmp_path):
+    for k in ('DATAALCHEMY_BASE_URL', 'OPENAI_API_KEY', 'DATAALCHEMY_LLM_BASE_URL', 'DATAALCHEMY_BACKEND', 'DATAALCHEMY_MODEL'):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv('DATAALCHEMY_CACHE_DIR', str(tmp_path / 'cache'))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def texts_of(path):
+    return [json.dumps(r, ensure_ascii=False) for r in read_records(path, allow_empty=True)]
+
+
+def test_course_offline(clean_env):
+    "The README's main job: the course example builds offline, every output validates, the report is self-contained."
+    out = clean_env / 'course'
+    t0 = time.perf_counter()
+    r = CliRunner().invoke(load_commands(), ['build', str(COURSE), '--out', str(out), '--quiet'])
+    assert r.exit_code == 0, r.output
+    assert time.perf_counter() - t0 < 120
+    for fmt in ('alpaca', 'sharegpt', 'messages', 'prompt-completion'):
+        f = out / f'sft.{fmt}.jsonl'
+        recs = list(read_records(f))
+        assert len(recs) > 100 and not list(validate(f, fmt)), fmt
+        assert all('meta' not in x for x in recs)
+    alltext = '\n'.join(texts_of(out / 'sft.alpaca.jsonl'))
+    assert 'course-help@dataalchemy.example.org' not in alltext and '13812345678' not in alltext   # PII scrubbed
+    assert '<EMAIL_ADDRESS>' in alltext or '<EMAIL>' in alltext
+    assert 'idiot' not in alltext                                                                 # toxicity dropped it
+    assert any('\u4e00' <= ch <= '\u9fff' for ch in alltext)                                      # Chinese made it through
+    st = json.loads((out / 'stats.json').read_text())
+    stages = {s['stage']: s for s in st['stages']}
+    assert list(stages) == ['ingest', 'qa', 'alpaca', 'filters', 'pii', 'toxicity', 'dedup', 'augment', 'topk']
+    assert stages['dedup']['reasons'].get('exact_duplicate', 0) >= 2 and st['clusters']['n'] >= 1
+    assert stages['augment']['records_out'] > stages['augment']['records_in']
+    assert {d.split(':')[0] for d in stages['ingest']['counts']} == {'chunks'} and stages['ingest']['records_out'] >= 30
+    assert st['lengths']['zh']['output']['n'] > 10 and st['lengths']['en']['output']['n'] > 10
+    assert st['engine']['backend'] == 'offline' and st['engine']['cost_usd'] == 0
+    for s in stages.values():                                                       # every drop is in a rejected file, with its reason
+        if s['dropped']:
+            rej = list(read_records(s['rejected_file']))
+            assert len(rej) == s['dropped'] and all(x['reason'] and x['step'] == s['stage'] for x in rej)
+    top = list(read_records(out / 'topk.jsonl'))
+    assert all(len(x['docs']) == 3 and 0 <= x['pos_index'][0] < 3 for x in top)
+    page = (out / 'report.html').read_text(encoding='utf-8')
+    assert page.count('data:image/png;base64,') == 4 and 'Generated offline' in page
+    assert not re.search(r'(src|href)=["\']https?://', page)                        # nothing loaded from the network
+    # a second run skips every stage and writes the same files
+    before = {f.name: f.read_bytes() for f in out.glob('*.jsonl')}
+    r = CliRunner().invoke(load_commands(), ['build', str(COURSE), '--out', str(out), '--quiet'])
+    assert r.exit_code == 0 and r.output.count('finished earlier, skipped') == 9, r.output
+    assert before == {f.name: f.read_bytes() for f in out.glob('*.jsonl')}
+
+
+def test_config_errors_name_the_key(clean_env):
+    run = CliRunner().invoke
+    bad = {'[dedup]\nthreshhold = 0.7': "dedup.threshhold: unknown key (did you mean 'threshold'?)",
+           '[dedup]\nthreshold = 1.2': 'dedup.threshold: threshold must be in (0, 1]',
+           '[topk]\nk = "five"': 'topk.k: expected an integer',
+           '[augment]\nenabled = true\nmethod = "magic"': 'augment.method: unknown augmentation method',
+           '[qa]\nchunk_by = "pages"': 'qa.chunk_by: chunk_by must be chars, tokens or sentences',
+           '[toxicity]\nbackend = "perspective"': 'toxicity.backend: unknown toxicity backend',
+           '[llm]\nconcurency = 4': "llm.concurency: unknown key (did you mean 'concurrency'?)",
+           '[outputs]\nformats = ["alpaca"]': 'outputs: unknown key'}
+    for body, msg in bad.items():
+        f = clean_env / 'c.toml'
+        f.write_text(f'[build]\ndocuments = ["{DOCS}"]\n{body}\n', encoding='utf-8')
+        r = run(load_commands(), ['build', str(f)])
+        assert r.exit_code == 2 and f'{f}: {msg}' in r.output, (body, r.output)
+    f.write_text('[build]\nformats = ["alpaca"]\n', encoding='utf-8')
+    r = run(load_commands(), ['build', str(f)])
+    assert r.exit_code == 2 and 'build.documents: missing' in r.output
+    r = run(load_commands(), ['build', str(clean_env / 'nope.toml')])
+    assert r.exit_code == 2 and 'no such configuration file' in r.output
+
+
+def test_with_endpoint_uses_the_model(clean_env, monkeypatch):
+    "DATAALCHEMY_BASE_URL set: the QA stage asks the model (one batch), the report shows tokens and cost; reruns are free."
+    cfg = write_config(clean_env / 'c.toml', [DOCS / 'overfitting.md', DOCS / 'metrics_zh.txt'], **SMALL,
+                       build={'report': 'both'})
+    with FakeOpenAI(responder=fake_doc_qa) as srv:
+        monkeypatch.setenv('DATAALCHEMY_BASE_URL', srv.url)
+        monkeypatch.setenv('OPENAI_API_KEY', 'sk-test')
+        monkeypatch.setenv('DATAALCHEMY_MODEL', 'gpt-4o-mini')
+        res = pl.build(cfg, progress=False, log=lambda m: None)
+        n_chunks = res['stages'][0]['records_out']
+        assert srv.n_requests == n_chunks                                        # one request per chunk, no repairs needed
+        qa_recs = list(read_records(res['pipeline'].output('qa')))
+        assert qa_recs and all(r['meta']['backend'] == 'openai' and r['meta']['model'] == 'gpt-4o-mini' for r in qa_recs)
+        assert all(r['meta']['summary'].startswith('fake model: ') for r in qa_recs)
+        e = res['engine']
+        assert e['backend'] == 'openai' and e['usage']['completion_tokens'] > 0 and e['cost_usd'] > 0
+        page = (clean_env / 'run' / 'report.html').read_text(encoding='utf-8')
+        assert 'Generated by <code>gpt-4o-mini</code>' in page and 'Model calls, tokens and cost' in page
+        assert (clean_env / 'run' / 'report.md').exists() and (clean_env / 'run' / 'report_files' / 'lengths.png').exists()
+        # rerun: every stage skipped, no request; --fresh: every stage runs, replies come from the cache
+        res2 = pl.build(cfg, progress=False, log=lambda m: None)
+        assert all(s['skipped'] for s in res2['stages']) and srv.n_requests == n_chunks
+        res3 = pl.build(cfg, progress=False, fresh=True, log=lambda m: None)
+        assert not any(s['skipped'] for s in res3['stages']) and srv.n_requests == n_chunks
+        qa3 = [s for s in res3['stages'] if s['stage'] == 'qa'][0]
+        assert qa3['engine']['usage']['cached'] == n_chunks
+    # without the endpoint the engine changes, so QA (and what follows) runs again, offline
+    monkeypatch.delenv('DATAALCHEMY_BASE_URL'); monkeypatch.delenv('OPENAI_API_KEY')
+    res4 = pl.build(cfg, progress=False, log=lambda m: None)
+    skipped = {s['stage']: s['skipped'] for s in res4['stages']}
+    assert skipped['ingest'] and not skipped['qa'] and res4['engine']['backend'] == 'offline'
+
+
+def _build_args(cfg, out):
+    return [sys.executable, '-c', 'from dataalchemy.cli import main; main()', 'build', str(cfg), '--out', str(out)]
+
+
+def test_sigkill_mid_run_resumes(clean_env):
+    "Kill the build with SIGKILL during the QA stage: the rerun skips ingest, gets the answered requests from the cache, and ends with the same files."
+    cfg = write_config(clean_env / 'c.toml', [DOCS / 'gradient_descent.txt', DOCS / 'overfitting_zh.md', DOCS / 'attention.pdf'], **SMALL)
+    with FakeOpenAI(responder=fake_doc_qa, latency=0.15) as srv:
+        env = {**os.environ, 'DATAALCHEMY_BASE_URL': srv.url, 'OPENAI_API_KEY': 'sk-test', 'DATAALCHEMY_MODEL': 'fake-qa',
+               'DATAALCHEMY_LLM_CONCURRENCY': '1', 'DATAALCHEMY_CACHE_DIR': str(clean_env / 'cache')}
+        # the reference: one uninterrupted run with its own cache
+        ref = subprocess.run(_build_args(cfg, clean_env / 'ref'), env={**env, 'DATAALCHEMY_CACHE_DIR': str(clean_env / 'refcache')},
+                             capture_output=True, text=True)
+        assert ref.returncode == 0, ref.stdout + ref.stderr
+        n_chunks = json.loads((clean_env / 'ref' / 'stats.json').read_text())['stages'][0]['records_out']
+        assert n_chunks >= 8
+        srv.reset()
+        out = clean_env / 'run'
+        p = subprocess.Popen(_build_args(cfg, out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        qa_dir = out / 'stages' / '02_qa'
+        deadline = time.time() + 120
+        while srv.n_requests < 4 and time.time() < deadline and p.poll() is None: time.sleep(0.05)
+        time.sleep(0.4)                                                          # let the cache flush a few replies
+        p.send_signal(signal.SIGKILL); p.wait()
+        assert p.returncode == -signal.SIGKILL
+        assert (out / 'stages' / '01_ingest' / 'done.json').exists() and not (qa_dir / 'done.json').exists()
+        assert not (out / 'sft.alpaca.jsonl').exists()
+        first = srv.n_requests
+        assert first < n_chunks
+        r = subprocess.run(_build_args(cfg, out), env=env, capture_output=True, text=True)
+        assert r.returncode == 0, r.stdout + r.stderr
+        log = r.stdout + r.stderr
+        assert 'ingest: finished earlier, skipped' in log and 'qa: finished earlier' not in log
+        again = srv.n_requests - first
+        assert again < n_chunks and first + again >= n_chunks                     # answered requests were not sent again
+    for f in ('sft.alpaca.jsonl', 'sft.sharegpt.jsonl', 'sft.messages.jsonl', 'sft.prompt-completion.jsonl', 'topk.jsonl'):
+        assert (out / f).read_bytes() == (clean_env / 'ref' / f).read_bytes(), f
+    assert not list(out.glob('stages/*/.*.tmp'))
+
+
+def test_python_api_one_stage_at_a_time(clean_env):
+    "A notebook runs the configured pipeline up to a stage, inspects it, changes an option and reruns from there."
+    cfg = pl.load_config(write_config(clean_env / 'c.toml', [DOCS / 'data_cleaning_zh.md', DOCS / 'data_cleaning.txt'], **SMALL))
+    p = pl.pipeline_from_config(cfg, progress=False, log=lambda m: None)
+    p.run(until='filters')
+    assert list(p.results) == ['ingest', 'qa', 'alpaca', 'filters'] and p.marker('dedup') is None
+    n = len(p.records('filters'))
+    p.rerun('filters', min_output_length=15)
+    assert [m['skipped'] for m in p.results.values()] == [True, True, True, False] + [False] * (len(p) - 4)
+    dropped = p.rejected('filters')
+    assert len(p.records('filters')) + len(dropped) == n and all(d['reason'] for d in dropped)
+    assert any('\u4e00' <= c <= '\u9fff' for d in dropped for c in d['record']['output'])    # Chinese lengths are counted per character
