@@ -607,6 +607,27 @@ class OpenAIBackend:
         u = getattr(r, 'usage', None)
         return [d.embedding for d in sorted(r.data, key=lambda d: d.index)], {'prompt_tokens': getattr(u, 'prompt_tokens', 0) or 0}
 
+    async def loglik(self, pairs: list[tuple[str, str]]) -> tuple[list[float], dict]:
+        "log P(continuation | prefix) per pair, from `/completions` with `echo` and `logprobs` (prompt logprobs, as vLLM serves them)."
+        import openai, httpx
+        body = {'model': self.model, 'prompt': [p + c for p, c in pairs], 'echo': True, 'max_tokens': 1, 'logprobs': 1,
+                'temperature': 0}
+        try: d = (await self.client.post('/completions', body=body, cast_to=httpx.Response)).json()
+        except (openai.OpenAIError, ValueError) as e: raise self._error(e) from None
+        choices = sorted((d.get('choices') if isinstance(d, dict) else None) or [], key=lambda c: c.get('index', 0))
+        if len(choices) != len(pairs):
+            raise LLMError(f'malformed response from {self.endpoint}: {len(choices)} choices for {len(pairs)} prompts', retryable=True)
+        out = []
+        for (p, c), ch in zip(pairs, choices):
+            lp = ch.get('logprobs') or {}
+            toks, offs, lps = lp.get('tokens'), lp.get('text_offset'), lp.get('token_logprobs')
+            if not toks or offs is None or lps is None:
+                raise LLMError(f'{self.endpoint} returned no prompt logprobs: scoring needs /v1/completions with echo=True '
+                               'and logprobs (e.g. vLLM)')
+            lo, hi = len(p), len(p) + len(c)          # the tokens that overlap the continuation's characters
+            out.append(float(sum(x for t, off, x in zip(toks, offs, lps) if x is not None and off < hi and off + len(t) > lo)))
+        return out, {'prompt_tokens': (d.get('usage') or {}).get('prompt_tokens') or 0}
+
 class TransformersBackend:
     "A local Hugging Face causal LM (a name/path, or a model object with its `tokenizer`); one generation at a time."
     name = 'transformers'
@@ -935,32 +956,29 @@ class Engine:
         try: return self.generate([Request(messages, **params)])[0]
         finally: self.progress = p
 
-    # -- embeddings ----------------------------------------------------------------------------------------------
-    async def aembed(self, texts: list[str], model: str | None = None, batch_size: int = 128):
-        "Embeddings of `texts` (openai backend, `/v1/embeddings`) as a float32 numpy array; cached per text."
-        import numpy as np
+    # -- batched calls answered per item: embeddings, log-likelihoods ------------------------------------------------
+    def _need_endpoint(self, what: str, alternative: str):
         if not isinstance(self.backend, OpenAIBackend):
-            raise ValueError(f"embed() needs an OpenAI-compatible endpoint (backend is {self.backend.name!r}): set "
-                             "DATAALCHEMY_BASE_URL, or use a local sentence-transformers model for embeddings")
-        model = model or self.embed_model
-        texts = list(texts)
-        vecs: list = [None] * len(texts)
-        keys = [cache_key(self.backend.endpoint, model, {'embed': t}) for t in texts]
+            raise ValueError(f"{what} needs an OpenAI-compatible endpoint (backend is {self.backend.name!r}): set "
+                             f"DATAALCHEMY_BASE_URL, {alternative}")
+
+    async def _abatched(self, keys: list[str], call: Callable, batch_size: int, tokens: Callable, what: str) -> list:
+        "One value per cache key: hits from the cache, the rest from `await call(indices) -> (values, usage)` in concurrent batches."
+        vals: list = [None] * len(keys)
         if self.use_cache:
             for i, k in enumerate(keys):
-                if (hit := self.cache.get(k)) is not None: vecs[i] = hit['v']; self.usage.cached += 1
-        todo = [i for i, v in enumerate(vecs) if v is None]
+                if (hit := self.cache.get(k)) is not None: vals[i] = hit['v']; self.usage.cached += 1
+        todo = [i for i, v in enumerate(vals) if v is None]
         batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
         self._rpm, self._tpm = RateLimiter(self.rpm), RateLimiter(self.tpm)
         errors = []
         async def run(batch):
-            val, _, err = await self._call(lambda: self.backend.embed([texts[i] for i in batch], model),
-                                           sum(approx_tokens(texts[i]) for i in batch) if self._tpm.interval else 0)
+            val, _, err = await self._call(lambda: call(batch), tokens(batch) if self._tpm.interval else 0)
             if err: errors.append(err); return
             vs, u = val
             self.usage.requests += 1; self.usage.prompt_tokens += u.get('prompt_tokens', 0)
             for i, v in zip(batch, vs):
-                vecs[i] = v
+                vals[i] = v
                 if self.use_cache: self.cache.put(keys[i], {'v': v})
         if batches:
             await self.backend.open()
@@ -972,8 +990,30 @@ class Engine:
             finally:
                 await self.backend.close()
                 if self._cache is not None: self._cache.flush()
-        if errors: raise RuntimeError(f'embedding failed for {len(errors)} batch(es): {errors[0]}')
+        if errors: raise RuntimeError(f'{what} failed for {len(errors)} batch(es): {errors[0]}')
+        return vals
+
+    async def aembed(self, texts: list[str], model: str | None = None, batch_size: int = 128):
+        "Embeddings of `texts` (openai backend, `/v1/embeddings`) as a float32 numpy array; cached per text."
+        import numpy as np
+        self._need_endpoint('embed()', 'or use a local sentence-transformers model for embeddings')
+        model, texts = model or self.embed_model, list(texts)
+        keys = [cache_key(self.backend.endpoint, model, {'embed': t}) for t in texts]
+        vecs = await self._abatched(keys, lambda b: self.backend.embed([texts[i] for i in b], model), batch_size,
+                                    lambda b: sum(approx_tokens(texts[i]) for i in b), 'embedding')
         return np.asarray(vecs, dtype=np.float32).reshape(len(texts), -1)
+
+    async def aloglik(self, pairs, batch_size: int = 8) -> list[float]:
+        "log P(continuation | prefix) for each `(prefix, continuation)` (openai backend, `/v1/completions` with prompt logprobs); cached per pair."
+        self._need_endpoint('loglik()', 'to an endpoint that serves prompt logprobs (e.g. vLLM), or score with a local model')
+        pairs = [(str(p), str(c)) for p, c in pairs]
+        keys = [cache_key(self.backend.endpoint, self.backend.model, {'loglik': list(pc)}) for pc in pairs]
+        return await self._abatched(keys, lambda b: self.backend.loglik([pairs[i] for i in b]), batch_size,
+                                    lambda b: sum(approx_tokens(pairs[i][0] + pairs[i][1]) for i in b), 'log-likelihood scoring')
+
+    def loglik(self, pairs, batch_size: int = 8) -> list[float]:
+        "Sync `aloglik`."
+        return _run_sync(self.aloglik(pairs, batch_size))
 
     def embed(self, texts: list[str], model: str | None = None, batch_size: int = 128):
         "Sync `aembed`."

@@ -146,38 +146,22 @@ class HFScorer:
         return out
 
 class CompletionsScorer:
-    "Sum of log P(continuation | prefix) from an OpenAI-compatible /v1/completions endpoint (echo + logprobs, as vLLM)."
+    "Sum of log P(continuation | prefix) from an OpenAI-compatible /v1/completions endpoint (echo + logprobs, as vLLM), through the LLM engine."
     def __init__(self, model: str | None = None, base_url: str | None = None, api_key: str | None = None,
-                 batch_size: int = 8, timeout: float | None = None, settings: Settings | None = None):
+                 batch_size: int = 8, timeout: float | None = None, settings: Settings | None = None, engine=None):
         s = settings or get_settings()
-        self.name = model or s.get('llm', 'model', 'gpt-4o-mini')
         self.base_url = base_url or s.get('llm', 'base_url')
-        if not self.base_url: raise ValueError("LM scoring over an endpoint needs a base_url (DATAALCHEMY_BASE_URL or --base-url) "
-                                               "that serves /v1/completions with echo and logprobs (e.g. vLLM)")
-        self._key, self.batch_size, self.backend = s.api_key(api_key) or 'not-set', batch_size, 'openai-completions'
-        self.timeout = float(timeout or s.get('llm', 'timeout', 60))
-        self.max_retries = int(s.get('llm', 'max_retries', 6))
+        if engine is None and not self.base_url:
+            raise ValueError("LM scoring over an endpoint needs a base_url (DATAALCHEMY_BASE_URL or --base-url) "
+                             "that serves /v1/completions with echo and logprobs (e.g. vLLM)")
+        from dataalchemy.llm import Engine               # retries, rate limits, concurrency and the cache come from here
+        self.engine = engine or Engine(backend='openai', model=model, base_url=self.base_url, api_key=api_key,
+                                       timeout=timeout, progress=False, settings=s)
+        self.name, self.batch_size, self.backend = self.engine.backend.model, batch_size, 'openai-completions'
 
     def loglik(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
-        "log P(continuation | prefix) for each `(prefix, continuation)`, `batch_size` prompts per request."
-        try: import openai
-        except ImportError: raise ImportError('endpoint scoring needs openai: pip install openai') from None
-        client = openai.OpenAI(base_url=self.base_url, api_key=self._key, timeout=self.timeout, max_retries=self.max_retries)
-        out = []
-        try:
-            for s in range(0, len(pairs), self.batch_size):
-                batch = pairs[s:s + self.batch_size]
-                r = client.completions.create(model=self.name, prompt=[p + c for p, c in batch], echo=True, max_tokens=1,
-                                              logprobs=1, temperature=0)
-                for (p, c), ch in zip(batch, sorted(r.choices, key=lambda x: x.index)):
-                    lp = ch.logprobs
-                    if lp is None or lp.text_offset is None:
-                        raise RuntimeError(f"{self.base_url} returned no prompt logprobs: it must support echo=True with logprobs")
-                    lo, hi = len(p), len(p) + len(c)
-                    out.append(float(sum(x for t, off, x in zip(lp.tokens, lp.text_offset, lp.token_logprobs)
-                                         if x is not None and off < hi and off + len(t) > lo)))
-        finally: client.close()
-        return out
+        "log P(continuation | prefix) for each `(prefix, continuation)`, `batch_size` prompts per request (`Engine.loglik`)."
+        return self.engine.loglik(pairs, self.batch_size)
 
 # %% ../nbs/09b_retrieval.ipynb #7f31d096
 def softmax(x: Sequence[float], temperature: float = 1.0) -> list[float]:
