@@ -12,11 +12,33 @@ import dataalchemy
 from .config import get_settings
 
 # %% auto #0
-__all__ = ['app', 'config_cmd', 'load_commands', 'main']
+__all__ = ['app', 'Verbs', 'config_cmd', 'load_commands', 'main']
 
 # %% ../nbs/99_cli.ipynb #c02d00ca
-app = typer.Typer(name='dataalchemy', no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-                  help="Fine-tuning data engineering: convert, validate, generate, filter, deduplicate and build datasets.")
+def _verb(c) -> str: return c.name or c.callback.__name__.lower().replace('_', '-')
+
+class Verbs(typer.Typer):
+    "A Typer app on which a verb can be registered again: the new one replaces it (a notebook re-running its cells does this)."
+    _verbs: dict[str, list] = {}              # apps of the same name share one list of verbs, whichever object registers them
+    def __init__(self, *args, name: str | None = None, **kwargs):
+        super().__init__(*args, name=name, **kwargs)
+        if name: self.registered_commands = Verbs._verbs.setdefault(name, self.registered_commands)
+
+    def command(self, name: str | None = None, **kwargs):
+        register = super().command(name, **kwargs)
+        def replace(f):
+            verb = name or f.__name__.lower().replace('_', '-')
+            self.registered_commands[:] = [c for c in self.registered_commands if _verb(c) != verb]
+            return register(f)
+        return replace
+
+    def add_typer(self, typer_instance, *, name: str | None = None, **kwargs):
+        "Add a group of verbs; a group of the same name added again is ignored (the two share their verbs)."
+        if name and any(g.name == name for g in self.registered_groups): return
+        return super().add_typer(typer_instance, name=name, **kwargs)
+
+app = Verbs(name='dataalchemy', no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+            help="Fine-tuning data engineering: convert, validate, generate, filter, deduplicate and build datasets.")
 
 def _version(value: bool):
     if value:

@@ -15,7 +15,7 @@ from .core import Stats, write_records, read_records, normalize
 from .grpo import (TrainingConfig, load_config, parse_overrides, config_toml, load_bank, mix_dataset,
                               grpo_prompts, make_reward_funcs, offline_teacher, llm_teacher, engine_teacher, select_for_distillation,
                               score_questions, reward_table, NoveltyIndex, REWARD_PARTS, TOPICS)
-from .cli import app
+from .cli import app, Verbs
 
 # %% auto #0
 __all__ = ['GPU_HINT', 'TRAIN_HINT', 'STAGE_DIRS', 'CHAT_TEMPLATE', 'SPECIAL_TOKENS', 'grpo_app', 'cuda_available',
@@ -380,7 +380,7 @@ def tiny_config(**overrides) -> TrainingConfig:
     return TrainingConfig(**{**base, **overrides})
 
 # %% ../nbs/11a_grpo_train.ipynb #5d82b0e8
-grpo_app = typer.Typer(name='grpo', no_args_is_help=True, add_completion=False,
+grpo_app = Verbs(name='grpo', no_args_is_help=True, add_completion=False,
                        help="Train a competition-question generator (SFT, GRPO, distillation) and use it.")
 app.add_typer(grpo_app, name='grpo')
 

@@ -19,7 +19,7 @@ import typer
 from .core import (RecordError, RecordWriter, Stats, cjk_ratio, has_cjk, normalize, read_records,
                               stable_id, text_len)
 from .config import options
-from .cli import app
+from .cli import app, Verbs
 
 # %% auto #0
 __all__ = ['TIER_HINTS', 'LANG_NAMES', 'LABEL_ALIASES', 'SANDBOX_STATUSES', 'MATH_FUNCS', 'MATH_CONSTS', 'taskdata_app',
@@ -762,7 +762,7 @@ def generate_math(engine, problems: Sequence[dict], opts: MathOptions | None = N
     return list(verify_math(cands, opts, stats))
 
 # %% ../nbs/08_taskdata.ipynb #19573f99
-taskdata_app = typer.Typer(name='taskdata', no_args_is_help=True, add_completion=False,
+taskdata_app = Verbs(name='taskdata', no_args_is_help=True, add_completion=False,
                            help="Task-specific data: classification generation, code and math verification, routing.")
 app.add_typer(taskdata_app, name='taskdata')
 
