@@ -6,13 +6,14 @@ Docs: https://dataalchemy.github.io/dataalchemy/augment.html.md"""
 
 # %% ../nbs/07_augment.ipynb #ee7b8536
 from __future__ import annotations
-import asyncio, concurrent.futures, copy, dataclasses, hashlib, os, random, re, shutil, tempfile, warnings
+import asyncio, copy, dataclasses, hashlib, os, random, re, shutil, tempfile, warnings
 from collections import Counter, defaultdict
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from .core import Stats, has_cjk, is_cjk, normalize, read_records, stable_id, tokenize, write_records
+from .llm import run_sync
 from .config import get_settings, options
 
 # %% auto #0
@@ -596,12 +597,6 @@ def paraphrase_zh(texts: list[str], engine, seed: Any = 0, temperature: float = 
     return out
 
 # %% ../nbs/07_augment.ipynb #175ad2d1
-def _run_async(coro):
-    "Run a coroutine to completion, also from inside a running event loop (Jupyter)."
-    try: asyncio.get_running_loop()
-    except RuntimeError: return asyncio.run(coro)
-    with concurrent.futures.ThreadPoolExecutor(1) as ex: return ex.submit(asyncio.run, coro).result()
-
 class GoogleTranslator:
     "Batch translation through googletrans 4.x (async API; needs the internet). `client` lets you pass your own."
     def __init__(self, client=None, timeout: float = 10.0):
@@ -625,7 +620,7 @@ class GoogleTranslator:
         async def run():
             async def one(t, d, s): return (await client.translate(t, dest=gcode(d), src=gcode(s))).text
             return await asyncio.gather(*[one(t, d, s) for t, d, s in zip(texts, dests, srcs)])
-        try: return list(_run_async(run()))
+        try: return list(run_sync(run()))
         except Exception as e:
             raise RuntimeError(f"googletrans could not translate ({type(e).__name__}: {e}). It needs internet access to "
                                "translate.googleapis.com; offline, use translator='llm' with a local OpenAI-compatible "

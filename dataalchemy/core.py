@@ -22,7 +22,6 @@ CJK_RANGES = ('\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff'   # CJK unified ideograp
               '\U00020000-\U0002ebef')                    # CJK extensions B-F
 _re_cjk = re.compile(f'[{CJK_RANGES}]')
 TOKEN_RE = re.compile(rf"[{CJK_RANGES}]|[^\W_{CJK_RANGES}]+(?:['’\-][^\W_{CJK_RANGES}]+)*")
-_re_token = TOKEN_RE
 
 def is_cjk(ch: str) -> bool:
     "Is the character `ch` a CJK ideograph or Japanese kana?"
@@ -39,7 +38,7 @@ def cjk_ratio(text: str) -> float:
 
 def tokenize(text: str, lower: bool = False) -> list[str]:
     "CJK-aware tokens: each CJK character is a token, other scripts give one token per word; punctuation is dropped."
-    toks = _re_token.findall(text or '')
+    toks = TOKEN_RE.findall(text or '')
     return [t.lower() for t in toks] if lower else toks
 
 def token_spans(text: str) -> list[tuple[int, int]]:
@@ -47,8 +46,8 @@ def token_spans(text: str) -> list[tuple[int, int]]:
     return [m.span() for m in TOKEN_RE.finditer(text or '')]
 
 def text_len(text: str, limit: int | None = None) -> int:
-    "Length of `text` in CJK-aware units (CJK characters one each, other scripts words); stops counting at `limit`."
-    if limit is None: return len(TOKEN_RE.findall(text or ''))
+    "Length of `text` in CJK-aware units (CJK characters one each, other scripts words), at most `limit`."
+    if limit is None or limit > 256: return min(len(TOKEN_RE.findall(text or '')), limit or float('inf'))  # findall runs in C
     n = 0
     for n, _ in enumerate(TOKEN_RE.finditer(text or ''), 1):
         if n >= limit: break

@@ -11,17 +11,16 @@ from collections import Counter
 from dataclasses import dataclass, field as dc_field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
-from itertools import islice
 from .core import (tokenize, text_len, cjk_ratio, is_cjk, normalize, read_records, RecordWriter, Stats,
-                              ErrorLog, _re_token)
+                              ErrorLog)
 from .config import options, get_settings
 
 # %% auto #0
 __all__ = ['FIELD_ALIASES', 'PLACEHOLDERS', 'GOPHER_TOP_NGRAM', 'GOPHER_DUP_NGRAM', 'GOPHER_STOPWORDS', 'SELF_INSTRUCT_BLACKLIST',
-           'ALPACA_BLACKLIST', 'PRESETS', 'field_text', 'field_key', 'note', 'Filter', 'EmptyOutput', 'count_tokens',
-           'LengthFilter', 'RepeatedLines', 'top_ngram_frac', 'dup_ngram_frac', 'GopherRepetition', 'GopherQuality',
-           'IncompleteOutput', 'Refusal', 'LanguageMismatch', 'InstructionRules', 'InstanceRules', 'FilterPipeline',
-           'FilterOptions', 'preset_filters', 'filter_records', 'run_filter', 'filter_cmd']
+           'ALPACA_BLACKLIST', 'PRESETS', 'field_text', 'field_key', 'note', 'Filter', 'EmptyOutput', 'LengthFilter',
+           'RepeatedLines', 'top_ngram_frac', 'dup_ngram_frac', 'GopherRepetition', 'GopherQuality', 'IncompleteOutput',
+           'Refusal', 'LanguageMismatch', 'InstructionRules', 'InstanceRules', 'FilterPipeline', 'FilterOptions',
+           'preset_filters', 'filter_records', 'run_filter', 'filter_cmd']
 
 # %% ../nbs/05_filters.ipynb #44914ea9
 FIELD_ALIASES = {'instruction': ('instruction', 'prompt', 'question', 'query'),
@@ -75,11 +74,6 @@ class EmptyOutput(Filter):
         return True, None
 
 # %% ../nbs/05_filters.ipynb #632fb982
-def count_tokens(text: str, limit: int | None = None) -> int:
-    "`text_len(text)`, but stop counting at `limit` (a bound check on a 50 kB prompt need not tokenize all of it)."
-    if limit is None or limit > 256: return len(_re_token.findall(text or ''))   # findall runs in C: faster for big limits
-    return sum(1 for _ in islice(_re_token.finditer(text or ''), limit))
-
 @dataclass
 class LengthFilter(Filter):
     "Keep records whose `field` has between `min_len` and `max_len` CJK-aware length units (None: no bound)."
@@ -88,11 +82,11 @@ class LengthFilter(Filter):
     max_len: int | None = None
     def __call__(self, rec):
         t = field_text(rec, self.field)
-        if self.min_len is not None and count_tokens(t, self.min_len) < self.min_len:
-            n = count_tokens(t) + sum(unicodedata.category(c) == 'So' for c in t)   # an emoji counts as a unit too
+        if self.min_len is not None and text_len(t, self.min_len) < self.min_len:
+            n = text_len(t) + sum(unicodedata.category(c) == 'So' for c in t)   # an emoji counts as a unit too
             if n < self.min_len: return False, f'{self.field}_too_short'
         # a token has at least one character, so only a text longer than max_len characters can be too long
-        if self.max_len is not None and len(t) > self.max_len and count_tokens(t, self.max_len + 1) > self.max_len:
+        if self.max_len is not None and len(t) > self.max_len and text_len(t, self.max_len + 1) > self.max_len:
             return False, f'{self.field}_too_long'
         return True, None
 
@@ -160,7 +154,7 @@ class GopherRepetition(Filter):
         if pf > self.dup_para_frac: return False, 'dup_para_frac'
         if lc > self.dup_line_char_frac: return False, 'dup_line_char_frac'
         if pc > self.dup_para_char_frac: return False, 'dup_para_char_frac'
-        if count_tokens(text, self.min_tokens) < max(self.min_tokens, 1): return True, None
+        if text_len(text, self.min_tokens) < max(self.min_tokens, 1): return True, None
         toks = tokenize(text, lower=True)
         for n, th in self.top_ngram.items():
             v = top_ngram_frac(toks, n)

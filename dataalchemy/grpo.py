@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterable, Sequence
 import dataalchemy
 from .core import RecordError, read_records, normalize, tokenize, text_len, has_cjk, Stats, stable_id
 from .config import Settings, options
+from .llm import extract_json
 
 # %% auto #0
 __all__ = ['BANK_PATH', 'TOPICS', 'TOPIC_NAMES', 'ADVANCED_KEYWORDS', 'MATH_TERMS', 'REWARD_PARTS', 'RATING_KEYS',
@@ -491,23 +492,11 @@ def rating_messages(question: str) -> list[dict]:
     "The chat messages that ask a teacher model to rate `question`."
     return [{'role': 'system', 'content': RATING_SYSTEM}, {'role': 'user', 'content': f"Problem:\n{question}"}]
 
-def _extract_json(text: str):
-    text = text or ''
-    m = re.search(r'```(?:json)?\s*(.*?)```', text, re.S)
-    cands = [m.group(1)] if m else []
-    s, e = text.find('{'), text.rfind('}')
-    if s != -1 and e > s: cands.append(text[s:e + 1])
-    for c in cands:
-        try:
-            obj = json.loads(c)
-            if isinstance(obj, dict): return obj
-        except json.JSONDecodeError: pass
-    return None
-
 def parse_rating(text: str) -> dict:
     "Scores from a teacher reply (JSON, possibly fenced or inside prose), clamped to 1-10; `error` if unusable."
-    obj = _extract_json(text)
-    if obj is None: return {'error': 'no JSON object in the reply', 'raw': (text or '')[:500]}
+    try: obj = extract_json(text)
+    except ValueError: obj = None
+    if not isinstance(obj, dict): return {'error': 'no JSON object in the reply', 'raw': (text or '')[:500]}
     out = {}
     for k in RATING_KEYS:
         v = obj.get(k)

@@ -19,9 +19,9 @@ log = logging.getLogger('dataalchemy.llm')
 # %% auto #0
 __all__ = ['log', 'PARAMS', 'OFFLINE_MODEL', 'TASKS', 'QA_SCHEMA', 'DEFAULT_PRICING', 'REPAIR_PROMPT', 'Request', 'Result',
            'Task', 'register_task', 'question_for', 'qa_prompt', 'offline_qa', 'extract_json', 'validate', 'cache_key',
-           'Cache', 'RateLimiter', 'load_pricing', 'price_of', 'approx_tokens', 'TokenCounter', 'Estimate', 'LLMError',
-           'redact', 'OfflineBackend', 'OpenAIBackend', 'TransformersBackend', 'Usage', 'Engine', 'parse_all',
-           'parse_json', 'generate_cmd', 'estimate_cmd']
+           'Cache', 'RateLimiter', 'run_sync', 'load_pricing', 'price_of', 'approx_tokens', 'TokenCounter', 'Estimate',
+           'LLMError', 'redact', 'OfflineBackend', 'OpenAIBackend', 'TransformersBackend', 'Usage', 'Engine',
+           'parse_all', 'parse_json', 'generate_cmd', 'estimate_cmd']
 
 # %% ../nbs/02_llm.ipynb #eb9b3979
 PARAMS = ('temperature', 'top_p', 'max_tokens', 'n', 'seed', 'response_format')
@@ -336,7 +336,7 @@ class RateLimiter:
         "Charge (or refund, if negative) `amount` units after the fact."
         if self.interval: self.tat += amount * self.interval
 
-def _run_sync(coro):
+def run_sync(coro):
     "Run `coro` to completion from sync code; inside a running event loop (Jupyter) in a worker thread, which Ctrl-C cancels."
     try: asyncio.get_running_loop()
     except RuntimeError: return asyncio.run(coro)
@@ -948,7 +948,7 @@ class Engine:
 
     def generate(self, requests: Iterable, out: str | os.PathLike | None = None, desc: str | None = None) -> list[Result]:
         "Sync `agenerate` (also inside Jupyter's running event loop)."
-        return _run_sync(self.agenerate(requests, out, desc))
+        return run_sync(self.agenerate(requests, out, desc))
 
     def chat(self, messages: str | list[dict], **params) -> Result:
         "One request: a prompt string or chat messages, with `Request` parameters."
@@ -1013,11 +1013,11 @@ class Engine:
 
     def loglik(self, pairs, batch_size: int = 8) -> list[float]:
         "Sync `aloglik`."
-        return _run_sync(self.aloglik(pairs, batch_size))
+        return run_sync(self.aloglik(pairs, batch_size))
 
     def embed(self, texts: list[str], model: str | None = None, batch_size: int = 128):
         "Sync `aembed`."
-        return _run_sync(self.aembed(texts, model, batch_size))
+        return run_sync(self.aembed(texts, model, batch_size))
 
     # -- estimates and costs -------------------------------------------------------------------------------------
     def estimate(self, requests: Iterable, max_tokens: int | None = None, output_tokens: int | None = None,

@@ -11,7 +11,7 @@ from dataclasses import dataclass, asdict
 from pathlib import Path
 from typing import Iterable, Iterator
 from .core import (RecordError, RecordWriter, Stats, has_cjk, normalize, read_records, split_sentences,
-                              stable_id, text_len, tokenize, write_records, _re_token)
+                              stable_id, text_len, tokenize, write_records, token_spans)
 from .config import Settings, options
 from .llm import Engine, Request, TASKS, extract_json, offline_qa, parse_all, register_task
 import typer
@@ -145,12 +145,8 @@ def _char_spans(text: str, size: int, overlap: int) -> list[tuple[int, int]]:
         i = max(end - overlap, i + 1)
     return spans
 
-def _token_spans(text: str) -> list[tuple[int, int]]:
-    "Character spans of the CJK-aware tokens of `text` (the tokens of `core.tokenize`)."
-    return [m.span() for m in _re_token.finditer(text or '')]
-
 def _token_windows(text: str, size: int, overlap: int) -> list[tuple[int, int]]:
-    toks = _token_spans(text)
+    toks = token_spans(text)
     spans, step = [], size - overlap
     for a in range(0, max(len(toks), 1), step):
         w = toks[a:a + size]

@@ -6,7 +6,7 @@ from typer.testing import CliRunner
 
 import dataalchemy.qa as qa
 from dataalchemy.cli import load_commands
-from dataalchemy.core import RecordError, Stats, read_records, text_len, write_records
+from dataalchemy.core import RecordError, Stats, read_records, text_len, token_spans, write_records
 from dataalchemy.llm import Engine
 from dataalchemy.testing import FakeOpenAI, last_user
 
@@ -80,7 +80,7 @@ def test_chunk_properties(text, by, size, overlap):
         assert 0 <= s < e <= len(text)
         covered.update(range(s, e))
     # every token is inside some chunk
-    assert all(s in covered for s, _ in qa._token_spans(text))
+    assert all(s in covered for s, _ in token_spans(text))
     for (s1, e1), (s2, e2) in zip(sp, sp[1:]):
         assert s1 < s2 and e1 < e2 and (s2 <= e1 or text_len(text[e1:s2]) == 0)     # forward, no token skipped
     if by == 'chars': assert all(e - s <= size for s, e in sp)
