@@ -6,11 +6,11 @@ Docs: https://dataalchemy.github.io/dataalchemy/dedup.html.md"""
 
 # %% ../nbs/06_dedup.ipynb #a45d7bc6
 from __future__ import annotations
-import hashlib, importlib, itertools, os, re, unicodedata
+import importlib, itertools, os, re, unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import typer
@@ -21,11 +21,12 @@ from .config import options
 from .cli import app
 
 # %% auto #0
-__all__ = ['DedupOptions', 'dedup_options', 'record_text', 'exact_key', 'exact_dedup', 'shingles', 'jaccard', 'Shingler',
-           'permutations', 'minhash_signatures', 'MinHasher', 'estimate_jaccard', 'lsh_params', 'candidate_probability',
-           'plot_s_curve', 'band_keys', 'bucket_edges', 'union_find', 'lsh_edges', 'LocalEngine', 'RayEngine',
-           'get_engine', 'DedupResult', 'find_clusters', 'dedup', 'dedup_file', 'minilm_path', 'load_sentence_model',
-           'embed', 'cosine_edges', 'semantic_dedup', 'dedup_cmd']
+__all__ = ['SET_BITS', 'DedupOptions', 'dedup_options', 'record_text', 'shingles', 'jaccard', 'Scan', 'pair_jaccard', 'Shingler',
+           'permutations', 'minhash_signatures', 'MinHasher', 'estimate_jaccard', 'exact_keys', 'exact_key',
+           'exact_dedup', 'lsh_params', 'candidate_probability', 'plot_s_curve', 'band_keys', 'bucket_edges',
+           'union_find', 'lsh_edges', 'LocalEngine', 'RayEngine', 'get_engine', 'DedupResult', 'spanning_forest',
+           'find_clusters', 'dedup', 'dedup_file', 'minilm_path', 'load_sentence_model', 'embed', 'cosine_edges',
+           'semantic_dedup', 'dedup_cmd']
 
 # %% ../nbs/06_dedup.ipynb #2bac9cdf
 @dataclass
@@ -47,7 +48,8 @@ class DedupOptions:
     fp_weight: float = 0.2      # weight of false positives when choosing bands and rows
     fn_weight: float = 0.8      # weight of false negatives
     id_field: str = 'id'        # record id shown in the clusters file (the record's index when missing)
-    chunk_size: int = 4096      # records per signature batch
+    chunk_size: int = 4096      # records per signature batch ...
+    chunk_chars: int = 1_000_000  # ... or characters: batches of similar work, small enough to stay in cache
     workers: int = 0            # local engine processes (0: all cores; 1: no pool)
     max_bucket: int = 64        # with verify, buckets larger than this are joined as a star, not all pairs
     ray_address: str = ''       # Ray cluster address ('' starts a local Ray)
@@ -57,7 +59,7 @@ class DedupOptions:
         if not 0 < float(self.threshold) <= 1: raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
         if self.keep not in ('first', 'longest', 'score'): raise ValueError(f"keep must be first, longest or score, got {self.keep!r}")
         if self.engine not in ('local', 'ray'): raise ValueError(f"engine must be local or ray, got {self.engine!r}")
-        for k in ('num_perm', 'ngram', 'cjk_ngram', 'chunk_size'):
+        for k in ('num_perm', 'ngram', 'cjk_ngram', 'chunk_size', 'chunk_chars'):
             if int(getattr(self, k)) < 1: raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
 
     @property
@@ -84,29 +86,6 @@ def record_text(rec: dict, fields: Sequence[str], line: int | None = None, file=
         raise RecordError(f"none of the dedup fields {list(fields)} is in the record (it has {sorted(rec)[:8]}); "
                           "choose them with --fields", file, line, ','.join(fields))
     return '\n'.join(t for t in (_as_text(rec[f]) for f in present) if t)
-
-def _normalize(text: str, lower: bool = True) -> str:
-    "`core.normalize` (NFKC, whitespace runs to one space, stripped, lowercased), faster: `str.split` for the `\\s+` regex."
-    t = ' '.join(unicodedata.normalize('NFKC', text or '').split())
-    return t.lower() if lower else t
-
-def exact_key(text: str, lower: bool = True) -> int:
-    "A 64-bit hash of `text` after NFKC, whitespace collapsing and (by default) lowercasing."
-    return int.from_bytes(hashlib.blake2b(_normalize(text, lower).encode('utf-8'), digest_size=8).digest(), 'little')
-
-def exact_dedup(records, fields: str | Sequence[str] = 'instruction,input,output', lower: bool = True,
-                stats: Stats | None = None) -> Iterator[dict]:
-    "Stream `records`, keeping the first of each group of exact (normalised) duplicates; one pass, keys only in memory."
-    fl = [f.strip() for f in fields.split(',')] if isinstance(fields, str) else list(fields)
-    stats = stats if stats is not None else Stats('exact_dedup')
-    seen: dict[int, int] = {}
-    file = records if isinstance(records, (str, os.PathLike)) else None
-    for i, rec in enumerate(read_records(records)):
-        stats.seen()
-        k = exact_key(record_text(rec, fl, i + 1 if file else i, file), lower)
-        if k in seen: stats.drop(rec, 'exact_duplicate', kept_index=seen[k]); continue
-        seen[k] = i; stats.kept()
-        yield rec
 
 # %% ../nbs/06_dedup.ipynb #bd7365fc
 _re_fast_token = re.compile(rf"[{CJK_RANGES}]|[^\W_{CJK_RANGES}]+(?:['’\-][^\W_{CJK_RANGES}]+)*")
@@ -163,65 +142,185 @@ def _fmix32(h: np.ndarray) -> np.ndarray:
     h = h ^ (h >> np.uint32(13)); h = h * np.uint32(0xC2B2AE35)
     return h ^ (h >> np.uint32(16))
 
-def _token_hash(t: str) -> int:
-    return int.from_bytes(hashlib.blake2b(t.encode('utf-8'), digest_size=8).digest(), 'little')
+_M = 1 << 64
+
+class _Powers:
+    "`b**k` and `b**-k` mod 2^64 for k < n (b odd, hence invertible), grown by doubling."
+    def __init__(self, b: int):
+        self.b, self.bi = b, pow(b, -1, _M)
+        self.fw, self.bw = np.array([1, b], np.uint64), np.array([1, self.bi], np.uint64)
+
+    def get(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        while len(self.fw) < n:
+            m = len(self.fw)
+            self.fw = np.concatenate([self.fw, self.fw * np.uint64(pow(self.b, m, _M))])
+            self.bw = np.concatenate([self.bw, self.bw * np.uint64(pow(self.bi, m, _M))])
+        return self.fw, self.bw
+
+_CHAR_POW, _TOKEN_POW = _Powers(0x9E3779B97F4A7C15), _Powers(int(_P64))
+
+def _poly_prefix(vals: np.ndarray, powers: _Powers) -> tuple[np.ndarray, np.ndarray]:
+    "Prefix sums `S[k] = sum(vals[i] * b**-i for i < k)` and the powers `b**k`, so any slice hashes in O(1)."
+    fw, bw = powers.get(len(vals) + 1)
+    S = np.zeros(len(vals) + 1, np.uint64)
+    np.cumsum(vals * bw[:len(vals)], out=S[1:])
+    return S, fw
+
+def _poly_slices(S: np.ndarray, fw: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    "`sum(vals[i] * b**(end-1-i) for i in range(start, end))` mod 2^64 for arrays of slices: the polynomial hash, as a loop `h = h * b + v` computes it."
+    return fw[end - 1] * (S[end] - S[start])
+
+_CLASS = np.full(0x110000, 255, np.uint8)    # per code point: 0 other, 1 word, 2 CJK, 3 joiner, 4 space; 255 unseen
+
+def _char_classes(cps: np.ndarray) -> np.ndarray:
+    "The class of each code point as `core.TOKEN_RE` and `str.split` see it (new code points are classified once per process)."
+    cls = _CLASS[cps]
+    if (cls == 255).any():
+        for c in np.unique(cps[cls == 255]).tolist():
+            ch = chr(c)
+            _CLASS[c] = (2 if _re_cjk_char.match(ch) else 1 if ch.isalnum() else 3 if ch in "'’-" else
+                         4 if ch.isspace() else 0)
+        cls = _CLASS[cps]
+    return cls
+
+class Scan(NamedTuple):
+    "What one pass over a batch of texts gives (fields not asked for are None)."
+    shingles: np.ndarray | None      # 64-bit shingle hashes of all texts, text after text
+    counts: np.ndarray | None        # shingles per text
+    ntok: np.ndarray | None          # tokens per text
+    keys: np.ndarray | None          # exact keys (see `exact_keys`)
+
+SET_BITS = 44                                # shingle sets hold the top 44 bits of each hash: 20 bits tag a text or pair
+_SET_MASK = np.uint64((1 << SET_BITS) - 1)
+
+def _sorted_sets(sh: np.ndarray, cnt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    "Per-text sorted unique `SET_BITS`-bit values of the hashes `sh` (grouped by `cnt`): one sort of tagged values per 2^20 texts."
+    vals, sizes, at = [], [], 0
+    for s0 in range(0, len(cnt), 1 << (64 - SET_BITS)):
+        c = cnt[s0:s0 + (1 << (64 - SET_BITS))]
+        n = int(c.sum())
+        tag = np.repeat(np.arange(len(c), dtype=np.uint64), c) << np.uint64(SET_BITS)
+        k = np.sort(tag | (sh[at:at + n] >> np.uint64(64 - SET_BITS)))
+        at += n
+        first = np.r_[True, k[1:] != k[:-1]] if len(k) else np.zeros(0, bool)
+        k = k[first]
+        vals.append(k & _SET_MASK)
+        sizes.append(np.bincount((k >> np.uint64(SET_BITS)).astype(np.int64), minlength=len(c)))
+    if not vals: return np.zeros(0, np.uint64), np.zeros(0, np.int64)
+    return np.concatenate(vals), np.concatenate(sizes)
+
+def _ranges(start: np.ndarray, length: np.ndarray) -> np.ndarray:
+    "Concatenated `arange(s, s + l)` for every `(s, l)`."
+    total = int(length.sum())
+    if total == 0: return np.zeros(0, np.int64)
+    return np.repeat(start - np.cumsum(length) + length, length) + np.arange(total)
+
+def pair_jaccard(vals: np.ndarray, off: np.ndarray, u: np.ndarray, v: np.ndarray, max_elems: int = 1 << 23) -> np.ndarray:
+    "Exact Jaccard of many pairs of sets at once: set `i` is `vals[off[i]:off[i+1]]` (sorted unique `SET_BITS`-bit values)."
+    u, v = np.asarray(u, np.int64), np.asarray(v, np.int64)
+    out = np.ones(len(u))
+    lu, lv = off[u + 1] - off[u], off[v + 1] - off[v]
+    work = np.cumsum(lu + lv)
+    s0 = 0
+    while s0 < len(u):                                           # batches of at most 2^20 pairs and ~max_elems values
+        s1 = min(len(u), s0 + (1 << (64 - SET_BITS)), int(np.searchsorted(work, (work[s0 - 1] if s0 else 0) + max_elems)) + 1)
+        a, b, la, lb = u[s0:s1], v[s0:s1], lu[s0:s1], lv[s0:s1]
+        tag = np.arange(s1 - s0, dtype=np.uint64) << np.uint64(SET_BITS)
+        k = np.sort(np.concatenate([np.repeat(tag, la) | vals[_ranges(off[a], la)],
+                                    np.repeat(tag, lb) | vals[_ranges(off[b], lb)]]))
+        both = k[1:][k[1:] == k[:-1]] >> np.uint64(SET_BITS)        # a value in both sets of its pair
+        inter = np.bincount(both.astype(np.int64), minlength=s1 - s0)
+        union = la + lb - inter
+        out[s0:s1] = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+        s0 = s1
+    return out
 
 class Shingler:
-    "Hashes the shingles of many texts at once (numpy), caching token hashes in a per-process vocabulary."
-    def __init__(self, ngram: int = 5, cjk_ngram: int = 3, adaptive: bool = True, lower: bool = True,
-                 max_vocab: int = 2_000_000):
-        self.ngram, self.cjk_ngram, self.adaptive, self.lower, self.max_vocab = ngram, cjk_ngram, adaptive, lower, max_vocab
-        self._reset()
+    "Hashes the shingles (and exact keys) of many texts at once: numpy operations over the code points of the whole batch."
+    def __init__(self, ngram: int = 5, cjk_ngram: int = 3, adaptive: bool = True, lower: bool = True):
+        self.ngram, self.cjk_ngram, self.adaptive, self.lower = ngram, cjk_ngram, adaptive, lower
 
-    def _reset(self):
-        self.vocab: dict[str, int] = {}
-        self._h, self._c = np.zeros(0, np.uint64), np.zeros(0, bool)
+    def normalize(self, texts: Sequence[str]) -> list[str]:
+        "NFKC (and lowercasing) of each text: what tokens and exact keys are computed from."
+        nf = unicodedata.normalize
+        return [nf('NFKC', t or '').lower() for t in texts] if self.lower else [nf('NFKC', t or '') for t in texts]
 
-    def _ids(self, texts: Sequence[str]):
-        if len(self.vocab) > self.max_vocab: self._reset()
-        toks = [_tokens(t, self.lower) for t in texts]
-        flat = list(itertools.chain.from_iterable(toks))
-        vocab, n0 = self.vocab, len(self.vocab)
-        new = list(set(flat).difference(vocab))                 # C-speed set and dict operations, no per-token Python
-        if new: vocab.update(zip(new, range(n0, n0 + len(new))))
-        ids = np.fromiter(map(vocab.__getitem__, flat), np.int64, len(flat))
-        if new:
-            self._h = np.concatenate([self._h, np.fromiter(map(_token_hash, new), np.uint64, len(new))])
-            self._c = np.concatenate([self._c, np.fromiter((len(w) == 1 and bool(_re_cjk_char.match(w)) for w in new), bool, len(new))])
-        return ids, np.fromiter(map(len, toks), np.int64, len(toks))
+    def scan(self, texts: Sequence[str], normalized: bool = False, shingles: bool = True, keys: bool = False,
+             max_chars: int = 1 << 20) -> Scan:
+        "Shingle hashes, shingle and token counts, and with `keys` the exact keys of `texts`, in passes of about `max_chars` characters."
+        normed = list(texts) if normalized else self.normalize(texts)
+        ends = np.cumsum(np.fromiter(map(len, normed), np.int64, len(normed)))
+        cuts = np.unique(np.r_[0, np.searchsorted(ends, np.arange(max_chars, ends[-1] if len(ends) else 0, max_chars)) + 1,
+                              len(normed)]) if len(normed) else np.zeros(2, np.int64)
+        if len(cuts) <= 2: return self._scan(normed, shingles, keys)
+        parts = [self._scan(normed[a:b], shingles, keys) for a, b in zip(cuts[:-1].tolist(), cuts[1:].tolist())]
+        return Scan(*(None if x[0] is None else np.concatenate(x) for x in zip(*parts)))
 
-    def hashes(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        "64-bit shingle hashes of all `texts`, the shingle counts per text, and the token counts per text."
-        ids, ntok = self._ids(texts)
-        T, D = len(ids), len(texts)
+    def _scan(self, normed: list[str], shingles: bool, keys: bool) -> Scan:
+        D = len(normed)
+        lens = np.fromiter(map(len, normed), np.int64, D)
+        joined = '\x00' + '\x00'.join(normed) + '\x00'                # texts between NULs: nothing crosses a NUL
+        cps = np.frombuffer(joined.encode('utf-32-le', 'surrogatepass'), np.uint32)
+        sep = np.cumsum(lens + 1)                                    # the NUL after each text
+        cls = _char_classes(cps)
+        S, fw = _poly_prefix(cps.astype(np.uint64), _CHAR_POW)       # any slice's hash in O(1) from here on
+        sh = cnt = ntok = key = None
+        if shingles: sh, cnt, ntok = self._shingles(cls, S, fw, sep)
+        if keys:
+            solid = cls != 4
+            solid[0] = False; solid[sep] = False                     # words: runs of non-space, never across texts
+            e = np.flatnonzero(solid[1:] != solid[:-1]) + 1
+            ws, we = e[0::2], e[1::2]
+            wh = _fmix64(_poly_slices(S, fw, ws, we) ^ (we - ws).astype(np.uint64))
+            bound = np.r_[0, np.searchsorted(ws, sep)]               # the words of text d: bound[d]:bound[d+1]
+            S2, fw2 = _poly_prefix(wh, _TOKEN_POW)
+            nword = np.diff(bound)
+            key = _fmix64(_poly_slices(S2, fw2, bound[:-1], bound[1:]) ^ nword.astype(np.uint64))   # no words: 0 ^ 0
+        return Scan(sh, cnt, ntok, key)
+
+    def _shingles(self, cls, S, fw, sep):
+        D = len(sep)
+        word = cls == 1
+        intok = cls == 3
+        intok[1:-1] &= word[:-2] & word[2:]                          # a joiner joins only between two word characters
+        intok |= word
+        edges = np.flatnonzero(intok[1:] != intok[:-1]) + 1          # word tokens: maximal runs (the ends are NUL)
+        cjk_at = np.flatnonzero(cls == 2)                            # CJK: each character is a token
+        start = np.concatenate([edges[0::2], cjk_at]); end = np.concatenate([edges[1::2], cjk_at + 1])
+        order = np.argsort(start, kind='stable')
+        start, end, cjk = start[order], end[order], order >= len(edges) // 2
+        h = _fmix64(_poly_slices(S, fw, start, end) ^ (end - start).astype(np.uint64))
+        ntok = np.diff(np.r_[0, np.searchsorted(start, sep)])
+        T = len(h)
         if T == 0: return np.zeros(0, np.uint64), np.zeros(D, np.int64), ntok
-        h, cjk = self._h[ids], self._c[ids]
         doc = np.repeat(np.arange(D), ntok)
-        start = np.ones(T, bool)
-        start[1:] = (cjk[1:] != cjk[:-1]) | (doc[1:] != doc[:-1])
-        run_start = np.flatnonzero(start)
-        run_end = np.append(run_start[1:], T)
-        rid = np.cumsum(start) - 1
-        rs, rl = run_start[rid], (run_end - run_start)[rid]
+        new_run = np.ones(T, bool)
+        new_run[1:] = (cjk[1:] != cjk[:-1]) | (doc[1:] != doc[:-1])
+        run_start = np.flatnonzero(new_run)
+        rid = np.cumsum(new_run) - 1
+        rs, re_ = run_start[rid], np.append(run_start[1:], T)[rid]  # each token's run: [rs, re_)
         nw, nc = _ngram_sizes(ntok, self.ngram, self.cjk_ngram, self.adaptive)
         n = np.where(cjk, np.broadcast_to(nc, (D,))[doc], np.broadcast_to(nw, (D,))[doc])
         pos = np.arange(T)
-        valid = (pos + n <= rs + rl) | ((pos == rs) & (rl < n))
-        st = np.flatnonzero(valid)
-        L = np.minimum(n, rl)[st]
-        acc = np.zeros(len(st), np.uint64)
-        for l in np.unique(L):                               # windows of each length l: l gathers, no masking
-            sel = np.flatnonzero(L == l)
-            s0, a_ = st[sel], h[st[sel]]
-            for j in range(1, int(l)): a_ = a_ * _P64 + h[s0 + j]
-            acc[sel] = a_
-        sh = _fmix64(acc ^ L.astype(np.uint64))
+        st = np.flatnonzero((pos + n <= re_) | ((pos == rs) & (re_ - rs < n)))   # window starts; a short run is one shingle
+        en = np.minimum(st + n[st], re_[st])
+        S2, fw2 = _poly_prefix(h, _TOKEN_POW)
+        sh = _fmix64(_poly_slices(S2, fw2, st, en) ^ (en - st).astype(np.uint64))
         return sh, np.bincount(doc[st], minlength=D), ntok
 
+    def hashes(self, texts: Sequence[str], normalized: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        "64-bit shingle hashes of all `texts`, the shingle counts per text, and the token counts per text."
+        return self.scan(texts, normalized)[:3]
+
+    def set_arrays(self, texts: Sequence[str], normalized: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        "The shingle sets of all `texts` as one array (sorted, unique within each text) and the set sizes."
+        sh, cnt, _ = self.hashes(texts, normalized)
+        return _sorted_sets(sh, cnt)
+
     def sets(self, texts: Sequence[str]) -> list[np.ndarray]:
-        "The set of shingle hashes of each text (sorted unique uint64 arrays), for exact Jaccard."
-        sh, cnt, _ = self.hashes(texts)
-        return [np.unique(x) for x in np.split(sh, np.cumsum(cnt)[:-1])]
+        "The set of shingles of each text (sorted unique uint64 arrays of `SET_BITS`-bit values), for exact Jaccard."
+        vals, size = self.set_arrays(texts)
+        return np.split(vals, np.cumsum(size)[:-1])
 
 # %% ../nbs/06_dedup.ipynb #42dac325
 @lru_cache(maxsize=16)
@@ -234,7 +333,7 @@ def permutations(num_perm: int = 128, seed: int = 1) -> tuple[np.ndarray, np.nda
     return a, b
 
 def minhash_signatures(sh: np.ndarray, counts: np.ndarray, num_perm: int = 128, seed: int = 1,
-                       block: int = 1 << 15) -> np.ndarray:
+                       block: int = 8192) -> np.ndarray:
     "MinHash signatures (`len(counts)` × `num_perm`, uint32) of shingle hashes `sh` grouped by `counts`; empty sets give all-max rows."
     a, b = permutations(num_perm, seed)
     D = len(counts)
@@ -243,7 +342,7 @@ def minhash_signatures(sh: np.ndarray, counts: np.ndarray, num_perm: int = 128, 
     x = _fmix32((sh & np.uint64(0xFFFFFFFF)).astype(np.uint32))
     doc = np.repeat(np.arange(D), counts)
     a, b = a[:, None], b[:, None]
-    for s in range(0, len(x), block):                  # (num_perm × block) slabs: reduceat runs along contiguous rows
+    for s in range(0, len(x), block):                  # (num_perm × block) slabs that stay in cache; reduceat along rows
         xs, ds = x[s:s + block], doc[s:s + block]
         phv = a * xs[None, :]
         phv += b
@@ -259,14 +358,42 @@ class MinHasher:
         self.num_perm, self.seed = num_perm, seed
         self.shingler = Shingler(ngram, cjk_ngram, adaptive, lower)
 
-    def __call__(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        "`(signatures, shingle counts, token counts)` of `texts`."
-        sh, cnt, ntok = self.shingler.hashes(texts)
+    def __call__(self, texts: Sequence[str], normalized: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        "`(signatures, shingle counts, token counts)` of `texts` (`normalized`: already through `Shingler.normalize`)."
+        sh, cnt, ntok = self.shingler.hashes(texts, normalized)
         return minhash_signatures(sh, cnt, self.num_perm, self.seed), cnt, ntok
 
 def estimate_jaccard(s1: np.ndarray, s2: np.ndarray) -> float | np.ndarray:
     "Jaccard estimated from signatures: the fraction of agreeing positions (row-wise for 2-d arrays)."
     return np.mean(np.asarray(s1) == np.asarray(s2), axis=-1)
+
+# %% ../nbs/06_dedup.ipynb #5a6d85f0
+def exact_keys(texts: Sequence[str], lower: bool = True) -> np.ndarray:
+    "64-bit keys (uint64) of `texts`, equal for texts equal after NFKC, whitespace collapsing and (by default) lowercasing."
+    return Shingler(lower=lower).scan(texts, shingles=False, keys=True).keys
+
+def exact_key(text: str, lower: bool = True) -> int:
+    "The exact key of one text (see `exact_keys`)."
+    return int(exact_keys([text], lower)[0])
+
+def exact_dedup(records, fields: str | Sequence[str] = 'instruction,input,output', lower: bool = True,
+                stats: Stats | None = None, batch: int = 1024) -> Iterator[dict]:
+    "Stream `records`, keeping the first of each group of exact (normalised) duplicates; one pass, keys only in memory."
+    fl = [f.strip() for f in fields.split(',')] if isinstance(fields, str) else list(fields)
+    stats = stats if stats is not None else Stats('exact_dedup')
+    seen: dict[int, int] = {}
+    file = records if isinstance(records, (str, os.PathLike)) else None
+    def decide(buf):
+        for (i, rec, _), k in zip(buf, exact_keys([t for _, _, t in buf], lower).tolist()):
+            stats.seen()
+            if k in seen: stats.drop(rec, 'exact_duplicate', kept_index=seen[k]); continue
+            seen[k] = i; stats.kept()
+            yield rec
+    buf = []
+    for i, rec in enumerate(read_records(records)):
+        buf.append((i, rec, record_text(rec, fl, i + 1 if file else i, file)))
+        if len(buf) >= batch: yield from decide(buf); buf = []
+    yield from decide(buf)
 
 # %% ../nbs/06_dedup.ipynb #3d0da078
 @lru_cache(maxsize=64)
@@ -322,10 +449,11 @@ def bucket_edges(keys: np.ndarray, valid: np.ndarray | None = None, all_pairs: b
     u, v = first[star], order[star]
     if all_pairs:
         us, vs = [u[size[gid[star]] > max_bucket]], [v[size[gid[star]] > max_bucket]]
-        for g in np.flatnonzero((size > 1) & (size <= max_bucket)):
-            m = order[gstart[g]:gstart[g] + size[g]]
-            iu, iv = np.triu_indices(len(m), 1)
-            us.append(m[iu]); vs.append(m[iv])
+        small = (size > 1) & (size <= max_bucket)
+        for n in np.unique(size[small]).tolist():                   # all buckets of n members at once
+            m = order[gstart[small & (size == n)][:, None] + np.arange(n)]
+            iu, iv = np.triu_indices(n, 1)
+            us.append(m[:, iu].ravel()); vs.append(m[:, iv].ravel())
         u, v = np.concatenate(us), np.concatenate(vs)
     return u.astype(np.int64), v.astype(np.int64)
 
@@ -359,11 +487,12 @@ def lsh_edges(sig: np.ndarray, bands: int, rows: int, valid: np.ndarray | None =
 # %% ../nbs/06_dedup.ipynb #2a37a4cb
 _HASHERS: dict = {}
 
-def _sig_chunk(texts: list[str], params: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    "Signatures of one chunk (run in a worker process or a Ray task); hashers are cached per process."
+def _sig_chunk(texts: list[str], params: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    "Signatures, shingle counts, token counts and exact keys of one chunk (in a worker process or a Ray task)."
     mh = _HASHERS.get(params)
     if mh is None: mh = _HASHERS[params] = MinHasher(*params)
-    return mh(texts)
+    sc = mh.shingler.scan(texts, keys=True)
+    return minhash_signatures(sc.shingles, sc.counts, mh.num_perm, mh.seed), sc.counts, sc.ntok, sc.keys
 
 def _self(): return importlib.import_module('dataalchemy.dedup')
 
@@ -442,13 +571,13 @@ class RayEngine:
         from collections import deque
         q = deque()
         for c in chunks:
-            q.append(self._sig.options(num_returns=3).remote(c, params))
+            q.append(self._sig.options(num_returns=4).remote(c, params))
             if len(q) >= self.inflight:
-                s, cnt, ntok = q.popleft()
-                yield s, self.ray.get(cnt), self.ray.get(ntok)          # signatures stay in the object store
+                s, *rest = q.popleft()
+                yield s, *self.ray.get(rest)                          # signatures stay in the object store
         while q:
-            s, cnt, ntok = q.popleft()
-            yield s, self.ray.get(cnt), self.ray.get(ntok)
+            s, *rest = q.popleft()
+            yield s, *self.ray.get(rest)
 
     def put(self, x): return self.ray.put(x)
     def gather(self, parts: list) -> list: return self.ray.get(parts)
@@ -519,41 +648,70 @@ def _choose_keepers(label: np.ndarray, ntok: np.ndarray, score: np.ndarray, poli
     keep = np.zeros(n, bool); keep[order[first]] = True
     return keep
 
-def _set_jaccard(x: np.ndarray, y: np.ndarray) -> float:
-    "Exact Jaccard of two sorted unique arrays."
-    inter = len(np.intersect1d(x, y, assume_unique=True))
-    return inter / (len(x) + len(y) - inter) if len(x) + len(y) else 1.0
+class _Sets:
+    "Shingle sets of some texts (by text number), stored as one array; exact Jaccard of pairs of them."
+    def __init__(self, texts: np.ndarray, vals: np.ndarray, sizes: np.ndarray, n_texts: int):
+        self.vals, self.off = vals, np.r_[0, np.cumsum(sizes)]
+        self.pos = np.full(n_texts, -1, np.int64); self.pos[texts] = np.arange(len(texts))
 
-def _verify_edges(src, fields, u, v, rows_of_doc, opts, file) -> tuple[np.ndarray, np.ndarray, dict]:
-    "Keep the candidate pairs (of rows) whose exact Jaccard reaches the threshold; returns shingle sets of those rows.\n\n    A pair whose ends are already connected by verified pairs is not checked: it could not change the clusters."
-    need = np.unique(np.r_[u, v])
-    first_doc = {}
-    for d, r in enumerate(rows_of_doc):
-        if r in first_doc: continue
-        first_doc[int(r)] = d
-    want = {first_doc[int(r)]: int(r) for r in need}
+    def has(self, t: np.ndarray) -> np.ndarray: return self.pos[t] >= 0
+    def jaccard(self, u: np.ndarray, v: np.ndarray) -> np.ndarray: return pair_jaccard(self.vals, self.off, self.pos[u], self.pos[v])
+
+def _read_sets(src, fields, texts: np.ndarray, text_of_doc, opts, file) -> _Sets:
+    "Shingle sets of the texts numbered `texts`, from one more pass over `src` (only those texts are shingled)."
+    tod = np.asarray(text_of_doc, np.int64)
+    first_doc = np.full(int(tod.max()) + 1 if len(tod) else 0, len(tod), np.int64)
+    np.minimum.at(first_doc, tod, np.arange(len(tod)))
+    want = dict(zip(first_doc[texts].tolist(), texts.tolist()))
     sg = Shingler(opts.ngram, opts.cjk_ngram, opts.adaptive, opts.lower)
-    sets, buf = {}, []
+    order, vals, sizes, buf, chars = [], [], [], [], 0
     def flush():
-        for (r, _), s in zip(buf, sg.sets([t for _, t in buf])): sets[r] = s
-        buf.clear()
+        v_, s_ = sg.set_arrays(buf); vals.append(v_); sizes.append(s_); buf.clear()
     for i, rec in enumerate(read_records(src)):
-        if i in want:
-            buf.append((want[i], record_text(rec, fields, i + 1 if file else i, file)))
-            if len(buf) >= opts.chunk_size: flush()
-    flush()
-    parent = {}
-    def find(x):
-        while parent.get(x, x) != x:
-            parent[x] = parent.get(parent[x], parent[x]); x = parent[x]
-        return x
-    ok = np.zeros(len(u), bool)
-    for k, (x, y) in enumerate(zip(u.tolist(), v.tolist())):
-        rx, ry = find(x), find(y)
-        if rx == ry: continue                     # already joined through verified pairs: the check cannot change clusters
-        if _set_jaccard(sets[x], sets[y]) >= opts.threshold:
-            ok[k] = True
-            parent[max(rx, ry)] = min(rx, ry)
+        t = want.get(i)
+        if t is None: continue
+        order.append(t); buf.append(record_text(rec, fields, i + 1 if file else i, file)); chars += len(buf[-1])
+        if len(buf) >= opts.chunk_size or chars >= opts.chunk_chars: flush(); chars = 0
+    if buf: flush()
+    cat = lambda x, dt: np.concatenate(x) if x else np.zeros(0, dt)
+    return _Sets(np.asarray(order, np.int64), cat(vals, np.uint64), cat(sizes, np.int64), len(first_doc))
+
+def spanning_forest(n: int, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    "Component labels (smallest node) of edges `(u, v)` on `n` nodes, and the indices of edges forming a spanning forest."
+    labels, tree = np.arange(n), []
+    u, v = np.asarray(u, np.int64), np.asarray(v, np.int64)
+    live = np.arange(len(u))
+    while len(live):
+        lu, lv = labels[u[live]], labels[v[live]]
+        live, lu, lv = live[lu != lv], lu[lu != lv], lv[lu != lv]
+        if not len(live): break
+        hi, lo = np.maximum(lu, lv), np.minimum(lu, lv)
+        o = np.lexsort((lo, hi))
+        pick = o[np.r_[True, hi[o][1:] != hi[o][:-1]]]               # each root hooks once, onto a smaller label: no cycle
+        tree.append(live[pick])
+        labels[hi[pick]] = lo[pick]
+        while True:                                                   # path compression
+            nl = labels[labels]
+            if np.array_equal(nl, labels): break
+            labels = nl
+    return labels, (np.concatenate(tree) if tree else np.zeros(0, np.int64))
+
+def _verify_edges(src, fields, u, v, text_of_doc, opts, file, stats=None) -> tuple[np.ndarray, np.ndarray, _Sets]:
+    "The candidate pairs (of texts) whose exact Jaccard reaches the threshold and that the clusters need, and the shingle sets.\n\n    Round by round, only the edges of a spanning forest between clusters not yet joined are checked: a pair inside a\n    joined cluster could not change it."
+    sets = _read_sets(src, fields, np.unique(np.r_[u, v]), text_of_doc, opts, file)
+    n = len(sets.pos)
+    labels, ok, checked = np.arange(n), np.zeros(len(u), bool), np.zeros(len(u), bool)
+    while True:
+        todo = np.flatnonzero(~checked)
+        lu, lv = labels[u[todo]], labels[v[todo]]
+        todo, lu, lv = todo[lu != lv], lu[lu != lv], lv[lu != lv]
+        if not len(todo): break
+        _, tree = spanning_forest(n, lu, lv)
+        e = todo[tree]
+        checked[e] = True
+        ok[e] = sets.jaccard(u[e], v[e]) >= opts.threshold
+        labels = union_find(n, u[ok], v[ok])
+    if stats is not None: stats.count('checked_pairs', int(checked.sum()))
     return u[ok], v[ok], sets
 
 def find_clusters(src, opts: DedupOptions | None = None, stats: Stats | None = None, **overrides) -> DedupResult:
@@ -562,76 +720,78 @@ def find_clusters(src, opts: DedupOptions | None = None, stats: Stats | None = N
     fields, file = opts.field_list, (src if isinstance(src, (str, os.PathLike)) else None)
     engine = None if opts.exact_only else get_engine(opts)
     params = (opts.num_perm, opts.seed, opts.ngram, opts.cjk_ngram, opts.adaptive, opts.lower)
-    ids, row_of_doc, score, first_of_key = [], [], [], {}
+    ids, score, text_of_doc, first_of_raw = [], [], [], {}
 
-    def texts():                                   # yields chunks of distinct texts; records are not kept
-        chunk = []
+    def texts():                                   # chunks of texts to hash; records are not kept
+        chunk, chars = [], 0
         for i, rec in enumerate(read_records(src)):
             if stats is not None: stats.seen()
             text = record_text(rec, fields, i + 1 if file else i, file)
             ids.append(rec.get(opts.id_field, i))
             s = rec.get(opts.score_field) if opts.keep == 'score' else None
             score.append(float(s) if isinstance(s, (int, float)) and not isinstance(s, bool) else np.nan)
-            k = exact_key(text, opts.lower)
-            r = first_of_key.get(k)
-            if r is None:                          # a new distinct text: it needs a signature
-                r = first_of_key[k] = len(first_of_key)
-                chunk.append(text)
-            row_of_doc.append(r)
-            if len(chunk) >= opts.chunk_size: yield chunk; chunk = []
+            h = hash(text)                         # a byte-identical copy reuses its first occurrence's text number
+            t = first_of_raw.get(h)
+            if t is None:
+                t = first_of_raw[h] = len(first_of_raw)
+                chunk.append(text); chars += len(text)
+            text_of_doc.append(t)
+            if len(chunk) >= opts.chunk_size or chars >= opts.chunk_chars: yield chunk; chunk, chars = [], 0
         if chunk: yield chunk
 
-    u = v = None
+    sig = sets = u = v = None
     if opts.exact_only:
-        for _ in texts(): pass
-        nrow = len(first_of_key)
-        row_label, row_ntok = np.arange(nrow), None
-        sig_rows = None
+        key = np.concatenate([exact_keys(c, opts.lower) for c in texts()] or [np.zeros(0, np.uint64)])
+        ntok = None
     else:
-        sig_parts, cnts, ntoks = [], [], []
-        for s, cnt, ntok in engine.map_chunks(texts(), params):
-            sig_parts.append(s); cnts.append(cnt); ntoks.append(ntok)
-        nrow = len(first_of_key)
-        cnt = np.concatenate(cnts) if cnts else np.zeros(0, np.int64)
-        row_ntok = np.concatenate(ntoks) if ntoks else np.zeros(0, np.int64)
-        valid = cnt > 0                                                # texts without tokens are left to exact dedup
+        parts, cnts, ntoks, keys = [], [], [], []
+        for s_, c_, n_, k_ in engine.map_chunks(texts(), params):
+            parts.append(s_); cnts.append(c_); ntoks.append(n_); keys.append(k_)
+        cnt, ntok, key = (np.concatenate(x) if x else np.zeros(0, np.int64) for x in (cnts, ntoks, keys))
+    nt = len(key)
+    _, first, inv = np.unique(key, return_index=True, return_inverse=True)
+    canon = first[inv.ravel()] if nt else np.zeros(0, np.int64)          # per text: the first text with its exact key
+    eu = np.flatnonzero(canon != np.arange(nt)); ev = canon[eu]          # exact duplicates join their first occurrence
+    if opts.exact_only: text_label = union_find(nt, eu, ev)
+    else:
+        valid = (cnt > 0) & (canon == np.arange(nt))        # one text per exact key; texts without tokens: exact dedup only
         bands, rows = lsh_params(opts.threshold, opts.num_perm, opts.fp_weight, opts.fn_weight)
-        u = v = None
         if opts.verify or engine.name == 'local':
-            sig_rows = np.concatenate(engine.gather(sig_parts)) if sig_parts else np.zeros((0, opts.num_perm), np.uint32)
+            sig = np.concatenate(engine.gather(parts)) if parts else np.zeros((0, opts.num_perm), np.uint32)
         if opts.verify:
-            u, v = lsh_edges(sig_rows, bands, rows, valid, all_pairs=True, max_bucket=opts.max_bucket)
+            u, v = lsh_edges(sig, bands, rows, valid, all_pairs=True, max_bucket=opts.max_bucket)
             if stats is not None: stats.count('candidate_pairs', len(u))
-            u, v, sets = _verify_edges(src, fields, u, v, row_of_doc, opts, file)
+            u, v, sets = _verify_edges(src, fields, u, v, text_of_doc, opts, file, stats)
             if stats is not None: stats.count('verified_pairs', len(u))
-            row_label = union_find(nrow, u, v)
         elif engine.name == 'local':
-            u, v = lsh_edges(sig_rows, bands, rows, valid)
+            u, v = lsh_edges(sig, bands, rows, valid)
             if stats is not None: stats.count('candidate_pairs', len(u))
-            row_label = union_find(nrow, u, v)
+        if u is not None: text_label = union_find(nt, np.r_[u, eu], np.r_[v, ev])
         else:
-            row_label = engine.components(sig_parts, bands, rows, valid)
-            sig_rows = np.concatenate(engine.gather(sig_parts)) if sig_parts else np.zeros((0, opts.num_perm), np.uint32)
-    rod = np.asarray(row_of_doc, np.int64)
-    n = len(rod)
-    # a record's cluster: the smallest record index among records whose rows share a row cluster
-    first_doc_of_row = np.full(max(nrow, 1), n, np.int64)
-    np.minimum.at(first_doc_of_row, rod, np.arange(n))
-    rl = row_label[rod] if n else np.zeros(0, np.int64)
-    label = first_doc_of_row[rl] if n else rl
-    ntok_arr = row_ntok[rod] if row_ntok is not None and n else np.zeros(n, np.int64)
+            lab = engine.components(parts, bands, rows, valid)
+            moved = np.flatnonzero(lab != np.arange(nt))
+            text_label = union_find(nt, np.r_[moved, eu], np.r_[lab[moved], ev])
+            sig = np.concatenate(engine.gather(parts)) if parts else np.zeros((0, opts.num_perm), np.uint32)
+    tod = np.asarray(text_of_doc, np.int64)
+    n = len(tod)
+    # a record's cluster: the smallest record index among the records whose texts share a text cluster
+    first_doc_of_text = np.full(max(nt, 1), n, np.int64)
+    np.minimum.at(first_doc_of_text, tod, np.arange(n))
+    label = first_doc_of_text[text_label[tod]] if n else np.zeros(0, np.int64)
+    ntok_arr = ntok[tod] if ntok is not None and n else np.zeros(n, np.int64)
     keep = _choose_keepers(label, ntok_arr, np.asarray(score, float), opts.keep) if n else np.zeros(0, bool)
     res = DedupResult(ids, label, keep, opts)
-    if u is not None: res.pairs = (first_doc_of_row[u], first_doc_of_row[v])   # the joined pairs, as record indices
+    if u is not None: res.pairs = (first_doc_of_text[u], first_doc_of_text[v])   # the joined pairs, as record indices
     if n:
         kdoc = np.where(res.keeper >= 0, res.keeper, np.arange(n))
-        res.exact_dup = (rod == rod[kdoc]) & (kdoc != np.arange(n))
-        if sig_rows is not None and len(sig_rows):
-            res.sim = estimate_jaccard(sig_rows[rod], sig_rows[rod[kdoc]]).astype(float)
-            if opts.verify:
-                for i in np.flatnonzero(res.cluster_id >= 0):
-                    x, y = sets.get(int(rod[i])), sets.get(int(rod[kdoc[i]]))
-                    if x is not None and y is not None: res.sim[i] = _set_jaccard(x, y)
+        ci, ck = canon[tod], canon[tod[kdoc]]
+        res.exact_dup = (ci == ck) & (kdoc != np.arange(n))
+        if sig is not None and len(sig):
+            res.sim = estimate_jaccard(sig[ci], sig[ck]).astype(float)
+            if sets is not None:                                        # exact similarities where the sets were read
+                i = np.flatnonzero((res.cluster_id >= 0) & ~res.exact_dup)
+                i = i[sets.has(ci[i]) & sets.has(ck[i])]
+                res.sim[i] = sets.jaccard(ci[i], ck[i])
     if stats is not None:
         stats.count('clusters', res.n_clusters)
         if not opts.exact_only: stats.count('bands', lsh_params(opts.threshold, opts.num_perm, opts.fp_weight, opts.fn_weight)[0])
