@@ -183,6 +183,18 @@ def _char_classes(cps: np.ndarray) -> np.ndarray:
         cls = _CLASS[cps]
     return cls
 
+def _token_bounds(cls: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    "Start and end offsets of the tokens in a code-point class array (NUL at both ends), and whether each is a CJK character."
+    word = cls == 1
+    intok = cls == 3
+    intok[1:-1] &= word[:-2] & word[2:]                          # a joiner joins only between two word characters
+    intok |= word
+    edges = np.flatnonzero(intok[1:] != intok[:-1]) + 1          # word tokens: maximal runs (the ends are NUL)
+    cjk_at = np.flatnonzero(cls == 2)                            # CJK: each character is a token
+    start = np.concatenate([edges[0::2], cjk_at]); end = np.concatenate([edges[1::2], cjk_at + 1])
+    order = np.argsort(start, kind='stable')
+    return start[order], end[order], order >= len(edges) // 2
+
 class Scan(NamedTuple):
     "What one pass over a batch of texts gives (fields not asked for are None)."
     shingles: np.ndarray | None      # 64-bit shingle hashes of all texts, text after text
@@ -278,17 +290,19 @@ class Shingler:
             key = _fmix64(_poly_slices(S2, fw2, bound[:-1], bound[1:]) ^ nword.astype(np.uint64))   # no words: 0 ^ 0
         return Scan(sh, cnt, ntok, key)
 
+    def tokens(self, texts: Sequence[str]) -> list[list[str]]:
+        "The tokens of each text as this scan sees them (for checking and teaching; `scan` never builds strings)."
+        normed = self.normalize(texts)
+        joined = '\x00' + '\x00'.join(normed) + '\x00'
+        start, end, _ = _token_bounds(_char_classes(np.frombuffer(joined.encode('utf-32-le', 'surrogatepass'), np.uint32)))
+        sep = np.cumsum(np.fromiter(map(len, normed), np.int64, len(normed)) + 1)
+        toks = [joined[a:b] for a, b in zip(start.tolist(), end.tolist())]
+        b = np.r_[0, np.searchsorted(start, sep)].tolist()
+        return [toks[b[d]:b[d + 1]] for d in range(len(normed))]
+
     def _shingles(self, cls, S, fw, sep):
         D = len(sep)
-        word = cls == 1
-        intok = cls == 3
-        intok[1:-1] &= word[:-2] & word[2:]                          # a joiner joins only between two word characters
-        intok |= word
-        edges = np.flatnonzero(intok[1:] != intok[:-1]) + 1          # word tokens: maximal runs (the ends are NUL)
-        cjk_at = np.flatnonzero(cls == 2)                            # CJK: each character is a token
-        start = np.concatenate([edges[0::2], cjk_at]); end = np.concatenate([edges[1::2], cjk_at + 1])
-        order = np.argsort(start, kind='stable')
-        start, end, cjk = start[order], end[order], order >= len(edges) // 2
+        start, end, cjk = _token_bounds(cls)
         h = _fmix64(_poly_slices(S, fw, start, end) ^ (end - start).astype(np.uint64))
         ntok = np.diff(np.r_[0, np.searchsorted(start, sep)])
         T = len(h)

@@ -149,3 +149,45 @@ def test_semantic_dedup():
     st = Stats('s')
     assert [r['id'] for r in dd.semantic_dedup(qs, fields='instruction', threshold=0.85, stats=st)] == [1, 3]
     assert st.reasons == {'semantic_duplicate': 1}
+
+
+# ---- the array scan against the readable reference (random strings)
+from hypothesis import given, settings, strategies as hst
+from dataalchemy.core import normalize
+
+_alphabet = hst.sampled_from(list("aZ9_-'’ .,!\n\t\x00é机器学习ｈ½\u3000\u00a0\u2028\u200bİßΣ") + ['𠀀', 'ひ', '\ud800'])
+_texts = hst.lists(hst.text(_alphabet, max_size=30), max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_texts)
+def test_scan_tokens_match_core_tokenize(xs):
+    for lower in (True, False):
+        assert dd.Shingler(lower=lower).tokens(xs) == [dd._tokens(x, lower) for x in xs]
+
+
+@settings(max_examples=300, deadline=None)
+@given(_texts)
+def test_exact_keys_match_normalize(xs):
+    keys = dd.exact_keys(xs).tolist()
+    norm = [normalize(x, lower=True) for x in xs]
+    for i in range(len(xs)):
+        for j in range(len(xs)):
+            assert (keys[i] == keys[j]) == (norm[i] == norm[j]), (xs[i], xs[j])
+
+
+@settings(max_examples=100, deadline=None)
+@given(_texts, hst.integers(1, 40))
+def test_batches_do_not_change_hashes(xs, max_chars):
+    "Splitting a batch (by characters) changes no shingle hash, count or key."
+    sg = dd.Shingler(adaptive=False, ngram=2)
+    one, parts = sg.scan(xs, keys=True), sg.scan(xs, keys=True, max_chars=max_chars)
+    for a, b in zip(one, parts): assert (a == b).all()
+
+
+def test_chunking_does_not_change_clusters():
+    recs = corpus() * 2
+    ref = dd.find_clusters(recs, workers=1)
+    for kw in (dict(chunk_chars=300), dict(chunk_size=3), dict(chunk_chars=1, workers=2)):
+        r = dd.find_clusters(recs, **{'workers': 1, **kw})
+        assert (r.label == ref.label).all() and (r.keep == ref.keep).all() and (r.sim == ref.sim).all(), kw
