@@ -230,22 +230,23 @@ def _ranges(start: np.ndarray, length: np.ndarray) -> np.ndarray:
 def pair_jaccard(vals: np.ndarray, off: np.ndarray, u: np.ndarray, v: np.ndarray, max_elems: int = 1 << 23) -> np.ndarray:
     "Exact Jaccard of many pairs of sets at once: set `i` is `vals[off[i]:off[i+1]]` (sorted unique `SET_BITS`-bit values)."
     u, v = np.asarray(u, np.int64), np.asarray(v, np.int64)
-    out = np.ones(len(u))
     lu, lv = off[u + 1] - off[u], off[v + 1] - off[v]
-    work = np.cumsum(lu + lv)
+    small, large = np.where(lu <= lv, u, v), np.where(lu <= lv, v, u)          # look the smaller set up in the larger
+    ls, ll = np.minimum(lu, lv), np.maximum(lu, lv)
+    inter = np.zeros(len(u), np.int64)
+    work = np.cumsum(ls + ll)
     s0 = 0
     while s0 < len(u):                                           # batches of at most 2^20 pairs and ~max_elems values
         s1 = min(len(u), s0 + (1 << (64 - SET_BITS)), int(np.searchsorted(work, (work[s0 - 1] if s0 else 0) + max_elems)) + 1)
-        a, b, la, lb = u[s0:s1], v[s0:s1], lu[s0:s1], lv[s0:s1]
         tag = np.arange(s1 - s0, dtype=np.uint64) << np.uint64(SET_BITS)
-        k = np.sort(np.concatenate([np.repeat(tag, la) | vals[_ranges(off[a], la)],
-                                    np.repeat(tag, lb) | vals[_ranges(off[b], lb)]]))
-        both = k[1:][k[1:] == k[:-1]] >> np.uint64(SET_BITS)        # a value in both sets of its pair
-        inter = np.bincount(both.astype(np.int64), minlength=s1 - s0)
-        union = la + lb - inter
-        out[s0:s1] = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+        q = np.repeat(tag, ls[s0:s1]) | vals[_ranges(off[small[s0:s1]], ls[s0:s1])]    # both sorted: pair, then value
+        h = np.repeat(tag, ll[s0:s1]) | vals[_ranges(off[large[s0:s1]], ll[s0:s1])]
+        if len(h):
+            found = q == h[np.minimum(np.searchsorted(h, q), len(h) - 1)]
+            inter[s0:s1] = np.bincount((q[found] >> np.uint64(SET_BITS)).astype(np.int64), minlength=s1 - s0)
         s0 = s1
-    return out
+    union = lu + lv - inter
+    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
 
 class Shingler:
     "Hashes the shingles (and exact keys) of many texts at once: numpy operations over the code points of the whole batch."
@@ -508,6 +509,12 @@ def _sig_chunk(texts: list[str], params: tuple) -> tuple[np.ndarray, np.ndarray,
     sc = mh.shingler.scan(texts, keys=True)
     return minhash_signatures(sc.shingles, sc.counts, mh.num_perm, mh.seed), sc.counts, sc.ntok, sc.keys
 
+def _set_chunk(texts: list[str], params: tuple) -> tuple[np.ndarray, np.ndarray]:
+    "Shingle sets of one chunk, as `Shingler.set_arrays` (for `verify`, in a worker process or a Ray task)."
+    mh = _HASHERS.get(params)
+    if mh is None: mh = _HASHERS[params] = MinHasher(*params)
+    return mh.shingler.set_arrays(texts)
+
 def _self(): return importlib.import_module('dataalchemy.dedup')
 
 class LocalEngine:
@@ -517,19 +524,19 @@ class LocalEngine:
         self.workers = workers or os.cpu_count() or 1
         self._pool = None
 
-    def map_chunks(self, chunks: Iterable[list[str]], params: tuple) -> Iterator[tuple]:
-        "Signature results of `chunks`, in order."
+    def map_chunks(self, chunks: Iterable[list[str]], params: tuple, task: str = 'sig') -> Iterator[tuple]:
+        "Results of `_{task}_chunk` (signatures, or shingle sets) on `chunks`, in order."
+        fn = getattr(_self(), f'_{task}_chunk')
         it = iter(chunks)
         first = next(it, None)
         if first is None: return
         second = next(it, None)
         if second is None or self.workers < 2:
-            yield _sig_chunk(first, params)
-            for c in ([] if second is None else itertools.chain([second], it)): yield _sig_chunk(c, params)
+            yield fn(first, params)
+            for c in ([] if second is None else itertools.chain([second], it)): yield fn(c, params)
             return
         import multiprocessing as mp
         from collections import deque
-        fn = _self()._sig_chunk
         import gc
         gc.freeze()                 # forked workers then leave this process's objects alone (no copy-on-write by GC)
         try: pool = mp.get_context('fork' if os.name == 'posix' else 'spawn').Pool(self.workers)
@@ -577,21 +584,22 @@ class RayEngine:
             ray.init(ignore_reinit_error=True, log_to_driver=False, **kw)
         me = _self()
         self._sig = ray.remote(me._sig_chunk)
+        self._set = ray.remote(me._set_chunk)
         self._band = ray.remote(me._band_labels)
         self._merge = ray.remote(me._merge_labels)
         self.inflight = max(2, 2 * int(ray.available_resources().get('CPU', 2)))
 
-    def map_chunks(self, chunks: Iterable[list[str]], params: tuple) -> Iterator[tuple]:
+    def map_chunks(self, chunks: Iterable[list[str]], params: tuple, task: str = 'sig') -> Iterator[tuple]:
         from collections import deque
         q = deque()
-        for c in chunks:
-            q.append(self._sig.options(num_returns=4).remote(c, params))
-            if len(q) >= self.inflight:
-                s, *rest = q.popleft()
-                yield s, *self.ray.get(rest)                          # signatures stay in the object store
-        while q:
-            s, *rest = q.popleft()
-            yield s, *self.ray.get(rest)
+        submit = ((lambda c: self._sig.options(num_returns=4).remote(c, params)) if task == 'sig' else
+                  (lambda c: self._set.options(num_returns=2).remote(c, params)))
+        first_local = 1 if task == 'sig' else 0                       # signatures stay in the object store
+        for c in itertools.chain(chunks, [None]):
+            if c is not None: q.append(submit(c))
+            while q and (len(q) >= self.inflight or c is None):
+                refs = q.popleft()
+                yield *refs[:first_local], *self.ray.get(list(refs[first_local:]))
 
     def put(self, x): return self.ray.put(x)
     def gather(self, parts: list) -> list: return self.ray.get(parts)
@@ -671,22 +679,24 @@ class _Sets:
     def has(self, t: np.ndarray) -> np.ndarray: return self.pos[t] >= 0
     def jaccard(self, u: np.ndarray, v: np.ndarray) -> np.ndarray: return pair_jaccard(self.vals, self.off, self.pos[u], self.pos[v])
 
-def _read_sets(src, fields, texts: np.ndarray, text_of_doc, opts, file) -> _Sets:
-    "Shingle sets of the texts numbered `texts`, from one more pass over `src` (only those texts are shingled)."
+def _read_sets(src, fields, texts: np.ndarray, text_of_doc, opts, file, engine=None) -> _Sets:
+    "Shingle sets of the texts numbered `texts`, from one more pass over `src` (only those texts are shingled, by `engine`)."
     tod = np.asarray(text_of_doc, np.int64)
     first_doc = np.full(int(tod.max()) + 1 if len(tod) else 0, len(tod), np.int64)
     np.minimum.at(first_doc, tod, np.arange(len(tod)))
     want = dict(zip(first_doc[texts].tolist(), texts.tolist()))
-    sg = Shingler(opts.ngram, opts.cjk_ngram, opts.adaptive, opts.lower)
-    order, vals, sizes, buf, chars = [], [], [], [], 0
-    def flush():
-        v_, s_ = sg.set_arrays(buf); vals.append(v_); sizes.append(s_); buf.clear()
-    for i, rec in enumerate(read_records(src)):
-        t = want.get(i)
-        if t is None: continue
-        order.append(t); buf.append(record_text(rec, fields, i + 1 if file else i, file)); chars += len(buf[-1])
-        if len(buf) >= opts.chunk_size or chars >= opts.chunk_chars: flush(); chars = 0
-    if buf: flush()
+    order = []
+    def chunks():
+        buf, chars = [], 0
+        for i, rec in enumerate(read_records(src)):
+            t = want.get(i)
+            if t is None: continue
+            order.append(t); buf.append(record_text(rec, fields, i + 1 if file else i, file)); chars += len(buf[-1])
+            if len(buf) >= opts.chunk_size or chars >= opts.chunk_chars: yield buf; buf, chars = [], 0
+        if buf: yield buf
+    params = (opts.num_perm, opts.seed, opts.ngram, opts.cjk_ngram, opts.adaptive, opts.lower)
+    vals, sizes = [], []
+    for v_, s_ in (engine or LocalEngine(1)).map_chunks(chunks(), params, 'set'): vals.append(v_); sizes.append(s_)
     cat = lambda x, dt: np.concatenate(x) if x else np.zeros(0, dt)
     return _Sets(np.asarray(order, np.int64), cat(vals, np.uint64), cat(sizes, np.int64), len(first_doc))
 
@@ -710,9 +720,9 @@ def spanning_forest(n: int, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, n
             labels = nl
     return labels, (np.concatenate(tree) if tree else np.zeros(0, np.int64))
 
-def _verify_edges(src, fields, u, v, text_of_doc, opts, file, stats=None) -> tuple[np.ndarray, np.ndarray, _Sets]:
+def _verify_edges(src, fields, u, v, text_of_doc, opts, file, stats=None, engine=None) -> tuple[np.ndarray, np.ndarray, _Sets]:
     "The candidate pairs (of texts) whose exact Jaccard reaches the threshold and that the clusters need, and the shingle sets.\n\n    Round by round, only the edges of a spanning forest between clusters not yet joined are checked: a pair inside a\n    joined cluster could not change it."
-    sets = _read_sets(src, fields, np.unique(np.r_[u, v]), text_of_doc, opts, file)
+    sets = _read_sets(src, fields, np.unique(np.r_[u, v]), text_of_doc, opts, file, engine)
     n = len(sets.pos)
     labels, ok, checked = np.arange(n), np.zeros(len(u), bool), np.zeros(len(u), bool)
     while True:
@@ -775,7 +785,7 @@ def find_clusters(src, opts: DedupOptions | None = None, stats: Stats | None = N
         if opts.verify:
             u, v = lsh_edges(sig, bands, rows, valid, all_pairs=True, max_bucket=opts.max_bucket)
             if stats is not None: stats.count('candidate_pairs', len(u))
-            u, v, sets = _verify_edges(src, fields, u, v, text_of_doc, opts, file, stats)
+            u, v, sets = _verify_edges(src, fields, u, v, text_of_doc, opts, file, stats, engine)
             if stats is not None: stats.count('verified_pairs', len(u))
         elif engine.name == 'local':
             u, v = lsh_edges(sig, bands, rows, valid)
