@@ -104,20 +104,24 @@ def main():
     # datasketch's permutation tables, numpy's first calls), so the figures are throughput, not start-up
     find_clusters(recs[:300], DedupOptions(fields=','.join(fields), threshold=a.threshold, num_perm=a.num_perm, workers=1))
     SimpleDeduplicator(a.threshold, a.num_perm).deduplicate(recs[:300], fields)
-    for verify in (False, True):
-        opts = DedupOptions(fields=','.join(fields), threshold=a.threshold, num_perm=a.num_perm, workers=a.workers,
+    times = {}
+    for verify, workers in ((False, a.workers), (True, a.workers), (False, 1)):
+        opts = DedupOptions(fields=','.join(fields), threshold=a.threshold, num_perm=a.num_perm, workers=workers,
                             verify=verify)
         with Timer() as tf: st = Stats('dedup'); res = find_clusters(recs, opts, stats=st)
+        times[verify, workers] = tf
         n_exact, n_near = int((~res.keep & res.exact_dup).sum()), int((~res.keep & ~res.exact_dup).sum())
-        print(f'dataalchemy verify={str(verify):5}: {tf.wall:7.2f} s wall {len(recs)/tf.wall:8,.0f} records/s, '
-              f'{tf.cpu:7.2f} s CPU; dropped {res.n_dropped:,} ({n_exact:,} exact, {n_near:,} near) in '
-              f'{res.n_clusters:,} clusters (bands x rows {st.counts.get("bands")})')
-        if not verify: fast = tf
+        print(f'dataalchemy verify={str(verify):5} workers={workers or os.cpu_count()}: {tf.wall:6.2f} s wall '
+              f'{len(recs)/tf.wall:8,.0f} records/s, {tf.cpu:6.2f} s CPU; dropped {res.n_dropped:,} ({n_exact:,} exact, '
+              f'{n_near:,} near) in {res.n_clusters:,} clusters (bands {st.counts.get("bands")}'
+              + (f', {st.counts["checked_pairs"]:,} of {st.counts["candidate_pairs"]:,} candidate pairs checked)' if verify else ')'))
     if not a.skip_baseline:
         with Timer() as tb: uniq = SimpleDeduplicator(a.threshold, a.num_perm).deduplicate(recs, fields)
         print(f'course loop (SimpleDeduplicator): {tb.wall:7.2f} s wall {len(recs)/tb.wall:8,.0f} records/s, '
               f'{tb.cpu:7.2f} s CPU; dropped {len(recs) - len(uniq):,}')
-        print(f'speed-up (no verify): {tb.wall / fast.wall:.1f}x wall-clock, {tb.cpu / fast.cpu:.1f}x CPU time')
+        for (verify, workers), tf in times.items():
+            print(f'speed-up verify={str(verify):5} workers={workers or os.cpu_count()}: {tb.wall / tf.wall:5.1f}x wall-clock, '
+                  f'{tb.cpu / tf.cpu:5.1f}x CPU time')
 
     # ---- signatures alone: datasketch's batched API vs the numpy path, same shingles
     sub = [record_text(r, fields) for r in recs[:a.sig_sample]]
