@@ -13,7 +13,8 @@ from typing import Iterable, Iterator
 
 from .core import RecordError, Stats, normalize, read_records, stable_id, text_len, tokenize, write_records
 from .config import options
-from .self_instruct import request, result_source, result_text, run_batch, task_lang
+from .llm import run_batch
+from .self_instruct import request, result_source, result_text, task_lang
 
 # %% auto #0
 __all__ = ['DEPTH_OPS', 'BREADTH_OPS', 'EVOL_OPS', 'COPY_PHRASES', 'REFUSAL_WORDS', 'STOPWORDS_EN', 'STOPWORDS_ZH', 'evol_prompt',

@@ -21,7 +21,7 @@ __all__ = ['log', 'PARAMS', 'OFFLINE_MODEL', 'TASKS', 'QA_SCHEMA', 'DEFAULT_PRIC
            'Task', 'register_task', 'question_for', 'qa_prompt', 'offline_qa', 'extract_json', 'validate', 'cache_key',
            'Cache', 'RateLimiter', 'run_sync', 'load_pricing', 'price_of', 'approx_tokens', 'TokenCounter', 'Estimate',
            'LLMError', 'redact', 'OfflineBackend', 'OpenAIBackend', 'TransformersBackend', 'Usage', 'Engine',
-           'parse_all', 'parse_json', 'generate_cmd', 'estimate_cmd']
+           'run_batch', 'parse_all', 'parse_json', 'generate_cmd', 'estimate_cmd']
 
 # %% ../nbs/02_llm.ipynb #eb9b3979
 PARAMS = ('temperature', 'top_p', 'max_tokens', 'n', 'seed', 'response_format')
@@ -1066,6 +1066,23 @@ class Engine:
         if self._cache is not None: self._cache.close(); self._cache = None
     def __enter__(self): return self
     def __exit__(self, *_): self.close()
+
+# %% ../nbs/02_llm.ipynb #02340094
+def run_batch(engine, requests: list[dict]) -> list:
+    "Send `requests` to `engine.generate` (or to `engine` if it is a function) in ONE call; one result per request, in order (None where missing)."
+    fn = getattr(engine, 'generate', engine)
+    if not callable(fn): raise TypeError(f"engine must have .generate(requests) or be callable, got {type(engine).__name__}")
+    if not requests: return []
+    ids = [str(r['id']) for r in requests]
+    if len(set(ids)) != len(ids): raise ValueError("request ids must be unique within a batch")
+    results = list(fn(requests))
+    rid = [r.get('id') if isinstance(r, dict) else getattr(r, 'id', None) for r in results]
+    if all(i is None for i in rid):
+        if len(results) != len(requests):
+            raise RuntimeError(f"generate returned {len(results)} results without ids for {len(requests)} requests")
+        return results
+    by_id = {str(i): r for i, r in zip(rid, results)}
+    return [by_id.get(i) for i in ids]
 
 # %% ../nbs/02_llm.ipynb #61349b83
 REPAIR_PROMPT = ("Your previous reply could not be used: {problem}. Reply again with only the corrected JSON, "

@@ -16,14 +16,15 @@ import dataalchemy
 from .core import (RecordError, Stats, has_cjk, is_cjk, normalize, read_records, stable_id, text_len,
                               tokenize, write_records)
 from .config import options
+from .llm import run_batch
 
 # %% auto #0
 __all__ = ['SEED_PATH', 'SEED_CATEGORIES', 'BLACKLIST_EN', 'BLACKLIST_ZH', 'load_seed_tasks', 'task_lang', 'rouge_tokens',
            'lcs_len', 'rouge_l', 'RougeLPool', 'blacklisted', 'instruction_filter', 'parse_numbered', 'request',
-           'run_batch', 'result_text', 'result_source', 'encode_prompt', 'clf_prompt', 'instance_prompt',
-           'parse_is_classification', 'parse_instances', 'instance_filter', 'filter_instances', 'SelfInstructOptions',
-           'bootstrap_instructions', 'identify_classification', 'generate_instances', 'to_alpaca', 'SelfInstructResult',
-           'self_instruct', 'self_instruct_cmd']
+           'result_text', 'result_source', 'encode_prompt', 'clf_prompt', 'instance_prompt', 'parse_is_classification',
+           'parse_instances', 'instance_filter', 'filter_instances', 'SelfInstructOptions', 'bootstrap_instructions',
+           'identify_classification', 'generate_instances', 'to_alpaca', 'SelfInstructResult', 'self_instruct',
+           'self_instruct_cmd']
 
 # %% ../nbs/03_self_instruct.ipynb #ae940bd7
 SEED_PATH = Path(dataalchemy.__file__).parent / 'data' / 'seed_tasks.jsonl'
@@ -245,14 +246,6 @@ def request(id: str, prompt: str, temperature: float | None = None, max_tokens: 
     "A chat request dict for `generate`."
     msgs = ([{'role': 'system', 'content': system}] if system else []) + [{'role': 'user', 'content': prompt}]
     return {'id': id, 'messages': msgs, 'temperature': temperature, 'max_tokens': max_tokens}
-
-def run_batch(generate, requests: list[dict]) -> list:
-    "Send `requests` to `generate` (an object with `.generate(requests)` or a callable); results in the same order."
-    if not requests: return []
-    fn = getattr(generate, 'generate', generate)
-    res = list(fn(requests))
-    if len(res) != len(requests): raise RuntimeError(f"generate returned {len(res)} results for {len(requests)} requests")
-    return res
 
 def result_text(res) -> str | None:
     "The reply text of a result, or None when the call failed."

@@ -20,11 +20,12 @@ from .core import (RecordError, RecordWriter, Stats, cjk_ratio, has_cjk, normali
                               stable_id, text_len)
 from .config import options
 from .cli import app, Verbs
+from .llm import run_batch
 
 # %% auto #0
 __all__ = ['TIER_HINTS', 'LANG_NAMES', 'LABEL_ALIASES', 'SANDBOX_STATUSES', 'MATH_FUNCS', 'MATH_CONSTS', 'taskdata_app',
-           'result_ok', 'run_batch', 'gen_meta', 'ClassifyOptions', 'classify_options', 'classification_schema',
-           'schema_errors', 'classification_plan', 'classification_prompt', 'classification_requests', 'parse_examples',
+           'result_ok', 'gen_meta', 'ClassifyOptions', 'classify_options', 'classification_schema', 'schema_errors',
+           'classification_plan', 'classification_prompt', 'classification_requests', 'parse_examples',
            'normalize_label', 'check_example', 'label_balance', 'enforce_balance', 'generate_classification', 'to_sft',
            'netns_available', 'SandboxResult', 'run_sandboxed', 'split_code', 'code_sample_parts', 'SandboxOptions',
            'sandbox_options', 'verify_code', 'code_requests', 'generate_code', 'UnsafeExpression', 'safe_eval',
@@ -41,15 +42,6 @@ def _get(obj, name: str, default=None):
 def result_ok(res) -> bool:
     "True when a result (object or dict) has a reply and no error."
     return _get(res, 'error') is None and _get(res, 'text') is not None
-
-def run_batch(engine, requests: list[dict]) -> list[tuple[dict, Any]]:
-    "Send `requests` to `engine.generate` in ONE call; `(request, result)` pairs in request order (result None if missing)."
-    if not hasattr(engine, 'generate'): raise TypeError(f"engine must have .generate(requests), got {type(engine).__name__}")
-    ids = [r['id'] for r in requests]
-    if len(set(ids)) != len(ids): raise ValueError("request ids must be unique within a batch")
-    results = list(engine.generate(requests)) if requests else []
-    by_id = {str(_get(r, 'id')): r for r in results}
-    return [(q, by_id.get(str(q['id']))) for q in requests]
 
 def gen_meta(res, request: dict, step: str, **extra) -> dict:
     "The `meta` of a generated record: backend, model and lineage (step, request id)."
@@ -271,7 +263,8 @@ def generate_classification(engine, opts: ClassifyOptions | None = None, stats: 
     plan = {c['id']: c for c in classification_plan(o)}
     schema = classification_schema(o)
     out, seen = [], set()
-    for req, res in run_batch(engine, classification_requests(o)):
+    reqs = classification_requests(o)
+    for req, res in zip(reqs, run_batch(engine, reqs)):
         cell = plan[req['id']]
         if res is None or not result_ok(res):
             stats.drop({'request_id': req['id']}, 'llm: request failed', error=str(_get(res, 'error', 'no result')))
@@ -525,7 +518,8 @@ def generate_code(engine, tasks: Sequence[str | dict], opts: SandboxOptions | No
     stats = stats if stats is not None else Stats('taskdata.code')
     reqs = code_requests(tasks, temperature, max_tokens)
     cands = []
-    for req, res in run_batch(engine, [{k: v for k, v in r.items() if k != '_task'} for r in reqs]):
+    sent = [{k: v for k, v in r.items() if k != '_task'} for r in reqs]
+    for req, res in zip(sent, run_batch(engine, sent)):
         task = next(r['_task'] for r in reqs if r['id'] == req['id'])
         if res is None or not result_ok(res):
             stats.seen(); stats.drop(task, 'llm: request failed', error=str(_get(res, 'error', 'no result'))); continue
@@ -751,7 +745,7 @@ def generate_math(engine, problems: Sequence[dict], opts: MathOptions | None = N
     stats = stats if stats is not None else Stats('taskdata.math')
     reqs = math_requests(problems, temperature, max_tokens)
     cands = []
-    for (req, res), p in zip(run_batch(engine, reqs), problems):
+    for req, res, p in zip(reqs, run_batch(engine, reqs), problems):
         if res is None or not result_ok(res):
             stats.seen(); stats.drop(p, 'llm: request failed', error=str(_get(res, 'error', 'no result'))); continue
         rec = {'instruction': p.get('question', p.get('instruction')), 'input': '', 'output': _get(res, 'text'),
