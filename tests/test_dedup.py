@@ -118,12 +118,15 @@ def test_ray_engine_matches_local():
     recs = corpus() * 2
     local = dd.find_clusters(recs, chunk_size=16, workers=1, verify=False)
     ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
+    local_v = dd.find_clusters(recs, chunk_size=16, workers=1, verify=True)
     try:
         rr = dd.find_clusters(recs, chunk_size=16, engine='ray', verify=False)
+        rv = dd.find_clusters(recs, chunk_size=16, engine='ray', verify=True)     # shingle sets read by Ray tasks
     finally:
         ray.shutdown()
     assert (rr.label == local.label).all() and (rr.keep == local.keep).all()
     assert list(rr.clusters()) == list(local.clusters())
+    assert list(rv.clusters()) == list(local_v.clusters())
 
 
 def test_cli(tmp_path):
