@@ -6,7 +6,7 @@ Docs: https://dataalchemy.github.io/dataalchemy/dedup.html.md"""
 
 # %% ../nbs/06_dedup.ipynb #a45d7bc6
 from __future__ import annotations
-import importlib, itertools, os, re, unicodedata
+import importlib, itertools, os, re, tempfile, unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -490,14 +490,13 @@ def union_find(n: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         labels = new
 
 def lsh_edges(sig: np.ndarray, bands: int, rows: int, valid: np.ndarray | None = None, all_pairs: bool = False,
-              max_bucket: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    "Candidate edges of all bands (duplicates removed) for signatures `sig`."
+              max_bucket: int = 64, counts: bool = False) -> tuple[np.ndarray, ...]:
+    "Candidate edges of all bands (duplicates removed) for signatures `sig`; with `counts`, also how many bands each pair shares."
     keys = band_keys(sig, bands, rows)
     us, vs = zip(*(bucket_edges(keys[:, j], valid, all_pairs, max_bucket) for j in range(bands)))
     u, v = np.concatenate(us), np.concatenate(vs)
-    if len(u) == 0: return u, v
-    e = np.unique(u * len(sig) + v)
-    return e // len(sig), e % len(sig)
+    e, c = np.unique(u * len(sig) + v, return_counts=True)
+    return (e // len(sig), e % len(sig)) + ((c,) if counts else ())
 
 # %% ../nbs/06_dedup.ipynb #2a37a4cb
 _HASHERS: dict = {}
@@ -509,11 +508,13 @@ def _sig_chunk(texts: list[str], params: tuple) -> tuple[np.ndarray, np.ndarray,
     sc = mh.shingler.scan(texts, keys=True)
     return minhash_signatures(sc.shingles, sc.counts, mh.num_perm, mh.seed), sc.counts, sc.ntok, sc.keys
 
-def _set_chunk(texts: list[str], params: tuple) -> tuple[np.ndarray, np.ndarray]:
-    "Shingle sets of one chunk, as `Shingler.set_arrays` (for `verify`, in a worker process or a Ray task)."
+def _sigset_chunk(texts: list[str], params: tuple) -> tuple[np.ndarray, ...]:
+    "`_sig_chunk` and the chunk's shingle sets (values and sizes, as `Shingler.set_arrays`), from the same scan (for `verify`)."
     mh = _HASHERS.get(params)
     if mh is None: mh = _HASHERS[params] = MinHasher(*params)
-    return mh.shingler.set_arrays(texts)
+    sc = mh.shingler.scan(texts, keys=True)
+    return (minhash_signatures(sc.shingles, sc.counts, mh.num_perm, mh.seed), sc.counts, sc.ntok, sc.keys,
+            *_sorted_sets(sc.shingles, sc.counts))
 
 def _self(): return importlib.import_module('dataalchemy.dedup')
 
@@ -584,7 +585,7 @@ class RayEngine:
             ray.init(ignore_reinit_error=True, log_to_driver=False, **kw)
         me = _self()
         self._sig = ray.remote(me._sig_chunk)
-        self._set = ray.remote(me._set_chunk)
+        self._sigset = ray.remote(me._sigset_chunk)
         self._band = ray.remote(me._band_labels)
         self._merge = ray.remote(me._merge_labels)
         self.inflight = max(2, 2 * int(ray.available_resources().get('CPU', 2)))
@@ -592,14 +593,12 @@ class RayEngine:
     def map_chunks(self, chunks: Iterable[list[str]], params: tuple, task: str = 'sig') -> Iterator[tuple]:
         from collections import deque
         q = deque()
-        submit = ((lambda c: self._sig.options(num_returns=4).remote(c, params)) if task == 'sig' else
-                  (lambda c: self._set.options(num_returns=2).remote(c, params)))
-        first_local = 1 if task == 'sig' else 0                       # signatures stay in the object store
+        fn, k = (self._sig, 4) if task == 'sig' else (self._sigset, 6)
         for c in itertools.chain(chunks, [None]):
-            if c is not None: q.append(submit(c))
+            if c is not None: q.append(fn.options(num_returns=k).remote(c, params))
             while q and (len(q) >= self.inflight or c is None):
-                refs = q.popleft()
-                yield *refs[:first_local], *self.ray.get(list(refs[first_local:]))
+                s, *rest = q.popleft()
+                yield s, *self.ray.get(rest)                          # signatures stay in the object store
 
     def put(self, x): return self.ray.put(x)
     def gather(self, parts: list) -> list: return self.ray.get(parts)
@@ -671,46 +670,36 @@ def _choose_keepers(label: np.ndarray, ntok: np.ndarray, score: np.ndarray, poli
     return keep
 
 class _Sets:
-    "Shingle sets of some texts (by text number), stored as one array; exact Jaccard of pairs of them."
-    def __init__(self, texts: np.ndarray, vals: np.ndarray, sizes: np.ndarray, n_texts: int):
-        self.vals, self.off = vals, np.r_[0, np.cumsum(sizes)]
-        self.pos = np.full(n_texts, -1, np.int64); self.pos[texts] = np.arange(len(texts))
+    "Shingle sets by text number, one after another in a temporary file (memory-mapped back); exact Jaccard of pairs."
+    def __init__(self):
+        self.f, self.sizes, self.vals = tempfile.TemporaryFile(prefix='dataalchemy-dedup-sets-'), [], None
 
-    def has(self, t: np.ndarray) -> np.ndarray: return self.pos[t] >= 0
-    def jaccard(self, u: np.ndarray, v: np.ndarray) -> np.ndarray: return pair_jaccard(self.vals, self.off, self.pos[u], self.pos[v])
+    def add(self, vals: np.ndarray, sizes: np.ndarray):
+        "Append the sets of the next texts (values and sizes, as `Shingler.set_arrays`)."
+        np.ascontiguousarray(vals, np.uint64).tofile(self.f); self.sizes.append(np.asarray(sizes, np.int64))
 
-def _read_sets(src, fields, texts: np.ndarray, text_of_doc, opts, file, engine=None) -> _Sets:
-    "Shingle sets of the texts numbered `texts`, from one more pass over `src` (only those texts are shingled, by `engine`)."
-    tod = np.asarray(text_of_doc, np.int64)
-    first_doc = np.full(int(tod.max()) + 1 if len(tod) else 0, len(tod), np.int64)
-    np.minimum.at(first_doc, tod, np.arange(len(tod)))
-    want = dict(zip(first_doc[texts].tolist(), texts.tolist()))
-    order = []
-    def chunks():
-        buf, chars = [], 0
-        for i, rec in enumerate(read_records(src)):
-            t = want.get(i)
-            if t is None: continue
-            order.append(t); buf.append(record_text(rec, fields, i + 1 if file else i, file)); chars += len(buf[-1])
-            if len(buf) >= opts.chunk_size or chars >= opts.chunk_chars: yield buf; buf, chars = [], 0
-        if buf: yield buf
-    params = (opts.num_perm, opts.seed, opts.ngram, opts.cjk_ngram, opts.adaptive, opts.lower)
-    vals, sizes = [], []
-    for v_, s_ in (engine or LocalEngine(1)).map_chunks(chunks(), params, 'set'): vals.append(v_); sizes.append(s_)
-    cat = lambda x, dt: np.concatenate(x) if x else np.zeros(0, dt)
-    return _Sets(np.asarray(order, np.int64), cat(vals, np.uint64), cat(sizes, np.int64), len(first_doc))
+    def ready(self) -> '_Sets':
+        self.f.flush()
+        self.off = np.r_[0, np.cumsum(np.concatenate(self.sizes))] if self.sizes else np.zeros(1, np.int64)
+        self.vals = np.memmap(self.f, np.uint64, 'r') if self.off[-1] else np.zeros(0, np.uint64)
+        return self
 
-def spanning_forest(n: int, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    "Component labels (smallest node) of edges `(u, v)` on `n` nodes, and the indices of edges forming a spanning forest."
+    def size(self, t: np.ndarray) -> np.ndarray: return self.off[t + 1] - self.off[t]
+    def jaccard(self, u: np.ndarray, v: np.ndarray) -> np.ndarray: return pair_jaccard(self.vals, self.off, u, v)
+    def close(self): self.vals = None; self.f.close()
+
+def spanning_forest(n: int, u: np.ndarray, v: np.ndarray, weight: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    "Component labels (smallest node) of edges `(u, v)` on `n` nodes, and the indices of edges forming a spanning forest (heavier edges preferred)."
     labels, tree = np.arange(n), []
     u, v = np.asarray(u, np.int64), np.asarray(v, np.int64)
+    w = np.zeros(len(u)) if weight is None else -np.asarray(weight, float)
     live = np.arange(len(u))
     while len(live):
         lu, lv = labels[u[live]], labels[v[live]]
         live, lu, lv = live[lu != lv], lu[lu != lv], lv[lu != lv]
         if not len(live): break
         hi, lo = np.maximum(lu, lv), np.minimum(lu, lv)
-        o = np.lexsort((lo, hi))
+        o = np.lexsort((lo, w[live], hi))
         pick = o[np.r_[True, hi[o][1:] != hi[o][:-1]]]               # each root hooks once, onto a smaller label: no cycle
         tree.append(live[pick])
         labels[hi[pick]] = lo[pick]
@@ -720,23 +709,30 @@ def spanning_forest(n: int, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, n
             labels = nl
     return labels, (np.concatenate(tree) if tree else np.zeros(0, np.int64))
 
-def _verify_edges(src, fields, u, v, text_of_doc, opts, file, stats=None, engine=None) -> tuple[np.ndarray, np.ndarray, _Sets]:
-    "The candidate pairs (of texts) whose exact Jaccard reaches the threshold and that the clusters need, and the shingle sets.\n\n    Round by round, only the edges of a spanning forest between clusters not yet joined are checked: a pair inside a\n    joined cluster could not change it."
-    sets = _read_sets(src, fields, np.unique(np.r_[u, v]), text_of_doc, opts, file, engine)
-    n = len(sets.pos)
+def _verify_edges(u, v, weight, sets: _Sets, opts, stats=None) -> tuple[np.ndarray, np.ndarray]:
+    "The candidate pairs (of texts) whose exact Jaccard reaches the threshold and that the clusters need.\n\n    Round by round, only the edges of a spanning forest between clusters not yet joined are checked (pairs sharing more\n    bands first): a pair inside a joined cluster could not change it."
+    n, t = len(sets.off) - 1, opts.threshold
     labels, ok, checked = np.arange(n), np.zeros(len(u), bool), np.zeros(len(u), bool)
+    su, sv = sets.size(u), sets.size(v)
+    refused = np.minimum(su, sv) < t * np.maximum(su, sv)             # J <= min / max size: a cheap exact refusal
+    checked[refused] = True
+    check_all = False
     while True:
         todo = np.flatnonzero(~checked)
         lu, lv = labels[u[todo]], labels[v[todo]]
         todo, lu, lv = todo[lu != lv], lu[lu != lv], lv[lu != lv]
         if not len(todo): break
-        _, tree = spanning_forest(n, lu, lv)
-        e = todo[tree]
+        if not check_all:
+            _, tree = spanning_forest(n, lu, lv, weight[todo])
+            check_all = len(todo) - len(tree) <= 1024               # a round costs more than ~1,000 checks
+        e = todo if check_all else todo[tree]
         checked[e] = True
-        ok[e] = sets.jaccard(u[e], v[e]) >= opts.threshold
+        ok[e] = sets.jaccard(u[e], v[e]) >= t
+        check_all = check_all or 2 * int(ok[e].sum()) < len(e)      # most forest pairs failed: the rest in one batch
         labels = union_find(n, u[ok], v[ok])
-    if stats is not None: stats.count('checked_pairs', int(checked.sum()))
-    return u[ok], v[ok], sets
+    if stats is not None:
+        stats.count('refused_on_size', int(refused.sum())); stats.count('checked_pairs', int((checked & ~refused).sum()))
+    return u[ok], v[ok]
 
 def find_clusters(src, opts: DedupOptions | None = None, stats: Stats | None = None, **overrides) -> DedupResult:
     "Read `src` once (a path streams; records in memory work too) and decide clusters and keepers; see `DedupResult`."
@@ -769,8 +765,10 @@ def find_clusters(src, opts: DedupOptions | None = None, stats: Stats | None = N
         ntok = None
     else:
         parts, cnts, ntoks, keys = [], [], [], []
-        for s_, c_, n_, k_ in engine.map_chunks(texts(), params):
+        if opts.verify: sets = _Sets()                    # the shingle sets wait on disk for the exact check
+        for s_, c_, n_, k_, *set_ in engine.map_chunks(texts(), params, 'sigset' if opts.verify else 'sig'):
             parts.append(s_); cnts.append(c_); ntoks.append(n_); keys.append(k_)
+            if set_: sets.add(*set_)
         cnt, ntok, key = (np.concatenate(x) if x else np.zeros(0, np.int64) for x in (cnts, ntoks, keys))
     nt = len(key)
     _, first, inv = np.unique(key, return_index=True, return_inverse=True)
@@ -783,9 +781,9 @@ def find_clusters(src, opts: DedupOptions | None = None, stats: Stats | None = N
         if opts.verify or engine.name == 'local':
             sig = np.concatenate(engine.gather(parts)) if parts else np.zeros((0, opts.num_perm), np.uint32)
         if opts.verify:
-            u, v = lsh_edges(sig, bands, rows, valid, all_pairs=True, max_bucket=opts.max_bucket)
+            u, v, w = lsh_edges(sig, bands, rows, valid, all_pairs=True, max_bucket=opts.max_bucket, counts=True)
             if stats is not None: stats.count('candidate_pairs', len(u))
-            u, v, sets = _verify_edges(src, fields, u, v, text_of_doc, opts, file, stats, engine)
+            u, v = _verify_edges(u, v, w, sets.ready(), opts, stats)
             if stats is not None: stats.count('verified_pairs', len(u))
         elif engine.name == 'local':
             u, v = lsh_edges(sig, bands, rows, valid)
@@ -812,10 +810,10 @@ def find_clusters(src, opts: DedupOptions | None = None, stats: Stats | None = N
         res.exact_dup = (ci == ck) & (kdoc != np.arange(n))
         if sig is not None and len(sig):
             res.sim = estimate_jaccard(sig[ci], sig[ck]).astype(float)
-            if sets is not None:                                        # exact similarities where the sets were read
+            if sets is not None:                                        # with verify: exact similarities
                 i = np.flatnonzero((res.cluster_id >= 0) & ~res.exact_dup)
-                i = i[sets.has(ci[i]) & sets.has(ck[i])]
                 res.sim[i] = sets.jaccard(ci[i], ck[i])
+    if sets is not None: sets.close()
     if stats is not None:
         stats.count('clusters', res.n_clusters)
         if not opts.exact_only: stats.count('bands', lsh_params(opts.threshold, opts.num_perm, opts.fp_weight, opts.fn_weight)[0])
