@@ -709,10 +709,10 @@ def spanning_forest(n: int, u: np.ndarray, v: np.ndarray, weight: np.ndarray | N
             labels = nl
     return labels, (np.concatenate(tree) if tree else np.zeros(0, np.int64))
 
-def _verify_edges(u, v, weight, sets: _Sets, opts, stats=None) -> tuple[np.ndarray, np.ndarray]:
-    "The candidate pairs (of texts) whose exact Jaccard reaches the threshold and that the clusters need.\n\n    Round by round, only the edges of a spanning forest between clusters not yet joined are checked (pairs sharing more\n    bands first): a pair inside a joined cluster could not change it."
+def _verify_edges(u, v, weight, sets: _Sets, opts, stats=None) -> tuple[np.ndarray, ...]:
+    "The candidate pairs (of texts) whose exact Jaccard reaches the threshold and that the clusters need, and the Jaccard of every checked pair.\n\n    Round by round, only the edges of a spanning forest between clusters not yet joined are checked (pairs sharing more\n    bands first): a pair inside a joined cluster could not change it."
     n, t = len(sets.off) - 1, opts.threshold
-    labels, ok, checked = np.arange(n), np.zeros(len(u), bool), np.zeros(len(u), bool)
+    labels, ok, checked, jac = np.arange(n), np.zeros(len(u), bool), np.zeros(len(u), bool), np.full(len(u), np.nan)
     su, sv = sets.size(u), sets.size(v)
     refused = np.minimum(su, sv) < t * np.maximum(su, sv)             # J <= min / max size: a cheap exact refusal
     checked[refused] = True
@@ -727,12 +727,14 @@ def _verify_edges(u, v, weight, sets: _Sets, opts, stats=None) -> tuple[np.ndarr
             check_all = len(todo) - len(tree) <= 1024               # a round costs more than ~1,000 checks
         e = todo if check_all else todo[tree]
         checked[e] = True
-        ok[e] = sets.jaccard(u[e], v[e]) >= t
+        jac[e] = sets.jaccard(u[e], v[e])
+        ok[e] = jac[e] >= t
         check_all = check_all or 2 * int(ok[e].sum()) < len(e)      # most forest pairs failed: the rest in one batch
         labels = union_find(n, u[ok], v[ok])
     if stats is not None:
         stats.count('refused_on_size', int(refused.sum())); stats.count('checked_pairs', int((checked & ~refused).sum()))
-    return u[ok], v[ok]
+    known = ~np.isnan(jac)
+    return u[ok], v[ok], (u[known] * n + v[known], jac[known])
 
 def find_clusters(src, opts: DedupOptions | None = None, stats: Stats | None = None, **overrides) -> DedupResult:
     "Read `src` once (a path streams; records in memory work too) and decide clusters and keepers; see `DedupResult`."
@@ -783,7 +785,7 @@ def find_clusters(src, opts: DedupOptions | None = None, stats: Stats | None = N
         if opts.verify:
             u, v, w = lsh_edges(sig, bands, rows, valid, all_pairs=True, max_bucket=opts.max_bucket, counts=True)
             if stats is not None: stats.count('candidate_pairs', len(u))
-            u, v = _verify_edges(u, v, w, sets.ready(), opts, stats)
+            u, v, known = _verify_edges(u, v, w, sets.ready(), opts, stats)
             if stats is not None: stats.count('verified_pairs', len(u))
         elif engine.name == 'local':
             u, v = lsh_edges(sig, bands, rows, valid)
@@ -812,7 +814,12 @@ def find_clusters(src, opts: DedupOptions | None = None, stats: Stats | None = N
             res.sim = estimate_jaccard(sig[ci], sig[ck]).astype(float)
             if sets is not None:                                        # with verify: exact similarities
                 i = np.flatnonzero((res.cluster_id >= 0) & ~res.exact_dup)
-                res.sim[i] = sets.jaccard(ci[i], ck[i])
+                pk = np.minimum(ci[i], ck[i]) * nt + np.maximum(ci[i], ck[i])
+                o = np.argsort(known[0]); kk, kj = known[0][o], known[1][o]
+                at = np.minimum(np.searchsorted(kk, pk), max(len(kk) - 1, 0))
+                hit = (kk[at] == pk) if len(kk) else np.zeros(len(i), bool)       # pairs already checked: no recount
+                res.sim[i[hit]] = kj[at[hit]]
+                res.sim[i[~hit]] = sets.jaccard(ci[i[~hit]], ck[i[~hit]])
     if sets is not None: sets.close()
     if stats is not None:
         stats.count('clusters', res.n_clusters)
