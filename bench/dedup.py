@@ -105,7 +105,7 @@ def main():
     find_clusters(recs[:300], DedupOptions(fields=','.join(fields), threshold=a.threshold, num_perm=a.num_perm, workers=1))
     SimpleDeduplicator(a.threshold, a.num_perm).deduplicate(recs[:300], fields)
     times = {}
-    for verify, workers in ((False, a.workers), (True, a.workers), (False, 1)):
+    for verify, workers in ((False, a.workers), (True, a.workers), (False, 1), (True, 1)):
         opts = DedupOptions(fields=','.join(fields), threshold=a.threshold, num_perm=a.num_perm, workers=workers,
                             verify=verify)
         with Timer() as tf: st = Stats('dedup'); res = find_clusters(recs, opts, stats=st)
