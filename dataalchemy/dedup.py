@@ -6,7 +6,7 @@ Docs: https://dataalchemy.github.io/dataalchemy/dedup.html.md"""
 
 # %% ../nbs/06_dedup.ipynb #a45d7bc6
 from __future__ import annotations
-import importlib, itertools, os, re, tempfile, unicodedata
+import contextlib, importlib, itertools, os, re, tempfile, unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -128,7 +128,6 @@ def jaccard(a: Iterable, b: Iterable) -> float:
     return len(a & b) / len(a | b) if a or b else 1.0
 
 # %% ../nbs/06_dedup.ipynb #b25a3d5f
-_M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 _P64 = np.uint64(0x100000001B3)             # odd multiplier for the polynomial combination of token hashes
 
 def _fmix64(h: np.ndarray) -> np.ndarray:
@@ -182,6 +181,12 @@ def _char_classes(cps: np.ndarray) -> np.ndarray:
                          4 if ch.isspace() else 0)
         cls = _CLASS[cps]
     return cls
+
+def _code_points(normed: list[str]) -> tuple[str, np.ndarray, np.ndarray]:
+    "The texts joined between NULs (so nothing crosses from one text to the next), its code points, and each text's closing NUL."
+    joined = '\x00' + '\x00'.join(normed) + '\x00'
+    sep = np.cumsum(np.fromiter(map(len, normed), np.int64, len(normed)) + 1)
+    return joined, np.frombuffer(joined.encode('utf-32-le', 'surrogatepass'), np.uint32), sep
 
 def _token_bounds(cls: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     "Start and end offsets of the tokens in a code-point class array (NUL at both ends), and whether each is a CJK character."
@@ -270,11 +275,7 @@ class Shingler:
         return Scan(*(None if x[0] is None else np.concatenate(x) for x in zip(*parts)))
 
     def _scan(self, normed: list[str], shingles: bool, keys: bool) -> Scan:
-        D = len(normed)
-        lens = np.fromiter(map(len, normed), np.int64, D)
-        joined = '\x00' + '\x00'.join(normed) + '\x00'                # texts between NULs: nothing crosses a NUL
-        cps = np.frombuffer(joined.encode('utf-32-le', 'surrogatepass'), np.uint32)
-        sep = np.cumsum(lens + 1)                                    # the NUL after each text
+        _, cps, sep = _code_points(normed)
         cls = _char_classes(cps)
         S, fw = _poly_prefix(cps.astype(np.uint64), _CHAR_POW)       # any slice's hash in O(1) from here on
         sh = cnt = ntok = key = None
@@ -293,13 +294,11 @@ class Shingler:
 
     def tokens(self, texts: Sequence[str]) -> list[list[str]]:
         "The tokens of each text as this scan sees them (for checking and teaching; `scan` never builds strings)."
-        normed = self.normalize(texts)
-        joined = '\x00' + '\x00'.join(normed) + '\x00'
-        start, end, _ = _token_bounds(_char_classes(np.frombuffer(joined.encode('utf-32-le', 'surrogatepass'), np.uint32)))
-        sep = np.cumsum(np.fromiter(map(len, normed), np.int64, len(normed)) + 1)
+        joined, cps, sep = _code_points(self.normalize(texts))
+        start, end, _ = _token_bounds(_char_classes(cps))
         toks = [joined[a:b] for a, b in zip(start.tolist(), end.tolist())]
         b = np.r_[0, np.searchsorted(start, sep)].tolist()
-        return [toks[b[d]:b[d + 1]] for d in range(len(normed))]
+        return [toks[b[d]:b[d + 1]] for d in range(len(sep))]
 
     def _shingles(self, cls, S, fw, sep):
         D = len(sep)
@@ -687,6 +686,8 @@ class _Sets:
     def size(self, t: np.ndarray) -> np.ndarray: return self.off[t + 1] - self.off[t]
     def jaccard(self, u: np.ndarray, v: np.ndarray) -> np.ndarray: return pair_jaccard(self.vals, self.off, u, v)
     def close(self): self.vals = None; self.f.close()
+    def __enter__(self): return self
+    def __exit__(self, *exc): self.close()
 
 def spanning_forest(n: int, u: np.ndarray, v: np.ndarray, weight: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     "Component labels (smallest node) of edges `(u, v)` on `n` nodes, and the indices of edges forming a spanning forest (heavier edges preferred)."
@@ -739,6 +740,10 @@ def _verify_edges(u, v, weight, sets: _Sets, opts, stats=None) -> tuple[np.ndarr
 def find_clusters(src, opts: DedupOptions | None = None, stats: Stats | None = None, **overrides) -> DedupResult:
     "Read `src` once (a path streams; records in memory work too) and decide clusters and keepers; see `DedupResult`."
     opts = opts or dedup_options(**overrides)
+    with _Sets() if opts.verify and not opts.exact_only else contextlib.nullcontext() as sets:   # file closed, whatever happens
+        return _find_clusters(src, opts, stats, sets)
+
+def _find_clusters(src, opts: DedupOptions, stats: Stats | None, sets: _Sets | None) -> DedupResult:
     fields, file = opts.field_list, (src if isinstance(src, (str, os.PathLike)) else None)
     engine = None if opts.exact_only else get_engine(opts)
     params = (opts.num_perm, opts.seed, opts.ngram, opts.cjk_ngram, opts.adaptive, opts.lower)
@@ -761,13 +766,12 @@ def find_clusters(src, opts: DedupOptions | None = None, stats: Stats | None = N
             if len(chunk) >= opts.chunk_size or chars >= opts.chunk_chars: yield chunk; chunk, chars = [], 0
         if chunk: yield chunk
 
-    sig = sets = u = v = None
+    sig = u = v = None
     if opts.exact_only:
         key = np.concatenate([exact_keys(c, opts.lower) for c in texts()] or [np.zeros(0, np.uint64)])
         ntok = None
     else:
-        parts, cnts, ntoks, keys = [], [], [], []
-        if opts.verify: sets = _Sets()                    # the shingle sets wait on disk for the exact check
+        parts, cnts, ntoks, keys = [], [], [], []              # with verify, the shingle sets wait on disk in `sets`
         for s_, c_, n_, k_, *set_ in engine.map_chunks(texts(), params, 'sigset' if opts.verify else 'sig'):
             parts.append(s_); cnts.append(c_); ntoks.append(n_); keys.append(k_)
             if set_: sets.add(*set_)
@@ -820,7 +824,6 @@ def find_clusters(src, opts: DedupOptions | None = None, stats: Stats | None = N
                 hit = (kk[at] == pk) if len(kk) else np.zeros(len(i), bool)       # pairs already checked: no recount
                 res.sim[i[hit]] = kj[at[hit]]
                 res.sim[i[~hit]] = sets.jaccard(ci[i[~hit]], ck[i[~hit]])
-    if sets is not None: sets.close()
     if stats is not None:
         stats.count('clusters', res.n_clusters)
         if not opts.exact_only: stats.count('bands', lsh_params(opts.threshold, opts.num_perm, opts.fp_weight, opts.fn_weight)[0])
