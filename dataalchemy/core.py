@@ -6,15 +6,16 @@ Docs: https://dataalchemy.github.io/dataalchemy/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #5880bc08
 from __future__ import annotations
-import codecs, contextlib, gzip, hashlib, io, json, os, re, tempfile, unicodedata, warnings
+import codecs, contextlib, dataclasses, functools, gzip, hashlib, io, json, os, re, tempfile, unicodedata, warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 # %% auto #0
-__all__ = ['CJK_RANGES', 'TOKEN_RE', 'FILE_FORMATS', 'is_cjk', 'has_cjk', 'cjk_ratio', 'tokenize', 'token_spans', 'text_len',
-           'split_sentences', 'normalize', 'stable_id', 'RecordError', 'EmptyInputError', 'file_format', 'ErrorLog',
-           'RecordReader', 'read_records', 'dumps', 'RecordWriter', 'write_records', 'to_hf', 'from_hf', 'Stats']
+__all__ = ['CJK_RANGES', 'TOKEN_RE', 'FILE_FORMATS', 'CJK_FONTS', 'is_cjk', 'has_cjk', 'cjk_ratio', 'tokenize', 'token_spans',
+           'text_len', 'split_sentences', 'normalize', 'stable_id', 'RecordError', 'EmptyInputError', 'file_format',
+           'ErrorLog', 'RecordReader', 'read_records', 'dumps', 'RecordWriter', 'write_records', 'to_hf', 'from_hf',
+           'Stats', 'cjk_font', 'use_cjk_font', 'plot_label']
 
 # %% ../nbs/00_core.ipynb #7b8ed1ce
 CJK_RANGES = ('\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff'   # CJK unified ideographs (+ext A, compatibility)
@@ -413,10 +414,55 @@ class Stats:
     def __repr__(self): return self.table()
 
     def plot(self, ax=None):
-        "A bar chart of drop reasons (matplotlib)."
-        import matplotlib.pyplot as plt
+        "A bar chart of drop reasons (matplotlib; Chinese reasons draw with an installed CJK font, see `plot_label`)."
+        import matplotlib as mpl, matplotlib.pyplot as plt
+        use_cjk_font()
         if ax is None: _, ax = plt.subplots(figsize=(6, 0.4 * max(len(self.reasons), 1) + 1))
         items = self.reasons.most_common()[::-1]
-        ax.barh([r for r, _ in items], [n for _, n in items], color='indianred')
-        ax.set_title(f'{self.step}: kept {self.n_out:,} of {self.n_in:,}'); ax.set_xlabel('records dropped')
+        ax.barh([plot_label(r) for r, _ in items], [n for _, n in items], color='indianred')
+        fam = mpl.rcParams['font.family']                       # also for an `ax` made before the CJK font was added
+        ax.set_title(plot_label(f'{self.step}: kept {self.n_out:,} of {self.n_in:,}'), fontfamily=fam)
+        ax.tick_params(labelfontfamily=fam); ax.set_xlabel('records dropped')
         return ax
+
+# %% ../nbs/00_core.ipynb #dde2159f
+CJK_FONTS = ('Noto Sans CJK SC', 'Noto Sans SC', 'Source Han Sans SC', 'Source Han Sans CN', 'WenQuanYi Zen Hei',
+             'WenQuanYi Micro Hei', 'Sarasa Gothic SC', 'SimHei', 'Microsoft YaHei', 'PingFang SC', 'Heiti SC',
+             'STHeiti', 'Noto Sans CJK JP', 'Noto Sans CJK TC', 'Arial Unicode MS', 'Droid Sans Fallback', 'AR PL UMing CN')
+
+_CJK_FILE_HINTS = ('cjk', 'wqy', 'sourcehan', 'source-han', 'notosanssc', 'simhei', 'msyh', 'yahei', 'pingfang', 'hei',
+                   'droidsansfallback', 'uming', 'ukai', 'sarasa')
+
+@functools.lru_cache(maxsize=1)
+def cjk_font() -> str | None:
+    "The family name of an installed font with Chinese glyphs, or None (fonts installed after matplotlib built its cache are added)."
+    try: from matplotlib import font_manager
+    except ImportError: return None
+    def pick():
+        names = {f.name for f in font_manager.fontManager.ttflist}
+        return next((n for n in CJK_FONTS if n in names), None) or next((n for n in sorted(names) if 'CJK' in n), None)
+    if (found := pick()) is None:
+        for path in font_manager.findSystemFonts():
+            if any(h in os.path.basename(path).lower().replace('_', '') for h in _CJK_FILE_HINTS):
+                try: font_manager.fontManager.addfont(path)
+                except Exception: continue
+        found = pick()
+    entries = [f for f in font_manager.fontManager.ttflist if f.name == found]
+    if entries and not any(f.weight in (400, 'normal', 'regular') for f in entries):   # a medium-only font (WenQuanYi):
+        font_manager.fontManager.ttflist.append(dataclasses.replace(entries[0], weight=400))   # serve it as regular too
+    return found
+
+def use_cjk_font() -> bool:
+    "Add the installed CJK font (if any) to the end of matplotlib's `font.family`, so Chinese glyphs fall back to it; True if there is one."
+    fam = cjk_font()
+    if fam is None: return False
+    import matplotlib as mpl
+    if fam not in mpl.rcParams['font.family']: mpl.rcParams['font.family'] = list(mpl.rcParams['font.family']) + [fam]
+    return True
+
+def plot_label(s: str) -> str:
+    "`s` ready for a plot: as it is when matplotlib can draw it (a CJK font is installed, or the text is Latin), else with `\\u` escapes."
+    if all(ord(c) < 0x2000 for c in s) or use_cjk_font(): return s
+    return s.encode('ascii', 'backslashreplace').decode()
+
+

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 import typer
-from .core import RecordError, RecordWriter, Stats, dumps, has_cjk, read_records, stable_id, text_len, write_records
+from .core import (RecordError, RecordWriter, Stats, dumps, has_cjk, plot_label, read_records, stable_id,
+                              text_len, use_cjk_font, write_records)
 from .cli import app
 
 # %% auto #0
@@ -742,6 +743,7 @@ def _png(fig) -> bytes:
 
 def _fig(w, h):
     from matplotlib.figure import Figure
+    use_cjk_font()                                   # Chinese stage names and reasons draw with a CJK font when there is one
     return Figure(figsize=(w, h))
 
 def plot_stages(stats: dict):
@@ -760,9 +762,6 @@ def plot_stages(stats: dict):
     ax.set_ylabel('records'); ax.set_title('Records per stage (ingest: chunks out)'); ax.legend(frameon=False)
     return fig
 
-def _ascii(s: str) -> str:
-    "Plot labels: the bundled fonts have no CJK glyphs, so non-Latin text is shown as escapes."
-    return s if all(ord(c) < 0x2000 for c in s) else s.encode('ascii', 'backslashreplace').decode()
 
 def plot_drops(stats: dict):
     "Drop reasons of every stage, one bar per (stage, reason)."
@@ -774,7 +773,7 @@ def plot_drops(stats: dict):
     stages = list(dict.fromkeys(s for s, _, _ in rows[::-1]))
     colors = ['#e6550d', '#3182bd', '#31a354', '#756bb1', '#636363', '#fd8d3c', '#6baed6', '#74c476', '#9e9ac8']
     ax.barh(range(len(rows)), [n for _, _, n in rows], color=[colors[stages.index(s) % len(colors)] for s, _, _ in rows])
-    ax.set_yticks(range(len(rows)), [_ascii(f'{s}: {r}'[:60]) for s, r, _ in rows], fontsize=8)
+    ax.set_yticks(range(len(rows)), [plot_label(f'{s}: {r}'[:60]) for s, r, _ in rows], fontsize=8)
     for y, (_, _, n) in enumerate(rows): ax.annotate(f' {n:,}', (n, y), va='center', fontsize=8)
     ax.set_xlabel('records dropped'); ax.set_title('Why records were dropped, per stage')
     return fig
