@@ -267,12 +267,24 @@ _GEN_PROMPT = {
            "每个任务都必须只用文字就能完成，不涉及图片、音视频、附件或上网浏览。\n\n"
            "{examples}\n\n请接着上面的列表再写{n}个新任务，编号从{start}到{end}，每行一个。只输出编号列表。")}
 
-def encode_prompt(instructions: list[str], n_new: int = 8, lang: str = 'en') -> str:
-    "The instruction-generation prompt: `instructions` as a numbered list, asking for `n_new` more."
+_GEN_PROMPT_CLF = {
+    'en': ("Come up with a series of classification tasks. Each task is one instruction that a person could give to an "
+           "AI assistant, asking it to sort a text into one of a finite set of classes. Try to specify the possible "
+           "output labels when possible. Make the tasks diverse in topic and phrasing, in the same languages as the "
+           "examples, and answerable with text alone.\n\n"
+           "{examples}\n\nContinue the list with {n} new classification tasks, numbered {start} to {end}, one per line. "
+           "Reply with the numbered list only."),
+    'zh': ("请想出一系列新的分类任务。每个任务是一条可以交给AI助手完成的指令，要求把一段文字归入有限个类别之一。"
+           "尽量在任务里写明可能的输出类别。任务的主题和表达方式要多样，只用文字就能完成。\n\n"
+           "{examples}\n\n请接着上面的列表再写{n}个新的分类任务，编号从{start}到{end}，每行一个。只输出编号列表。")}
+
+def encode_prompt(instructions: list[str], n_new: int = 8, lang: str = 'en', classification: bool = False) -> str:
+    "The instruction-generation prompt: `instructions` as a numbered list, asking for `n_new` more (classification tasks only with `classification`)."
     clean = [re.sub(r'\s+', ' ', t).strip().rstrip(':：') for t in instructions]
     ex = '\n'.join(f"{i}. {t}" for i, t in enumerate(clean, 1))
     k = len(instructions)
-    return _GEN_PROMPT['zh' if lang == 'zh' else 'en'].format(examples=ex, n=n_new, start=k + 1, end=k + n_new)
+    tpl = (_GEN_PROMPT_CLF if classification else _GEN_PROMPT)['zh' if lang == 'zh' else 'en']
+    return tpl.format(examples=ex, n=n_new, start=k + 1, end=k + n_new)
 
 # %% ../nbs/03_self_instruct.ipynb #59cb66aa
 _CLF_PROMPT = ("Can the following task be regarded as a classification task with a finite set of output labels? "
@@ -397,6 +409,7 @@ class SelfInstructOptions:
     instance_shots: int = 3              # seed tasks shown in an instance-generation prompt
     max_instances: int = 3               # instances kept per task
     patience: int = 3                    # stop after this many rounds in a row with no new task
+    classification_only: bool = False    # the paper's classification-only mode: its prompt, classification seeds only
     seed: int = 42
 
 def _opts(opts: SelfInstructOptions | None, **overrides) -> SelfInstructOptions:
@@ -418,19 +431,22 @@ def bootstrap_instructions(generate, num: int, seeds=None, machine: list[dict] |
     rng = random.Random(o.seed)
     pool = RougeLPool([s['instruction'] for s in seeds] + [m['instruction'] for m in machine])
     pool_ids = [s['id'] for s in seeds] + [m['id'] for m in machine]
-    human = [s for s in seeds if _lang_ok(s['instruction'], o.lang)]
-    if not human: raise ValueError(f"no seed tasks in language {o.lang!r}")
+    human = [s for s in seeds if _lang_ok(s['instruction'], o.lang) and (s['is_classification'] or not o.classification_only)]
+    if not human: raise ValueError(f"no {'classification ' if o.classification_only else ''}seed tasks in language {o.lang!r}")
     rnd, stall, n_rounds = max([m['meta'].get('round', 0) for m in machine], default=0), 0, 0
     while len(machine) < num and stall < o.patience:
         rnd += 1; n_rounds += 1; reqs, shown = [], []
         for b in range(o.request_batch_size):
-            mach = [m for m in machine if _lang_ok(m['instruction'], o.lang)]
+            mach = [m for m in machine if _lang_ok(m['instruction'], o.lang)
+                    and (m['meta'].get('classification_prompt', False) or not o.classification_only)]
             n_m = min(o.num_prompt_instructions - o.num_human_in_prompt, len(mach))
             tasks = rng.sample(mach, n_m) + rng.sample(human, min(o.num_prompt_instructions - n_m, len(human)))
             rng.shuffle(tasks)
             shown.append([t['id'] for t in tasks])
-            reqs.append(request(f'self-instruct/r{rnd}/b{b}', encode_prompt([t['instruction'] for t in tasks],
-                                o.num_new_per_prompt, 'zh' if o.lang == 'zh' else 'en'), o.temperature, o.max_tokens))
+            reqs.append(request(f"self-instruct{'-clf' if o.classification_only else ''}/r{rnd}/b{b}",
+                                encode_prompt([t['instruction'] for t in tasks], o.num_new_per_prompt,
+                                              'zh' if o.lang == 'zh' else 'en', o.classification_only),
+                                o.temperature, o.max_tokens))
         added = 0
         for res, ids in zip(run_batch(generate, reqs), shown):
             text = result_text(res)
@@ -451,7 +467,8 @@ def bootstrap_instructions(generate, num: int, seeds=None, machine: list[dict] |
                 machine.append({'id': tid, 'instruction': cand,
                                 'meta': {'source': 'self-instruct', 'task_id': tid, 'round': rnd, 'prompt_ids': ids,
                                          'rouge_l': round(score, 4), 'most_similar': near,
-                                         'most_similar_id': pool_ids[j] if j >= 0 else None, **result_source(res)}})
+                                         'most_similar_id': pool_ids[j] if j >= 0 else None, **result_source(res),
+                                         **({'classification_prompt': True} if o.classification_only else {})}})
                 pool.add(cand); pool_ids.append(tid); stats.kept(); added += 1
         stall = 0 if added else stall + 1
     stats.count('rounds', n_rounds)
@@ -553,10 +570,13 @@ def self_instruct_cmd(out: Path = typer.Argument(..., metavar='OUT', help="Outpu
                       lang: str = typer.Option(None, help="mixed, en or zh."),
                       batch: int = typer.Option(None, '--batch', help="Prompts per round."),
                       seed: int = typer.Option(None, help="Sampling seed."),
+                      classification_only: bool = typer.Option(None, '--classification-only/--all-tasks',
+                                                               help="Generate classification tasks only (the paper's classification prompt)."),
                       rejected: Path = typer.Option(None, help="Write dropped instructions/instances here (JSONL).")):
     "Generate instruction data with Self-Instruct (Wang et al., 2022) from a seed pool."
     if lang is not None and lang not in ('mixed', 'en', 'zh'): raise typer.BadParameter("use mixed, en or zh", param_hint='--lang')
-    o = options(SelfInstructOptions, 'self_instruct', lang=lang, request_batch_size=batch, seed=seed)
+    o = options(SelfInstructOptions, 'self_instruct', lang=lang, request_batch_size=batch, seed=seed,
+                classification_only=classification_only)
     res = self_instruct(_engine(model, base_url), num, seeds=seeds, rejected=rejected, opts=o)
     n = write_records(res.records, out)
     typer.echo(res.table())

@@ -356,3 +356,22 @@ def test_cli_evol_every_rule(tmp_path):
     assert {x["meta"]["root_id"] for x in recs} == {"a", "f"} and max(x["meta"]["round"] for x in recs) == 2
     bad = runner.invoke(app, ["evol", str(src), str(out), "--ops", "shorten"])
     assert bad.exit_code != 0
+
+
+def test_cli_self_instruct_classification_only(tmp_path):
+    sc = Scripted()
+    seen = []
+    def reply(prompt):
+        seen.append(prompt); return sc.reply(prompt)
+    runner, app = _cli()
+    out = tmp_path / "clf.jsonl"
+    with _server(reply) as srv:
+        env = {"DATAALCHEMY_BASE_URL": srv.url, "DATAALCHEMY_CACHE_DIR": str(tmp_path / "cache")}
+        r = runner.invoke(app, ["self-instruct", str(out), "--num", "4", "--batch", "1", "--classification-only"], env=env)
+    assert r.exit_code == 0, r.output
+    gen = [p for p in seen if p.startswith("Come up with a series")]
+    assert gen and all(p.startswith("Come up with a series of classification tasks") for p in gen)
+    clf_seeds = {re.sub(r"\s+", " ", s["instruction"]).strip().rstrip(":：") for s in si.load_seed_tasks() if s["is_classification"]}
+    shown = [line.split(". ", 1)[1] for p in gen[:1] for line in p.split("\n") if line[:1].isdigit() and ". " in line]
+    assert shown and set(shown) <= clf_seeds
+    assert all(x["meta"].get("classification_prompt") for x in si.read_records(out))
