@@ -25,8 +25,8 @@ __all__ = ['SET_BITS', 'DedupOptions', 'dedup_options', 'record_text', 'shingles
            'permutations', 'minhash_signatures', 'MinHasher', 'estimate_jaccard', 'exact_keys', 'exact_key',
            'exact_dedup', 'lsh_params', 'candidate_probability', 'plot_s_curve', 'band_keys', 'bucket_edges',
            'union_find', 'lsh_edges', 'LocalEngine', 'RayEngine', 'get_engine', 'DedupResult', 'spanning_forest',
-           'find_clusters', 'dedup', 'dedup_file', 'minilm_path', 'load_sentence_model', 'embed', 'cosine_edges',
-           'semantic_dedup', 'dedup_cmd']
+           'find_clusters', 'near_duplicate_pairs', 'dedup', 'dedup_file', 'minilm_path', 'load_sentence_model',
+           'embed', 'cosine_edges', 'semantic_dedup', 'dedup_cmd']
 
 # %% ../nbs/06_dedup.ipynb #2bac9cdf
 @dataclass
@@ -828,6 +828,20 @@ def _find_clusters(src, opts: DedupOptions, stats: Stats | None, sets: _Sets | N
         stats.count('clusters', res.n_clusters)
         if not opts.exact_only: stats.count('bands', lsh_params(opts.threshold, opts.num_perm, opts.fp_weight, opts.fn_weight)[0])
     return res
+
+# %% ../nbs/06_dedup.ipynb #57389e36
+def near_duplicate_pairs(texts: Sequence[str], threshold: float = 0.8, num_perm: int = 128, seed: int = 1, ngram: int = 5,
+                         cjk_ngram: int = 3, adaptive: bool = True, lower: bool = True, fp_weight: float = 0.2,
+                         fn_weight: float = 0.8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    "Every pair `(u, v)`, u < v, of `texts` whose exact shingle Jaccard reaches `threshold`, and that Jaccard."
+    sc = Shingler(ngram, cjk_ngram, adaptive, lower).scan(list(texts))
+    sig = minhash_signatures(sc.shingles, sc.counts, num_perm, seed)
+    u, v = lsh_edges(sig, *lsh_params(threshold, num_perm, fp_weight, fn_weight), sc.counts > 0, all_pairs=True,
+                     max_bucket=max(len(texts), 2))
+    vals, sizes = _sorted_sets(sc.shingles, sc.counts)
+    jac = pair_jaccard(vals, np.r_[0, np.cumsum(sizes)], u, v)
+    ok = jac >= threshold
+    return u[ok], v[ok], jac[ok]
 
 # %% ../nbs/06_dedup.ipynb #b519aef5
 def dedup(records, opts: DedupOptions | None = None, stats: Stats | None = None, clusters: str | os.PathLike | None = None,

@@ -13,6 +13,7 @@ from typing import Iterable, Iterator
 
 from .core import RecordError, Stats, normalize, read_records, stable_id, text_len, tokenize, write_records
 from .config import options
+from .dedup import near_duplicate_pairs
 from .llm import run_batch
 from .self_instruct import request, result_source, result_text, task_lang
 
@@ -134,6 +135,7 @@ class EvolOptions:
     respond: bool = True                  # generate responses (rules 2 and 3, Alpaca output)
     include_originals: bool = False       # also output the round-0 instructions (with their own output, if any)
     refusal_max_words: int = 80
+    dedup_threshold: float = 0.8          # an evolution this similar (Jaccard) to an earlier instruction fails (0: off)
     lang: str = 'auto'                    # prompt language: auto (follow the instruction), en or zh
     temperature: float = 0.7
     judge_temperature: float = 0.0
@@ -174,6 +176,7 @@ def evolve(records, generate, stats: Stats | None = None, opts: EvolOptions | No
         if it['id'] in seen: it['id'] = it['root_id'] = f"{it['id']}#{i}"     # request ids must be unique
         seen.add(it['id']); pool.append(it)
     rng = random.Random(o.seed)
+    known = [(it['instruction'], it['root_id']) for it in pool]   # every instruction so far, for the near-duplicate check
     if o.include_originals:
         for it in pool:
             r = it['record']
@@ -210,6 +213,19 @@ def evolve(records, generate, stats: Stats | None = None, opts: EvolOptions | No
             if eq is None: stats.count('judge unclear (kept)')
             if eq: fail(c['parent'], c, 'no information gain'); nxt.append(c['parent']); continue
             kept.append(c)
+        if o.dedup_threshold and kept:                       # near-duplicates of other roots' instructions or of each other
+            texts = [t for t, _ in known] + [c['text'] for c in kept]
+            roots = [r for _, r in known] + [c['parent']['root_id'] for c in kept]
+            u, v, _ = near_duplicate_pairs(texts, o.dedup_threshold, ngram=3, cjk_ngram=2, adaptive=False)  # one size
+            earlier: dict[int, list[int]] = {}
+            for a, b in zip(u.tolist(), v.tolist()): earlier.setdefault(b, []).append(a)
+            survivors, dropped = [], set()
+            for j, c in enumerate(kept, len(known)):             # a text is never a duplicate of its own lineage
+                dup = next((a for a in sorted(earlier.get(j, [])) if roots[a] != roots[j] and a not in dropped), None)
+                c['verdicts']['near_duplicate'] = None if dup is None else texts[dup]
+                if dup is None: survivors.append(c); continue
+                dropped.add(j); fail(c['parent'], c, 'near-duplicate of an earlier instruction'); nxt.append(c['parent'])
+            kept = survivors
         if o.respond:
             answers = run_batch(generate, [request(f"evol-response/r{rnd}/{c['parent']['id']}", c['text'], o.temperature,
                                                    o.max_tokens) for c in kept])
@@ -235,7 +251,7 @@ def evolve(records, generate, stats: Stats | None = None, opts: EvolOptions | No
                     'kind': 'in-breadth' if c['op'] in BREADTH_OPS else 'in-depth', 'verdicts': c['verdicts'],
                     **result_source(c['res'])}
             if o.respond: meta.update({'response_' + k: v for k, v in result_source(c['response_res']).items()})
-            stats.kept(); stats.count(f"evolved: {c['op']}")
+            stats.kept(); stats.count(f"evolved: {c['op']}"); known.append((c['text'], p['root_id']))
             nxt.append({'id': nid, 'root_id': p['root_id'], 'instruction': c['text'], 'round': rnd, 'lang_of': c['text'],
                         'record': None})
             yield {'instruction': c['text'], 'input': '', 'output': c.get('response') or '', 'meta': meta}

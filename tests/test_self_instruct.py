@@ -298,7 +298,8 @@ def test_evolve_all_rules_and_lineage(tmp_path):
     r1 = [r for r in out if r["meta"]["round"] == 1 and r["meta"]["root_id"] == "a"][0]
     assert r2["meta"]["parent_id"] == r1["meta"]["id"] and r2["meta"]["parent"] == r1["instruction"]
     assert r2["meta"]["operation"] in ("add_constraints", "deepen") and r2["output"].startswith("A real answer")
-    assert r2["meta"]["verdicts"] == {"copies_prompt": None, "equal": "not equal", "refusal": False, "stopwords_only": False}
+    assert r2["meta"]["verdicts"] == {"copies_prompt": None, "equal": "not equal", "near_duplicate": None, "refusal": False,
+                                      "stopwords_only": False}
     f = [r for r in out if r["meta"]["root_id"] == "f"][0]
     assert f["instruction"].endswith("并说明理由。")
     assert len(list(si.read_records(tmp_path / "rej.jsonl"))) == st.n_dropped
@@ -375,3 +376,14 @@ def test_cli_self_instruct_classification_only(tmp_path):
     shown = [line.split(". ", 1)[1] for p in gen[:1] for line in p.split("\n") if line[:1].isdigit() and ". " in line]
     assert shown and set(shown) <= clf_seeds
     assert all(x["meta"].get("classification_prompt") for x in si.read_records(out))
+
+
+def test_evolve_near_duplicate_rule():
+    body = ("work and why most coasts see two high tides every day, what the moon and the sun each contribute, and why "
+            "the tidal range differs so much between a narrow bay and the open ocean.")
+    twins = [{"id": "t1", "instruction": "Explain how ocean tides " + body},          # one word apart: near-duplicates
+             {"id": "t2", "instruction": "Explain how sea tides " + body}]
+    st = Stats("evol")
+    out = list(ev.evolve(twins, Evolver(), stats=st, rounds=1, ops="deepen"))
+    assert [r["meta"]["root_id"] for r in out] == ["t1"] and st.reasons["near-duplicate of an earlier instruction"] == 1
+    assert len(list(ev.evolve(twins, Evolver(), rounds=1, ops="deepen", dedup_threshold=0))) == 2
