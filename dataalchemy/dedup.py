@@ -500,20 +500,17 @@ def lsh_edges(sig: np.ndarray, bands: int, rows: int, valid: np.ndarray | None =
 # %% ../nbs/06_dedup.ipynb #2a37a4cb
 _HASHERS: dict = {}
 
-def _sig_chunk(texts: list[str], params: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    "Signatures, shingle counts, token counts and exact keys of one chunk (in a worker process or a Ray task)."
+def _sig_chunk(texts: list[str], params: tuple, sets: bool = False) -> tuple[np.ndarray, ...]:
+    "Signatures, shingle counts, token counts and exact keys of one chunk (in a worker process or a Ray task); with `sets`, also its shingle sets (values and sizes, as `Shingler.set_arrays`) from the same scan."
     mh = _HASHERS.get(params)
     if mh is None: mh = _HASHERS[params] = MinHasher(*params)
     sc = mh.shingler.scan(texts, keys=True)
-    return minhash_signatures(sc.shingles, sc.counts, mh.num_perm, mh.seed), sc.counts, sc.ntok, sc.keys
+    out = minhash_signatures(sc.shingles, sc.counts, mh.num_perm, mh.seed), sc.counts, sc.ntok, sc.keys
+    return out + _sorted_sets(sc.shingles, sc.counts) if sets else out
 
 def _sigset_chunk(texts: list[str], params: tuple) -> tuple[np.ndarray, ...]:
-    "`_sig_chunk` and the chunk's shingle sets (values and sizes, as `Shingler.set_arrays`), from the same scan (for `verify`)."
-    mh = _HASHERS.get(params)
-    if mh is None: mh = _HASHERS[params] = MinHasher(*params)
-    sc = mh.shingler.scan(texts, keys=True)
-    return (minhash_signatures(sc.shingles, sc.counts, mh.num_perm, mh.seed), sc.counts, sc.ntok, sc.keys,
-            *_sorted_sets(sc.shingles, sc.counts))
+    "`_sig_chunk` with the shingle sets (for `verify`)."
+    return _sig_chunk(texts, params, sets=True)
 
 def _self(): return importlib.import_module('dataalchemy.dedup')
 
@@ -522,7 +519,6 @@ class LocalEngine:
     name = 'local'
     def __init__(self, workers: int = 0):
         self.workers = workers or os.cpu_count() or 1
-        self._pool = None
 
     def map_chunks(self, chunks: Iterable[list[str]], params: tuple, task: str = 'sig') -> Iterator[tuple]:
         "Results of `_{task}_chunk` (signatures, or shingle sets) on `chunks`, in order."
@@ -548,12 +544,7 @@ class LocalEngine:
                 if len(q) >= 2 * self.workers: yield q.popleft().get()
             while q: yield q.popleft().get()
 
-    def put(self, x): return x
     def gather(self, parts: list) -> list: return parts
-
-    def components(self, sig: np.ndarray, bands: int, rows: int, valid: np.ndarray) -> np.ndarray:
-        u, v = lsh_edges(sig, bands, rows, valid)
-        return union_find(len(sig), u, v)
 
 def _band_labels(sig_parts: list, band: int, rows: int, valid: np.ndarray) -> np.ndarray:
     "Components of one band's buckets (a Ray task: `sig_parts` may be object refs)."
@@ -599,7 +590,6 @@ class RayEngine:
                 s, *rest = q.popleft()
                 yield s, *self.ray.get(rest)                          # signatures stay in the object store
 
-    def put(self, x): return self.ray.put(x)
     def gather(self, parts: list) -> list: return self.ray.get(parts)
 
     def components(self, sig_parts: list, bands: int, rows: int, valid: np.ndarray) -> np.ndarray:
@@ -776,6 +766,7 @@ def _find_clusters(src, opts: DedupOptions, stats: Stats | None, sets: _Sets | N
             parts.append(s_); cnts.append(c_); ntoks.append(n_); keys.append(k_)
             if set_: sets.add(*set_)
         cnt, ntok, key = (np.concatenate(x) if x else np.zeros(0, np.int64) for x in (cnts, ntoks, keys))
+        sig = np.concatenate(engine.gather(parts)) if parts else np.zeros((0, opts.num_perm), np.uint32)
     nt = len(key)
     _, first, inv = np.unique(key, return_index=True, return_inverse=True)
     canon = first[inv.ravel()] if nt else np.zeros(0, np.int64)          # per text: the first text with its exact key
@@ -784,8 +775,6 @@ def _find_clusters(src, opts: DedupOptions, stats: Stats | None, sets: _Sets | N
     else:
         valid = (cnt > 0) & (canon == np.arange(nt))        # one text per exact key; texts without tokens: exact dedup only
         bands, rows = lsh_params(opts.threshold, opts.num_perm, opts.fp_weight, opts.fn_weight)
-        if opts.verify or engine.name == 'local':
-            sig = np.concatenate(engine.gather(parts)) if parts else np.zeros((0, opts.num_perm), np.uint32)
         if opts.verify:
             u, v, w = lsh_edges(sig, bands, rows, valid, all_pairs=True, max_bucket=opts.max_bucket, counts=True)
             if stats is not None: stats.count('candidate_pairs', len(u))
@@ -796,10 +785,9 @@ def _find_clusters(src, opts: DedupOptions, stats: Stats | None, sets: _Sets | N
             if stats is not None: stats.count('candidate_pairs', len(u))
         if u is not None: text_label = union_find(nt, np.r_[u, eu], np.r_[v, ev])
         else:
-            lab = engine.components(parts, bands, rows, valid)
+            lab = engine.components(parts, bands, rows, valid)      # Ray: banding and clustering in tasks
             moved = np.flatnonzero(lab != np.arange(nt))
             text_label = union_find(nt, np.r_[moved, eu], np.r_[lab[moved], ev])
-            sig = np.concatenate(engine.gather(parts)) if parts else np.zeros((0, opts.num_perm), np.uint32)
     tod = np.asarray(text_of_doc, np.int64)
     n = len(tod)
     # a record's cluster: the smallest record index among the records whose texts share a text cluster
@@ -826,7 +814,7 @@ def _find_clusters(src, opts: DedupOptions, stats: Stats | None, sets: _Sets | N
                 res.sim[i[~hit]] = sets.jaccard(ci[i[~hit]], ck[i[~hit]])
     if stats is not None:
         stats.count('clusters', res.n_clusters)
-        if not opts.exact_only: stats.count('bands', lsh_params(opts.threshold, opts.num_perm, opts.fp_weight, opts.fn_weight)[0])
+        if not opts.exact_only: stats.count('bands', bands)
     return res
 
 # %% ../nbs/06_dedup.ipynb #57389e36
