@@ -779,7 +779,7 @@ def augment_dataset(records, target_size: int, method: str | None = None, seed: 
 
 # %% ../nbs/07_augment.ipynb #347616a4
 import typer
-from .cli import app
+from .cli import app, fail
 
 @app.command('augment')
 def augment_cmd(inp: Path = typer.Argument(..., help="Input records (jsonl, json, parquet, optionally .gz)."),
@@ -801,7 +801,7 @@ def augment_cmd(inp: Path = typer.Argument(..., help="Input records (jsonl, json
         o = options(AugmentOpts, 'augment', s, method=method, pivot=pivot, translator=translator, replace_ratio=replace_ratio,
                     eda_ops=eda_ops, zh_synonyms=zh_synonyms, force=force)
     except (ValueError, TypeError) as e:
-        typer.echo(f'error: {e}', err=True); raise typer.Exit(2)
+        fail(e, 2)
     engine = None
     if (o.method == 'backtranslate' and o.translator == 'llm') or (o.method == 'synonym' and o.zh_synonyms == 'llm'):
         from dataalchemy.llm import Engine

@@ -17,7 +17,7 @@ import typer
 
 from .core import RecordError, RecordWriter, Stats, is_cjk, read_records, stable_id, text_len, tokenize
 from .config import get_settings, options
-from .cli import app
+from .cli import app, fail
 from .taskdata import taskdata_app, _list
 
 # %% auto #0
@@ -407,9 +407,6 @@ def route_cost(records: Iterable[dict], ropts: RouteOptions | None = None, opts:
     return RouteCost(plans, dict(collections.Counter(models)), method or 'no requests', notes)
 
 # %% ../nbs/08a_balance.ipynb #de705830
-def _fail(e):
-    typer.echo(f"error: {e}", err=True); raise typer.Exit(1)
-
 @app.command('balance')
 def balance_cmd(src: Path = typer.Argument(..., help="Input records (jsonl/json/parquet)."),
                 dst: Path = typer.Argument(..., help="Output file for the rebalanced records."),
@@ -433,7 +430,7 @@ def balance_cmd(src: Path = typer.Argument(..., help="Input records (jsonl/json/
             'available': rb.available, 'target': rb.target, 'kept': rb.kept, 'shortfall': rb.shortfall}, 'stats': st.as_dict()},
             ensure_ascii=False, indent=2, default=float), encoding='utf-8')
         if plot: rep.plot(plot)
-    except (RecordError, ValueError, ImportError) as e: _fail(e)
+    except (RecordError, ValueError, ImportError) as e: fail(e)
     typer.echo(rep.table()); typer.echo(''); typer.echo(rb.table()); typer.echo(st.table())
 
 @taskdata_app.command('route')
@@ -453,5 +450,5 @@ def route_cmd(src: Path = typer.Argument(..., help="Input records (jsonl/json/pa
                 for x in recs:
                     m, why = route(x, r)
                     w.write({**x, 'meta': {**(x.get('meta') or {}), 'route': {'model': m, 'why': why}}})
-    except (RecordError, ValueError, ImportError) as e: _fail(e)
+    except (RecordError, ValueError, ImportError) as e: fail(e)
     typer.echo(rc.table())

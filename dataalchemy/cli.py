@@ -12,7 +12,7 @@ import dataalchemy
 from .config import get_settings
 
 # %% auto #0
-__all__ = ['app', 'Verbs', 'config_cmd', 'load_commands', 'main']
+__all__ = ['app', 'Verbs', 'config_cmd', 'load_commands', 'main', 'fail']
 
 # %% ../nbs/99_cli.ipynb #c02d00ca
 def _verb(c) -> str: return c.name or c.callback.__name__.lower().replace('_', '-')
@@ -65,3 +65,8 @@ def main():
     "Entry point of the `dataalchemy` command."
     load_commands()
     app()
+
+def fail(e: Exception | str, code: int = 1):
+    "End a verb on a user's mistake (bad input, a missing file or extra): `error: ...` on stderr, exit status `code`."
+    typer.echo(f"error: {e}", err=True)
+    raise typer.Exit(code)

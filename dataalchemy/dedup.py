@@ -18,7 +18,7 @@ import typer
 from .core import (CJK_RANGES, RecordError, RecordWriter, Stats, dumps, normalize, read_records, text_len,
                               tokenize)
 from .config import options
-from .cli import app
+from .cli import app, fail
 
 # %% auto #0
 __all__ = ['SET_BITS', 'DedupOptions', 'dedup_options', 'record_text', 'shingles', 'jaccard', 'Scan', 'pair_jaccard', 'Shingler',
@@ -947,5 +947,5 @@ def dedup_cmd(src: Path = typer.Argument(..., help="Input records (jsonl/json/pa
                     w.write_all(semantic_dedup(kept, opts.field_list, semantic, opts.keep, opts.score_field, stats=st2))
             typer.echo(st2.table())
     except (RecordError, ValueError, ImportError, FileNotFoundError) as e:
-        typer.echo(f"error: {e}", err=True); raise typer.Exit(1)
+        fail(e)
     typer.echo(st.table())

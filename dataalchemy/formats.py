@@ -15,7 +15,7 @@ import typer
 from .core import (RecordError, ErrorLog, RecordReader, Stats, RecordWriter, write_records, dumps,
                               text_len, has_cjk, normalize)
 from .config import options, get_settings
-from .cli import app
+from .cli import app, fail
 
 # %% auto #0
 __all__ = ['FORMATS', 'FORMAT_KEYS', 'SHAREGPT_ROLES', 'MESSAGE_ROLES', 'ALPACA_INPUT_SEP', 'ALPACA_PREAMBLE',
@@ -753,10 +753,6 @@ def toy_tokenizer(texts: Iterable[str], chat_template: str | None = CHATML_TEMPL
                                    bos_token='<|endoftext|>', chat_template=chat_template)
 
 # %% ../nbs/01_formats.ipynb #fc47c5b8
-def _fail(e: Exception, code: int = 1):
-    typer.echo(f"error: {e}", err=True)
-    raise typer.Exit(code)
-
 @app.command('convert')
 def convert_cmd(inp: Path = typer.Argument(..., help="Input file (.jsonl, .json, .parquet, optionally .gz)."),
                 out: Path = typer.Argument(..., help="Output file; its suffix picks the file type."),
@@ -777,7 +773,7 @@ def convert_cmd(inp: Path = typer.Argument(..., help="Input file (.jsonl, .json,
     try:
         n = write_records(convert(inp, to, frm=frm, multiturn=multiturn, system=system, conversational=not plain,
                                   strict=not lenient, errors=log, stats=st), out)
-    except (RecordError, ValueError, FileNotFoundError) as e: _fail(e)
+    except (RecordError, ValueError, FileNotFoundError) as e: fail(e)
     src = next((k[5:] for k in st.counts if k.startswith('from ')), frm)
     typer.echo(f"wrote {n:,} {format_name(to)} records to {out} (from {st.n_in:,} {src} records"
                + (f"; {st.n_dropped:,} could not be converted)" if st.n_dropped else ")"))
@@ -790,7 +786,7 @@ def validate_cmd(inp: Path = typer.Argument(..., help="Input file (.jsonl, .json
     st, n = Stats('validate'), 0
     try:
         for p in validate(inp, fmt, stats=st): typer.echo(str(p)); n += 1
-    except (RecordError, ValueError, FileNotFoundError) as e: _fail(e, 2)
+    except (RecordError, ValueError, FileNotFoundError) as e: fail(e, 2)
     typer.echo(f"{n:,} problem{'s' * (n != 1)} in {st.n_dropped:,} of {st.n_in:,} records" if n
                else f"{st.n_in:,} records, no problems",
                err=bool(n))
@@ -802,5 +798,5 @@ def stats_cmd(inp: Path = typer.Argument(..., help="Input file (.jsonl, .json, .
               as_json: bool = typer.Option(False, '--json', help="Print the statistics as JSON.")):
     "Format, record count, CJK-aware length distributions and exact-duplicate count of a dataset."
     try: d = dataset_stats(inp, fmt)
-    except (RecordError, ValueError, FileNotFoundError) as e: _fail(e)
+    except (RecordError, ValueError, FileNotFoundError) as e: fail(e)
     typer.echo(json.dumps(d, ensure_ascii=False, indent=1) if as_json else stats_table(d))

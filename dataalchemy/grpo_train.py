@@ -15,7 +15,7 @@ from .core import Stats, write_records, read_records, normalize
 from .grpo import (TrainingConfig, load_config, parse_overrides, config_toml, load_bank, mix_dataset,
                               grpo_prompts, make_reward_funcs, offline_teacher, llm_teacher, engine_teacher, select_for_distillation,
                               score_questions, reward_table, NoveltyIndex, REWARD_PARTS, TOPICS)
-from .cli import app, Verbs
+from .cli import app, Verbs, fail
 
 # %% auto #0
 __all__ = ['GPU_HINT', 'TRAIN_HINT', 'STAGE_DIRS', 'CHAT_TEMPLATE', 'SPECIAL_TOKENS', 'grpo_app', 'cuda_available',
@@ -403,7 +403,7 @@ def train_cmd(config: str = typer.Option(None, '--config', '-c', help="A TOML fi
         typer.echo(choose_backend(cfg)[1])
         res = run_stages(cfg, stages, cfg.output_dir, resume=not no_resume)
     except (ValueError, TypeError, FileNotFoundError, ImportError, RuntimeError) as e:
-        typer.echo(f"error: {e}", err=True); raise typer.Exit(2)
+        fail(e, 2)
     for s, r in res.items():
         typer.echo(f"stage {s}: {r['global_step']} steps, loss {r['train_loss']:.4f}, lora |B| {r['lora_norm']:.3g} -> {r['final']}")
 
@@ -417,7 +417,7 @@ def generate_cmd(model: str = typer.Option(..., '--model', '-m', help="A trained
                  temperature: float = typer.Option(1.0, help="Sampling temperature."),
                  seed: int = typer.Option(0, help="Random seed.")):
     "Generate questions with a trained model."
-    if not Path(model).is_dir(): typer.echo(f"error: {model}: no such model directory", err=True); raise typer.Exit(2)
+    if not Path(model).is_dir(): fail(f"{model}: no such model directory", 2)
     qs = generate_questions(model, n, topics=topic or TOPICS, languages=language or ('en', 'zh'),
                             max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
     if out: write_records(qs, out); typer.echo(f"{len(qs)} questions -> {out}")

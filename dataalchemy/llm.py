@@ -1122,7 +1122,7 @@ def parse_json(engine: Engine, result: Result, schema: dict | None = None, repai
 
 # %% ../nbs/02_llm.ipynb #1682f9ef
 import typer
-from .cli import app
+from .cli import app, fail
 
 def _load_requests(path) -> list[Request]:
     return [Request.coerce(rec, path, i) for i, rec in enumerate(read_records(path), 1)]
@@ -1146,7 +1146,7 @@ def generate_cmd(inp: Path = typer.Argument(..., help="JSONL of requests: `messa
     "Send every request of IN to the model and stream the results to OUT (resumable)."
     try: reqs = _load_requests(inp)
     except (RecordError, FileNotFoundError) as e:
-        typer.echo(f'error: {e}', err=True); raise typer.Exit(2)
+        fail(e, 2)
     eng = Engine(backend=backend, model=model, base_url=base_url, concurrency=concurrency, rpm=rpm, tpm=tpm,
                  max_retries=max_retries, timeout=timeout, cache_dir=cache_dir, use_cache=not no_cache,
                  temperature=temperature, max_tokens=max_tokens, progress=progress)
@@ -1171,6 +1171,6 @@ def estimate_cmd(inp: Path = typer.Argument(..., help="JSONL of requests, as for
     "Print the token, cost and time estimate for running IN."
     try: reqs = _load_requests(inp)
     except (RecordError, FileNotFoundError) as e:
-        typer.echo(f'error: {e}', err=True); raise typer.Exit(2)
+        fail(e, 2)
     eng = Engine(backend='offline', model=model, concurrency=concurrency, rpm=rpm, tpm=tpm)
     typer.echo(eng.estimate(reqs, max_tokens=max_tokens, output_tokens=output_tokens).table())

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Iterator
 import typer
 from .core import (RecordError, RecordWriter, Stats, dumps, has_cjk, plot_label, read_records, stable_id,
                               text_len, use_cjk_font, write_records)
-from .cli import app
+from .cli import app, fail
 
 # %% auto #0
 __all__ = ['MARKER', 'OUTPUT', 'REJECTED', 'INGEST_KEYS', 'QA_KEYS', 'UNWRAP_SUFFIXES', 'BUILD_DEFAULTS', 'REPORT_KINDS',
@@ -979,9 +979,9 @@ def build_cmd(config: Path = typer.Argument(..., help="TOML file describing the 
     try:
         res = build(config, out=out, fresh=fresh, report=report, progress=not quiet)
     except (ConfigError, FileNotFoundError) as e:
-        typer.echo(f'error: {e}', err=True); raise typer.Exit(2)
+        fail(e, 2)
     except (StageError, RecordError, ImportError, ValueError) as e:
-        typer.echo(f'error: {e}', err=True); raise typer.Exit(1)
+        fail(e)
     p = res['pipeline']
     typer.echo(p.summary())
     typer.echo('')

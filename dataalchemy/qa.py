@@ -15,7 +15,7 @@ from .core import (RecordError, RecordWriter, Stats, has_cjk, normalize, read_re
 from .config import Settings, options
 from .llm import Engine, Request, TASKS, extract_json, offline_qa, parse_all, register_task
 import typer
-from .cli import app
+from .cli import app, fail
 
 # %% auto #0
 __all__ = ['TEXT_SUFFIXES', 'RECORD_SUFFIXES', 'DOC_SUFFIXES', 'DOC_QA_SCHEMA', 'QAOpts', 'qa_options', 'read_pdf', 'read_pptx',
@@ -353,6 +353,6 @@ def qa_cmd(docs: list[Path] = typer.Argument(..., help="Documents or folders (.t
         eng = Engine(backend=backend, model=model, base_url=base_url)
         st = build_qa(docs, out, o, eng, chunks_out=chunks_out, rejected=rejected)
     except (RecordError, FileNotFoundError, ValueError, ImportError) as e:
-        typer.echo(f'error: {e}', err=True); raise typer.Exit(2)
+        fail(e, 2)
     typer.echo(st.table())
     typer.echo(f'{st.n_out} QA records [{eng.backend.name}:{eng.backend.model}] -> {out}', err=True)

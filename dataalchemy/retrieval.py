@@ -14,7 +14,7 @@ import numpy as np
 import typer
 from .core import RecordError, Stats, has_cjk, read_records, stable_id, tokenize, write_records
 from .config import Settings, get_settings, options
-from .cli import app
+from .cli import app, fail
 
 # %% auto #0
 __all__ = ['RetrievalOpts', 'retrieval_options', 'bm25_tokens', 'Bm25Index', 'EmbedIndex', 'lm_prompt', 'lm_continuation',
@@ -366,7 +366,7 @@ def retrieval_scores_cmd(queries: Path = typer.Argument(..., help="Queries with 
             recs = retrieval_scores(read_records(queries), read_records(corpus), scorer, o, stats=st, source=str(queries))
             write_records(recs, out)
     except (RecordError, FileNotFoundError, ValueError, ImportError, RuntimeError) as e:
-        typer.echo(f'error: {e}', err=True); raise typer.Exit(2)
+        fail(e, 2)
     typer.echo(st.table())
 
 @app.command('cross-encoder')
@@ -398,4 +398,4 @@ def cross_encoder_cmd(src: Path = typer.Argument(..., help="Records with questio
             ds = tokenize_cross_encoder(triples, tokenizer, pq_out, o, stats=tst)
             typer.echo(tst.table()); typer.echo(f'{ds.num_rows} rows x {o.max_length} tokens -> {pq_out}', err=True)
     except (RecordError, FileNotFoundError, ValueError, ImportError, OSError) as e:
-        typer.echo(f'error: {e}', err=True); raise typer.Exit(2)
+        fail(e, 2)

@@ -19,7 +19,7 @@ import typer
 from .core import (RecordError, RecordWriter, Stats, cjk_ratio, has_cjk, normalize, read_records,
                               stable_id, text_len)
 from .config import options
-from .cli import app, Verbs
+from .cli import app, Verbs, fail
 from .llm import run_batch
 
 # %% auto #0
@@ -760,9 +760,6 @@ taskdata_app = Verbs(name='taskdata', no_args_is_help=True, add_completion=False
                            help="Task-specific data: classification generation, code and math verification, routing.")
 app.add_typer(taskdata_app, name='taskdata')
 
-def _fail(e):
-    typer.echo(f"error: {e}", err=True); raise typer.Exit(1)
-
 @taskdata_app.command('classify')
 def classify_cmd(dst: Path = typer.Argument(..., help="Output file for the records (jsonl/json/parquet)."),
                  n: int = typer.Option(None, help="Records wanted (spread equally over labels)."),
@@ -781,12 +778,12 @@ def classify_cmd(dst: Path = typer.Argument(..., help="Output file for the recor
         with Engine(model=model) as eng, Stats('taskdata.classification', rejected=rejected) as st:
             recs = generate_classification(eng, o, st)
             with RecordWriter(dst) as w: w.write_all(to_sft(r) if sft else r for r in recs)
-    except (RecordError, ValueError, ImportError, TypeError) as e: _fail(e)
+    except (RecordError, ValueError, ImportError, TypeError) as e: fail(e)
     typer.echo(st.table())
     if not recs:
         hint = (' The offline backend cannot write classification data: set DATAALCHEMY_BASE_URL and DATAALCHEMY_MODEL '
                 '(and the key in OPENAI_API_KEY) for an OpenAI-compatible endpoint.' if eng.backend.name == 'offline' else '')
-        _fail(f"no records were generated (see the drop reasons above; --rejected keeps the errors).{hint}")
+        fail(f"no records were generated (see the drop reasons above; --rejected keeps the errors).{hint}")
     b = label_balance(recs, labels=_list(o.labels))
     typer.echo(f"labels: {b['counts']}  largest/smallest = {b['ratio']:.2f}" + (f"  missing: {b['missing']}" if b['missing'] else ''))
 
@@ -803,7 +800,7 @@ def code_cmd(src: Path = typer.Argument(..., help="Code samples (output with cod
         o = sandbox_options(timeout=timeout, memory_mb=memory_mb, network=network, workers=workers)
         with Stats('taskdata.code', rejected=rejected) as st, RecordWriter(dst) as w:
             w.write_all(verify_code(read_records(src), o, st))
-    except (RecordError, ValueError, RuntimeError) as e: _fail(e)
+    except (RecordError, ValueError, RuntimeError) as e: fail(e)
     typer.echo(st.table())
 
 @taskdata_app.command('math')
@@ -816,5 +813,5 @@ def math_cmd(src: Path = typer.Argument(..., help="Math records: output (reasoni
         o = math_options(check_steps=False if no_steps else None)
         with Stats('taskdata.math', rejected=rejected) as st, RecordWriter(dst) as w:
             w.write_all(verify_math(read_records(src), o, st))
-    except (RecordError, ValueError) as e: _fail(e)
+    except (RecordError, ValueError) as e: fail(e)
     typer.echo(st.table())

@@ -15,7 +15,7 @@ import typer
 from .core import RecordError, Stats, read_records, stable_id, write_records
 from .config import Settings, options
 from .qa import support_score
-from .cli import app
+from .cli import app, fail
 
 # %% auto #0
 __all__ = ['TopkOpts', 'topk_options', 'recommend_k', 'normalize_rows', 'mine_hard_negatives', 'naive_hard_negatives',
@@ -249,8 +249,8 @@ def topk_cmd(src: Path = typer.Argument(..., help="QA records (dataalchemy qa ou
             eng = Engine(base_url=base_url, progress=False)
         st, rep = topk_file(src, dst, o, corpus=chunks, instruct_out=instruct_out, engine=eng, rejected=rejected)
     except (RecordError, FileNotFoundError, ValueError, ImportError, RuntimeError) as e:
-        typer.echo(f'error: {e}', err=True); raise typer.Exit(2)
+        fail(e, 2)
     typer.echo(st.table())
     typer.echo(rep['text'])
-    if rep['written'] == 0: typer.echo(f"no record written: k={o.k} is too large for this corpus", err=True); raise typer.Exit(1)
+    if rep['written'] == 0: fail(f"no record written: k={o.k} is too large for this corpus")
     typer.echo(f"train with: {rep['flag']}")
