@@ -6,13 +6,14 @@ Docs: https://dataalchemy.github.io/dataalchemy/augment.html.md"""
 
 # %% ../nbs/07_augment.ipynb #ee7b8536
 from __future__ import annotations
-import asyncio, copy, dataclasses, hashlib, os, random, re, shutil, tempfile, warnings
-from collections import Counter, defaultdict
+import asyncio, copy, dataclasses, os, random, re, shutil, tempfile, warnings
+from collections import defaultdict
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from .core import Stats, has_cjk, is_cjk, normalize, read_records, stable_id, tokenize, write_records
+from .dedup import NearDupIndex
 from .llm import run_sync
 from .config import get_settings, options
 
@@ -21,8 +22,8 @@ __all__ = ['METHODS', 'EDA_OPS', 'WORDNET_FILES', 'STOP_WORDS', 'ZH_LEXICON', 'Z
            'AugmentOpts', 'split_list', 'protected_spans', 'segments', 'protected_texts', 'task_kind',
            'WordNetNotFound', 'wordnet_cache_dir', 'find_wordnet', 'load_wordnet', 'WordNetSynonyms', 'plural_en',
            'synonym_replace_en', 'synonym_replace_zh', 'synonym_replace', 'eda', 'mask', 'unmask', 'lang_of',
-           'translate_request', 'paraphrase_request', 'back_translate', 'paraphrase_zh', 'GoogleTranslator', 'shingles',
-           'jaccard', 'NearDupIndex', 'augment_texts', 'augment_dataset', 'augment_cmd']
+           'translate_request', 'paraphrase_request', 'back_translate', 'paraphrase_zh', 'GoogleTranslator',
+           'augment_texts', 'augment_dataset', 'augment_cmd']
 
 # %% ../nbs/07_augment.ipynb #408f51f4
 METHODS = ('backtranslate', 'synonym', 'eda')
@@ -625,42 +626,6 @@ class GoogleTranslator:
             raise RuntimeError(f"googletrans could not translate ({type(e).__name__}: {e}). It needs internet access to "
                                "translate.googleapis.com; offline, use translator='llm' with a local OpenAI-compatible "
                                "endpoint (DATAALCHEMY_BASE_URL).") from None
-
-# %% ../nbs/07_augment.ipynb #7ee1b44b
-def shingles(text: str, n: int = 3) -> set:
-    "CJK-aware n-grams of normalised, lowercased `text`: the dedup chapter's shingles (fixed size `n`) when available."
-    try: from dataalchemy.dedup import shingles as _dd
-    except ImportError: _dd = None
-    if _dd is not None: return set(_dd(text, ngram=n, cjk_ngram=n, adaptive=False))
-    toks = tokenize(normalize(text, lower=True))
-    if len(toks) <= n: return {tuple(toks)} if toks else set()
-    return {tuple(toks[i:i+n]) for i in range(len(toks) - n + 1)}
-
-def jaccard(a: set, b: set) -> float:
-    return len(a & b) / len(a | b) if (a or b) else 1.0
-
-class NearDupIndex:
-    "Exact (normalised hash) and near (shingle Jaccard >= threshold) duplicate checks against the texts added so far."
-    def __init__(self, threshold: float = 0.8, n: int = 3):
-        self.threshold, self.n = threshold, n
-        self.hashes, self.sets, self.postings = set(), [], defaultdict(list)
-
-    def _hash(self, text): return hashlib.sha1(normalize(text, lower=True).encode('utf-8')).hexdigest()
-
-    def check(self, text: str) -> tuple[str | None, float]:
-        "('exact duplicate' | 'near duplicate' | None, best similarity)."
-        if self._hash(text) in self.hashes: return 'exact duplicate', 1.0
-        sh = shingles(text, self.n)
-        shared = Counter(j for g in sh for j in self.postings.get(g, ()))
-        best = 0.0
-        for j, c in shared.items():
-            best = max(best, c / (len(sh) + len(self.sets[j]) - c))
-        return ('near duplicate' if best >= self.threshold else None), best
-
-    def add(self, text: str):
-        sh = shingles(text, self.n)
-        self.hashes.add(self._hash(text)); self.sets.append(sh)
-        for g in sh: self.postings[g].append(len(self.sets) - 1)
 
 # %% ../nbs/07_augment.ipynb #bb9aa555
 def _text_fields(rec: dict, fields) -> list[tuple]:

@@ -90,7 +90,7 @@ def normalize(text: str, form: str | None = 'NFKC', collapse_ws: bool = True, lo
 def stable_id(obj: Any, n: int = 16) -> str:
     "A short, stable hex id for any JSON-serialisable `obj` (same content, same id, on every machine)."
     s = json.dumps(obj, ensure_ascii=False, sort_keys=True, separators=(',', ':'), default=str)
-    return hashlib.sha1(s.encode('utf-8')).hexdigest()[:n]
+    return hashlib.sha1(s.encode('utf-8', 'surrogatepass')).hexdigest()[:n]     # lone surrogates hash too
 
 # %% ../nbs/00_core.ipynb #87389f38
 class RecordError(ValueError):
@@ -304,7 +304,11 @@ class RecordWriter:
         else:
             try: s = dumps(rec)
             except TypeError as e: raise TypeError(f"{self.path}: record {self.n}: {e}") from None
-            self._f.write((',\n' if self.n else '\n') + s if self.fmt == 'json' else s + '\n')
+            sep = (',\n' if self.n else '\n') if self.fmt == 'json' else ''
+            try: self._f.write(sep + s + ('' if self.fmt == 'json' else '\n'))
+            except UnicodeEncodeError:       # a lone surrogate (JSON input can carry one): kept as a \u escape, no loss
+                s = json.dumps(rec, ensure_ascii=True, default=_json_default)
+                self._f.write(sep + s + ('' if self.fmt == 'json' else '\n'))
         self.n += 1
 
     def write_all(self, records: Iterable[dict]) -> int:

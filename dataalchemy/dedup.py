@@ -6,7 +6,7 @@ Docs: https://dataalchemy.github.io/dataalchemy/dedup.html.md"""
 
 # %% ../nbs/06_dedup.ipynb #a45d7bc6
 from __future__ import annotations
-import contextlib, importlib, itertools, os, re, tempfile, unicodedata
+import collections, contextlib, importlib, itertools, os, re, tempfile, unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -25,8 +25,8 @@ __all__ = ['SET_BITS', 'DedupOptions', 'dedup_options', 'record_text', 'shingles
            'permutations', 'minhash_signatures', 'MinHasher', 'estimate_jaccard', 'exact_keys', 'exact_key',
            'exact_dedup', 'lsh_params', 'candidate_probability', 'plot_s_curve', 'band_keys', 'bucket_edges',
            'union_find', 'lsh_edges', 'LocalEngine', 'RayEngine', 'get_engine', 'DedupResult', 'spanning_forest',
-           'find_clusters', 'near_duplicate_pairs', 'dedup', 'dedup_file', 'minilm_path', 'load_sentence_model',
-           'embed', 'cosine_edges', 'semantic_dedup', 'dedup_cmd']
+           'find_clusters', 'NearDupIndex', 'dedup', 'dedup_file', 'minilm_path', 'load_sentence_model', 'embed',
+           'cosine_edges', 'semantic_dedup', 'dedup_cmd']
 
 # %% ../nbs/06_dedup.ipynb #2bac9cdf
 @dataclass
@@ -818,18 +818,30 @@ def _find_clusters(src, opts: DedupOptions, stats: Stats | None, sets: _Sets | N
     return res
 
 # %% ../nbs/06_dedup.ipynb #57389e36
-def near_duplicate_pairs(texts: Sequence[str], threshold: float = 0.8, num_perm: int = 128, seed: int = 1, ngram: int = 5,
-                         cjk_ngram: int = 3, adaptive: bool = True, lower: bool = True, fp_weight: float = 0.2,
-                         fn_weight: float = 0.8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    "Every pair `(u, v)`, u < v, of `texts` whose exact shingle Jaccard reaches `threshold`, and that Jaccard."
-    sc = Shingler(ngram, cjk_ngram, adaptive, lower).scan(list(texts))
-    sig = minhash_signatures(sc.shingles, sc.counts, num_perm, seed)
-    u, v = lsh_edges(sig, *lsh_params(threshold, num_perm, fp_weight, fn_weight), sc.counts > 0, all_pairs=True,
-                     max_bucket=max(len(texts), 2))
-    vals, sizes = _sorted_sets(sc.shingles, sc.counts)
-    jac = pair_jaccard(vals, np.r_[0, np.cumsum(sizes)], u, v)
-    ok = jac >= threshold
-    return u[ok], v[ok], jac[ok]
+class NearDupIndex:
+    "Exact (`exact_key`) and near (shingle Jaccard >= threshold) duplicate checks of one text against the texts added so far."
+    def __init__(self, threshold: float = 0.8, ngram: int = 3, cjk_ngram: int | None = None):
+        self.threshold, self.ngram, self.cjk_ngram = threshold, ngram, cjk_ngram or ngram
+        self.keys: dict[int, list] = {}
+        self.sets, self.groups, self.postings = [], [], {}
+
+    def _shingles(self, text: str) -> set: return set(shingles(text, self.ngram, self.cjk_ngram, adaptive=False))
+
+    def check(self, text: str, exclude=None) -> tuple[str | None, float]:
+        "`('exact duplicate' | 'near duplicate' | None, best similarity)` of `text`, ignoring texts of group `exclude`."
+        if any(g is None or g != exclude for g in self.keys.get(exact_key(text), ())): return 'exact duplicate', 1.0
+        sh = self._shingles(text)
+        shared = collections.Counter(j for g in sh for j in self.postings.get(g, ()))
+        best = max((c / (len(sh) + len(self.sets[j]) - c) for j, c in shared.items()
+                    if exclude is None or self.groups[j] != exclude), default=0.0)
+        return ('near duplicate' if best >= self.threshold else None), best
+
+    def add(self, text: str, group=None):
+        "Remember `text` (of `group`)."
+        sh = self._shingles(text)
+        self.keys.setdefault(exact_key(text), []).append(group)
+        self.sets.append(sh); self.groups.append(group)
+        for g in sh: self.postings.setdefault(g, []).append(len(self.sets) - 1)
 
 # %% ../nbs/06_dedup.ipynb #b519aef5
 def dedup(records, opts: DedupOptions | None = None, stats: Stats | None = None, clusters: str | os.PathLike | None = None,

@@ -13,7 +13,7 @@ from typing import Iterable, Iterator
 
 from .core import RecordError, Stats, normalize, read_records, stable_id, text_len, tokenize, write_records
 from .config import options
-from .dedup import near_duplicate_pairs
+from .dedup import NearDupIndex
 from .llm import run_batch
 from .self_instruct import request, result_source, result_text, task_lang
 
@@ -176,7 +176,9 @@ def evolve(records, generate, stats: Stats | None = None, opts: EvolOptions | No
         if it['id'] in seen: it['id'] = it['root_id'] = f"{it['id']}#{i}"     # request ids must be unique
         seen.add(it['id']); pool.append(it)
     rng = random.Random(o.seed)
-    known = [(it['instruction'], it['root_id']) for it in pool]   # every instruction so far, for the near-duplicate check
+    index = NearDupIndex(o.dedup_threshold, ngram=3, cjk_ngram=2) if o.dedup_threshold else None   # every instruction so far
+    for it in pool:
+        if index is not None: index.add(it['instruction'], it['root_id'])
     if o.include_originals:
         for it in pool:
             r = it['record']
@@ -213,19 +215,6 @@ def evolve(records, generate, stats: Stats | None = None, opts: EvolOptions | No
             if eq is None: stats.count('judge unclear (kept)')
             if eq: fail(c['parent'], c, 'no information gain'); nxt.append(c['parent']); continue
             kept.append(c)
-        if o.dedup_threshold and kept:                       # near-duplicates of other roots' instructions or of each other
-            texts = [t for t, _ in known] + [c['text'] for c in kept]
-            roots = [r for _, r in known] + [c['parent']['root_id'] for c in kept]
-            u, v, _ = near_duplicate_pairs(texts, o.dedup_threshold, ngram=3, cjk_ngram=2, adaptive=False)  # one size
-            earlier: dict[int, list[int]] = {}
-            for a, b in zip(u.tolist(), v.tolist()): earlier.setdefault(b, []).append(a)
-            survivors, dropped = [], set()
-            for j, c in enumerate(kept, len(known)):             # a text is never a duplicate of its own lineage
-                dup = next((a for a in sorted(earlier.get(j, [])) if roots[a] != roots[j] and a not in dropped), None)
-                c['verdicts']['near_duplicate'] = None if dup is None else texts[dup]
-                if dup is None: survivors.append(c); continue
-                dropped.add(j); fail(c['parent'], c, 'near-duplicate of an earlier instruction'); nxt.append(c['parent'])
-            kept = survivors
         if o.respond:
             answers = run_batch(generate, [request(f"evol-response/r{rnd}/{c['parent']['id']}", c['text'], o.temperature,
                                                    o.max_tokens) for c in kept])
@@ -243,6 +232,14 @@ def evolve(records, generate, stats: Stats | None = None, opts: EvolOptions | No
                     fail(c['parent'], c, 'response only punctuation and stop words'); nxt.append(c['parent']); continue
                 survivors.append(c)
             kept = survivors
+        if index is not None:                                # near-duplicates of other roots' instructions (not its own lineage)
+            survivors = []
+            for c in kept:
+                dup, sim = index.check(c['text'], exclude=c['parent']['root_id'])
+                c['verdicts']['near_duplicate'] = round(sim, 4) if dup else None
+                if dup: fail(c['parent'], c, 'near-duplicate of an earlier instruction'); nxt.append(c['parent']); continue
+                index.add(c['text'], c['parent']['root_id']); survivors.append(c)
+            kept = survivors
         for c in kept:
             p = c['parent']
             nid = 'ev_' + stable_id([p['root_id'], rnd, c['text']], 12)
@@ -251,7 +248,7 @@ def evolve(records, generate, stats: Stats | None = None, opts: EvolOptions | No
                     'kind': 'in-breadth' if c['op'] in BREADTH_OPS else 'in-depth', 'verdicts': c['verdicts'],
                     **result_source(c['res'])}
             if o.respond: meta.update({'response_' + k: v for k, v in result_source(c['response_res']).items()})
-            stats.kept(); stats.count(f"evolved: {c['op']}"); known.append((c['text'], p['root_id']))
+            stats.kept(); stats.count(f"evolved: {c['op']}")
             nxt.append({'id': nid, 'root_id': p['root_id'], 'instruction': c['text'], 'round': rnd, 'lang_of': c['text'],
                         'record': None})
             yield {'instruction': c['text'], 'input': '', 'output': c.get('response') or '', 'meta': meta}
