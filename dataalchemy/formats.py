@@ -560,7 +560,7 @@ def conversation_key(conv: Conv) -> bytes:
         parts += [role_class(m.get('role')) or '', _text(m.get('content'))]
         for c in _calls(m): parts += [str(c['name']), str(c['arguments'])]
     s = normalize('\x00'.join(parts)).replace(' \x00', '\x00').replace('\x00 ', '\x00')   # one pass over the text
-    return hashlib.blake2b(s.encode('utf-8'), digest_size=12).digest()
+    return hashlib.blake2b(s.encode('utf-8', 'surrogatepass'), digest_size=12).digest()
 
 def dataset_stats(records, fmt: str | None = None) -> dict:
     "Format, count, CJK-aware length distributions, assistant turns and exact duplicates of `records` (a path or records)."

@@ -260,7 +260,7 @@ QA_SCHEMA = {'type': 'array', 'minItems': 1, 'items': {'type': 'object', 'requir
 def cache_key(endpoint: str, model: str, payload: Any) -> str:
     "The cache key of a request: SHA-256 of endpoint, model and payload (messages and parameters); never the API key."
     s = json.dumps([endpoint.rstrip('/'), model, payload], ensure_ascii=False, sort_keys=True, separators=(',', ':'))
-    return hashlib.sha256(s.encode('utf-8')).hexdigest()
+    return hashlib.sha256(s.encode('utf-8', 'surrogatepass')).hexdigest()
 
 class Cache:
     "A persistent reply cache: SQLite (WAL) at `path`, safe for concurrent processes and kills; writes batched per `flush_seconds`."

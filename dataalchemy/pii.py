@@ -223,7 +223,7 @@ class PIIScrubber:
             return re.sub(r'[^\s@.\-]', '*', f.text[:len(f.text) - keep]) + f.text[len(f.text) - keep:]
         tag = PLACEHOLDERS.get(f.entity, f'<{f.entity}>')
         if self.action == 'hash':
-            h = hashlib.sha256((self.opts.hash_salt + '\0' + re.sub(r'[\s\-()]', '', f.text).lower()).encode()).hexdigest()[:8]
+            h = hashlib.sha256((self.opts.hash_salt + '\0' + re.sub(r'[\s\-()]', '', f.text).lower()).encode('utf-8', 'surrogatepass')).hexdigest()[:8]
             return f'{tag[:-1]}_{h}>'
         return tag
 
