@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 # %% auto #0
-__all__ = ['CJK_RANGES', 'TOKEN_RE', 'FILE_FORMATS', 'CJK_FONTS', 'is_cjk', 'has_cjk', 'cjk_ratio', 'tokenize', 'token_spans',
-           'text_len', 'split_sentences', 'normalize', 'stable_id', 'RecordError', 'EmptyInputError', 'file_format',
-           'ErrorLog', 'RecordReader', 'read_records', 'dumps', 'RecordWriter', 'write_records', 'to_hf', 'from_hf',
-           'Stats', 'cjk_font', 'use_cjk_font', 'plot_label']
+__all__ = ['CJK_RANGES', 'TOKEN_RE', 'FILE_FORMATS', 'SKIP_KEYS', 'CJK_FONTS', 'is_cjk', 'has_cjk', 'cjk_ratio', 'tokenize',
+           'token_spans', 'text_len', 'split_sentences', 'normalize', 'stable_id', 'RecordError', 'EmptyInputError',
+           'file_format', 'ErrorLog', 'RecordReader', 'read_records', 'dumps', 'RecordWriter', 'write_records', 'to_hf',
+           'from_hf', 'Stats', 'record_texts', 'cjk_font', 'use_cjk_font', 'plot_label']
 
 # %% ../nbs/00_core.ipynb #7b8ed1ce
 CJK_RANGES = ('\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff'   # CJK unified ideographs (+ext A, compatibility)
@@ -428,6 +428,31 @@ class Stats:
         ax.set_title(plot_label(f'{self.step}: kept {self.n_out:,} of {self.n_in:,}'), fontfamily=fam)
         ax.tick_params(labelfontfamily=fam); ax.set_xlabel('records dropped')
         return ax
+
+# %% ../nbs/00_core.ipynb #1267d17a
+SKIP_KEYS = frozenset({'id', 'ids', 'role', 'from', 'type', 'tool_call_id', 'doc_id', 'chunk_id', 'parent_id', 'source',
+                       'lang', 'format', 'backend', 'model', 'method', 'task', 'pii', 'pii_fields', 'toxicity',
+                       'toxicity_backend', 'quality', 'step', 'lineage', 'sha1', 'hash', 'key'})
+
+def record_texts(rec: Any, fields: Iterable[str] | None = None, numbers: bool = False, aliases: dict | None = None,
+                 _path: str = '') -> Iterator[tuple[str, Any, Any]]:
+    "Every text a record carries, as `(path, container, key)` with `container[key]` the string; ids, roles and annotations skipped (`numbers`: long integers too)."
+    if fields is not None:
+        sel = []
+        for f in (f for f in fields if f):                     # `output` also selects `response`, `completion`...
+            head = re.split(r'[.\[]', f, maxsplit=1)[0]
+            sel += [a + f[len(head):] for a in (aliases or {}).get(head, (head,))]
+        for t in record_texts(rec, None, numbers, None, _path):
+            if any(t[0] == f or t[0].startswith((f + '.', f + '[')) for f in sel): yield t
+        return
+    items = rec.items() if isinstance(rec, dict) else enumerate(rec) if isinstance(rec, list) else ()
+    for k, v in items:
+        if isinstance(k, str) and k in SKIP_KEYS: continue
+        p = (f'{_path}.{k}' if _path else str(k)) if isinstance(rec, dict) else f'{_path}[]'
+        if isinstance(v, str):
+            if v: yield p, rec, k
+        elif numbers and type(v) is int and abs(v) >= 10**6: yield p, rec, k   # a phone number stored as a number
+        elif isinstance(v, (dict, list)): yield from record_texts(v, None, numbers, None, p)
 
 # %% ../nbs/00_core.ipynb #dde2159f
 CJK_FONTS = ('Noto Sans CJK SC', 'Noto Sans SC', 'Source Han Sans SC', 'Source Han Sans CN', 'WenQuanYi Zen Hei',

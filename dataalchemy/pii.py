@@ -6,18 +6,23 @@ Docs: https://dataalchemy.github.io/dataalchemy/pii.html.md"""
 
 # %% ../nbs/05b_pii.ipynb #4a4ed5ea
 from __future__ import annotations
-import hashlib, os, re, tempfile
+import hashlib, hmac, os, re, secrets, sys, tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
-from .core import Stats, read_records, RecordWriter
+from typing import Any, Iterable, Iterator
+from fastcore.basics import patch
+from .core import Stats, read_records, RecordWriter, RecordError, record_texts
 from .config import options
 
 # %% auto #0
-__all__ = ['CN_PATTERNS', 'CONTEXT_WINDOW', 'CONTEXT_BOOST', 'PRESIDIO_ENTITIES', 'NER_ENTITIES', 'PLACEHOLDERS', 'ACTIONS',
-           'cn_id_valid', 'luhn_valid', 'make_cn_recognizers', 'blank_spacy_path', 'ner_model', 'build_analyzer',
-           'Finding', 'PIIOptions', 'PIIScrubber', 'scrub_records', 'pii_cmd']
+__all__ = ['CN_PATTERNS', 'CONTEXT_WINDOW', 'CONTEXT_BOOST', 'CN_SURNAMES', 'CN_COMPOUND_SURNAMES', 'CN_NAME_CONTEXT',
+           'CN_TITLES', 'EN_FIRST_NAMES', 'EN_TITLES', 'EN_NAME_CONTEXT', 'OWN_FINDERS', 'PRESIDIO_ENTITIES',
+           'NER_ENTITIES', 'PLACEHOLDERS', 'PRESCREEN', 'DEFAULT_KEY_FILE', 'ACTIONS', 'NAMES_WITHOUT_NER',
+           'cn_id_valid', 'luhn_valid', 'make_cn_recognizers', 'cn_names', 'cn_addresses', 'en_names',
+           'blank_spacy_path', 'ner_model', 'build_analyzer', 'is_lookalike', 'Finding', 'may_hold_pii',
+           'pseudonym_key', 'pseudonym', 'PIIOptions', 'PIIScrubber', 'FieldsNotFound', 'scrub_records', 'Auditor',
+           'pii_cmd', 'audit_cmd']
 
 # %% ../nbs/05b_pii.ipynb #4c06d42e
 _ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
@@ -82,26 +87,98 @@ def make_cn_recognizers(language: str = 'en') -> list:
                           patterns=[Pattern(ent.lower(), rx, score)], context=list(ctx), supported_language=language)
             for ent, (rx, score, ctx) in CN_PATTERNS.items()]
 
+# %% ../nbs/05b_pii.ipynb #4478b704
+CN_SURNAMES = ('王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹彭曾肖田董袁潘蒋蔡余杜叶程苏魏吕丁任沈姚卢姜'
+               '崔钟谭陆汪范金石廖贾夏韦付方白邹孟熊秦邱江尹薛闫段雷侯龙史陶黎贺顾毛郝龚邵万钱严覃武戴莫孔向汤柳吕')
+CN_COMPOUND_SURNAMES = ('欧阳', '司马', '诸葛', '上官', '东方', '皇甫', '尉迟', '公孙', '慕容', '令狐', '长孙', '宇文', '司徒', '夏侯')
+_SUR = '(?:' + '|'.join(CN_COMPOUND_SURNAMES) + f'|[{CN_SURNAMES}])'
+_NAME_STOP = set('的是在和与了吗呢吧啊着过手电邮号说等就也都还要会把被给对向从到先女老经医教同律主总小姐师生理')
+CN_NAME_CONTEXT = ('姓名', '联系人', '收件人', '收货人', '申请人', '负责人', '经办人', '我叫', '名叫', '请联系', '致电')
+CN_TITLES = ('先生', '女士', '小姐', '老师', '经理', '医生', '教授', '律师', '主任', '总监', '同学', '师傅')
+_re_cn_name_ctx = re.compile('(?:' + '|'.join(CN_NAME_CONTEXT) + r')\s*[:：]?\s*(?:是|为)?\s*(?P<name>' + _SUR + r'[\u4e00-\u9fff]{1,2})')
+_re_cn_name_title = re.compile(r'(?:(?<![\u4e00-\u9fff])|(?<=[是找问请和与给的向由叫位系]))(?P<name>' + _SUR + '(?:'
+                               + '|'.join(CN_TITLES) + '))')
+_re_cn_address = re.compile(r'(?P<name>(?:[\u4e00-\u9fff]{2,3}(?:省|自治区|市))?(?:[\u4e00-\u9fff]{1,4}?(?:市|区|县|镇|乡))*'
+                            r'[\u4e00-\u9fff\d]{1,10}?(?:路|街|大道|道|巷|胡同|弄)\d{1,5}(?:号|弄)'
+                            r'(?:\d{1,5}(?:号楼|栋|幢|单元|室|层|楼))*)')
+
+def cn_names(text: str) -> list[tuple[int, int, float]]:
+    "Chinese personal names `(start, end, score)`: a surname after a context word (联系人：李明) or before a title (王老师)."
+    out = []
+    for m in _re_cn_name_ctx.finditer(text):
+        s, e = m.span('name')
+        n = next((i for i in range(s + 1, e) if text[i] in _NAME_STOP), e)   # 联系李明手机 -> 李明
+        if n > s + 1 and not (n - s == 2 and text[s:s + 2] in CN_COMPOUND_SURNAMES): out.append((s, n, 0.6))
+    out += [(*m.span('name'), 0.5) for m in _re_cn_name_title.finditer(text)]
+    return out
+
+_re_addr_lead = re.compile(r'(?:[\u4e00-\u9fff]{0,3}?(?:寄到|送到|住在|位于|地址|住址|寄往|发往)[是为:：]?|[在到于是])')
+
+def cn_addresses(text: str) -> list[tuple[int, int, float]]:
+    "Mainland street addresses down to the house number (北京市海淀区中关村大街27号1号楼302室)."
+    out = []
+    for m in _re_cn_address.finditer(text):
+        s, e = m.span('name')
+        lead = _re_addr_lead.match(text, s, e)              # 寄到北京市... -> 北京市...
+        out.append((lead.end() if lead else s, e, 0.6))
+    return out
+
+EN_FIRST_NAMES = frozenset("""James John Robert Michael David William Richard Joseph Thomas Charles Christopher Daniel Matthew Anthony
+Donald Steven Paul Andrew Joshua Kenneth Kevin Brian George Timothy Ronald Edward Jason Jeffrey Ryan Jacob Gary Nicholas
+Eric Jonathan Stephen Larry Justin Scott Brandon Benjamin Samuel Gregory Alexander Patrick Jack Dennis Jerry Tyler Aaron
+Jose Adam Nathan Henry Zachary Douglas Peter Kyle Noah Ethan Jeremy Walter Christian Keith Roger Terry Austin Sean Gerald
+Carl Harold Dylan Arthur Lawrence Jordan Jesse Bryan Bruce Gabriel Logan Alan Juan Albert Willie Elijah Randy Wayne
+Vincent Liam Mary Patricia Jennifer Linda Elizabeth Barbara Susan Jessica Sarah Karen Lisa Nancy Betty Sandra Margaret
+Ashley Kimberly Emily Donna Michelle Carol Amanda Melissa Deborah Stephanie Dorothy Rebecca Sharon Laura Cynthia Amy
+Kathleen Angela Shirley Brenda Emma Anna Pamela Nicole Samantha Katherine Christine Helen Debra Rachel Carolyn Janet
+Maria Catherine Heather Diane Olivia Julie Joyce Victoria Ruth Virginia Lauren Kelly Christina Joan Evelyn Judith Andrea
+Hannah Megan Cheryl Jacqueline Martha Madison Teresa Gloria Sara Janice Ann Kathryn Abigail Sophia Frances Jean Alice
+Judy Isabella Julia Denise Amber Doris Marilyn Danielle Beverly Theresa Diana Natalie Brittany Charlotte Marie Kayla
+Alexis Lori Jane Emily Anne Peter Tom Tim Jim Bob Mike Dave Steve Chris Dan Matt Tony Ben Sam Nick Alex Kate Katie Liz
+Sue Jenny Jessie Lucy Oliver Harry Jacqueline Sophie Chloe Mia Ella Leah Zoe Ava Emma Lily Grace""".split()) - {'Grace'}
+EN_TITLES = ('Mr', 'Mrs', 'Ms', 'Miss', 'Dr', 'Prof', 'Professor', 'Sir', 'Madam')
+_CAP = r'[A-Z][a-z]+(?:[-\'][A-Z][a-z]+)?'
+EN_NAME_CONTEXT = ('contact', 'call ', 'email', 'e-mail', 'named', 'name is', 'i am ', "i'm ", 'reach ', 'write to',
+                   'dear ', 'signed', 'regards', 'patient', 'customer', 'client', 'employee')
+_re_en_name = re.compile(r'(?i:\b(?:' + '|'.join(re.escape(w.strip()) for w in EN_NAME_CONTEXT) + r'))[,:]?\s+(?P<name>(?:'
+                         + '|'.join(sorted(EN_FIRST_NAMES)) + r')(?:\s+[A-Z]\.)?(?:\s+' + _CAP + r')?)\b'
+                         + r'|\b(?P<titled>(?:' + '|'.join(EN_TITLES) + r')\.?\s+' + _CAP + r'(?:\s+' + _CAP + r')?)\b')
+
+def en_names(text: str) -> list[tuple[int, int, float]]:
+    "English personal names without NER: a common first name (and surname) after a contact word (Contact Jane Miller), or a title and a name (Dr. Smith)."
+    return [(*m.span('name' if m.group('name') else 'titled'), 0.5) for m in _re_en_name.finditer(text)]
+
+# the project's own finders: run on every text (cheap regular expressions), outside presidio
+OWN_FINDERS = {'CN_NAME': cn_names, 'CN_ADDRESS': cn_addresses, 'EN_NAME': en_names}
+
 # %% ../nbs/05b_pii.ipynb #01b28a42
 PRESIDIO_ENTITIES = ('CREDIT_CARD', 'IP_ADDRESS', 'PHONE_NUMBER', 'IBAN_CODE', 'US_SSN', 'CRYPTO', 'MAC_ADDRESS')
 NER_ENTITIES = ('PERSON', 'LOCATION')
 PLACEHOLDERS = {'EMAIL_ADDRESS': '<EMAIL>', 'PHONE_NUMBER': '<PHONE>', 'CN_MOBILE': '<PHONE>', 'CN_LANDLINE': '<PHONE>',
                 'PERSON': '<NAME>', 'LOCATION': '<LOCATION>', 'CREDIT_CARD': '<CREDIT_CARD>', 'CN_BANK_CARD': '<BANK_CARD>',
                 'CN_ID_CARD': '<ID_NUMBER>', 'CN_PASSPORT': '<PASSPORT>', 'IP_ADDRESS': '<IP>', 'URL': '<URL>',
-                'IBAN_CODE': '<IBAN>', 'US_SSN': '<SSN>', 'CRYPTO': '<CRYPTO>', 'MAC_ADDRESS': '<MAC>'}
+                'IBAN_CODE': '<IBAN>', 'US_SSN': '<SSN>', 'CRYPTO': '<CRYPTO>', 'MAC_ADDRESS': '<MAC>',
+                'CN_NAME': '<NAME>', 'CN_ADDRESS': '<ADDRESS>', 'EN_NAME': '<NAME>'}
 
-def _need_presidio():
-    "Import presidio (without letting it pull in `transformers`, which it only needs for HF NER engines we do not use)."
+def _need_presidio(torch_ok: bool = False):
+    "Import presidio and spaCy without `transformers` and `torch` (only transformer pipelines need them: `torch_ok`)."
     import sys
-    blocked = 'transformers' not in sys.modules and 'presidio_analyzer' not in sys.modules
-    if blocked: sys.modules['transformers'] = None           # presidio falls back cleanly; saves seconds of import
+    blocked = [m for m in (('transformers',) if torch_ok else ('transformers', 'torch'))
+               if m not in sys.modules and 'presidio_analyzer' not in sys.modules]
+    for m in blocked: sys.modules[m] = None                  # presidio and thinc fall back cleanly; saves seconds of import
+    # presidio probes for a CUDA device by importing torch (a second or more); spaCy pipelines here run on the CPU
+    probe = 'PRESIDIO_DEVICE' not in os.environ and 'torch' not in sys.modules
+    if probe: os.environ['PRESIDIO_DEVICE'] = 'cpu'
     try:
         import presidio_analyzer, presidio_anonymizer, spacy
+        from presidio_analyzer.nlp_engine import device_detector
     except ImportError as e:
         raise ImportError(f"PII scrubbing needs presidio and spaCy ({e.name} is missing): "
                           "pip install presidio-analyzer presidio-anonymizer spacy  (or pip install 'dataalchemy[safety]')") from None
     finally:
-        if blocked and sys.modules.get('transformers', 0) is None: del sys.modules['transformers']
+        for m in blocked:
+            if sys.modules.get(m, 0) is None: del sys.modules[m]
+        if probe: del os.environ['PRESIDIO_DEVICE']
 
 def blank_spacy_path(lang: str = 'en', cache_dir: str | os.PathLike | None = None) -> Path:
     "A blank spaCy pipeline for `lang` saved on disk (created once in `cache_dir`, default a temp folder)."
@@ -144,7 +221,30 @@ def build_analyzer(spacy_model: str | None = 'auto', cache_dir=None):
 
 # %% ../nbs/05b_pii.ipynb #9fdb11b1
 _re_code = re.compile(r'```.*?(?:```|\Z)|~~~.*?(?:~~~|\Z)', re.S)
-_re_version_before = re.compile(r'(?:(?<![A-Za-z])(?:version|ver\.?|v|release)|版本|版本号)\s*[:：]?\s*$', re.I)
+_re_tag = re.compile(r'<[A-Z][A-Z_]*(?:_[0-9a-f]{8,32})?>')            # our own placeholders and pseudonyms
+_re_section_before = re.compile(r'(?:(?<![A-Za-z])(?:version|ver\.?|v|release|chapter|ch\.?|section|sec\.?|§|figure|fig\.?|'
+                                r'table|step|clause|part|article|appendix|rule|item|lemma|theorem|eq\.?)|版本号?|第|章|节|条|款|图|表|步骤|公式)'
+                                r'\s*[:：]?\s*$', re.I)
+_re_number_before = re.compile(r'(?:(?<![A-Za-z])(?:invoice|order|ref|reference|tracking|sku|serial|part|model|item|'
+                               r'transaction|receipt|ticket|case|po|isbn(?:-1[03])?|issn|doi|no\.?|number|#)|订单|单号|发票|编号|'
+                               r'序号|流水号|运单|工单|批次|型号|票号|书号)[^\w\n]{0,4}$', re.I)
+_re_phone_ok_dots = re.compile(r'\(?\d{3}\)?\.\d{3}\.\d{4}')
+_re_year_range = re.compile(r'\(?\s*(?:1[5-9]|20)\d{2}\s*[–—-]\s*(?:1[5-9]|20)\d{2}\s*\)?')
+_re_date = re.compile(r'\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4}')
+
+def is_lookalike(entity: str, text: str, start: int, end: int) -> bool:
+    "Is the hit `text[start:end]` of type `entity` a number that only looks like PII (section, version, order no., date...)?"
+    val, before = text[start:end], text[max(0, start - 24):start]
+    if entity == 'IP_ADDRESS':
+        return bool(_re_section_before.search(before) or re.match(r'\.\d', text[end:end + 2])
+                    or re.search(r'\d\.$', text[max(0, start - 2):start]))
+    if entity in ('PHONE_NUMBER', 'CN_MOBILE', 'CN_LANDLINE'):
+        if _re_number_before.search(before) and not re.search(r'(?i)phone|tel|call|手机|电话', before): return True
+    if entity == 'PHONE_NUMBER':
+        if val.isdigit(): return True                           # bare digit runs: ids; mainland mobiles are CN_MOBILE's job
+        if '.' in val and not _re_phone_ok_dots.fullmatch(val): return True   # decimals, coordinates, versions
+        if _re_year_range.fullmatch(val) or _re_date.fullmatch(val): return True
+    return False
 
 @dataclass
 class Finding:
@@ -165,6 +265,43 @@ def _resolve(found: list[Finding]) -> list[Finding]:
         if all(f.end <= g.start or f.start >= g.end for g in out): out.append(f)
     return sorted(out, key=lambda f: f.start)
 
+# %% ../nbs/05b_pii.ipynb #3d49965a
+PRESCREEN = re.compile('|'.join([
+    r'@', r'(?i:https?://|ftp://|www\.)',
+    r'\d(?:[^\w,]{0,3}\d){4,}',                               # 5+ digits (not 10,000): phones, cards, ids, passports
+    r'\d{1,3}(?:\.\d{1,3}){3}', r'[0-9A-Fa-f]{1,4}::?[0-9A-Fa-f]{0,4}:',   # IPv4, IPv6 (and MAC with colons)
+    r'[0-9A-Fa-f]{2}-[0-9A-Fa-f]{2}-', r'[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}\.',  # MAC
+    r'[A-Z]{2}\d{2}\s?[A-Z0-9]{4}',                           # IBAN
+    r'\b(?:[13][a-km-zA-HJ-NP-Z1-9]{25,34}|bc1[a-z0-9]{20,})']))   # bitcoin
+
+def may_hold_pii(text: str) -> bool:
+    "Cheap pre-screen: False only when no presidio recognizer could fire on `text` (presidio is then skipped)."
+    return PRESCREEN.search(text) is not None
+
+# %% ../nbs/05b_pii.ipynb #b9c793b6
+DEFAULT_KEY_FILE = '.dataalchemy/pii.key'
+
+def pseudonym_key(secret: str | None = None, key_file: str | os.PathLike | None = DEFAULT_KEY_FILE) -> tuple[bytes, str]:
+    "The HMAC key for pseudonyms and where it came from: `secret` (DATAALCHEMY_PII_SECRET), else a key file (generated once)."
+    if secret: return str(secret).encode('utf-8'), 'secret'
+    p = Path(key_file or DEFAULT_KEY_FILE)
+    if not p.exists():
+        p.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, 'w') as f: f.write(secrets.token_hex(32) + '\n')
+            print(f"warning: no PII secret set (DATAALCHEMY_PII_SECRET or [pii] secret): generated a random key in {p}; "
+                  "keep it private, and keep it to get the same pseudonyms next time", file=sys.stderr)
+        except FileExistsError: pass                        # another process made it first
+    key = p.read_text(encoding='utf-8').strip()
+    if len(key) < 16: raise ValueError(f"{p}: the PII key file holds a key of {len(key)} characters; 16 or more needed")
+    return key.encode('utf-8'), f'key file {p}'
+
+def pseudonym(value: str, key: bytes, n: int = 16) -> str:
+    "Keyed pseudonym of `value` (HMAC-SHA256, `n` hex digits); separators and case do not change it."
+    norm = re.sub(r'[\s\-()]', '', value).lower()
+    return hmac.new(key, norm.encode('utf-8', 'surrogatepass'), hashlib.sha256).hexdigest()[:n]
+
 # %% ../nbs/05b_pii.ipynb #0eb463f7
 ACTIONS = ('replace', 'mask', 'hash', 'drop')
 
@@ -172,28 +309,35 @@ ACTIONS = ('replace', 'mask', 'hash', 'drop')
 class PIIOptions:
     "PII scrubbing options; defaults from settings.ini [pii]."
     action: str = 'replace'
-    fields: str = 'instruction,input,output'
+    fields: str = 'auto'
     score_threshold: float = 0.4
     entities: str | None = None
     scrub_code: bool = False
     spacy_model: str = 'auto'
-    hash_salt: str = 'dataalchemy'
+    secret: str | None = None
+    key_file: str = DEFAULT_KEY_FILE
+    prescreen: bool = True
+    max_chars: int = 100_000
 
 class PIIScrubber:
-    "Find PII with presidio + Chinese recognizers and replace, mask, hash or drop; usable as a filter (`scrubber(rec)`)."
+    "Find PII with presidio + Chinese recognizers and replace, mask, hash or drop it in every text of a record."
     name = 'pii'
     def __init__(self, action: str | None = None, fields=None, score_threshold: float | None = None, entities=None,
-                 scrub_code: bool | None = None, spacy_model: str | None = None, hash_salt: str | None = None):
+                 scrub_code: bool | None = None, spacy_model: str | None = None, secret: str | None = None,
+                 key_file: str | None = None, prescreen: bool | None = None, max_chars: int | None = None):
         if isinstance(fields, (list, tuple)): fields = ','.join(fields)
         if isinstance(entities, (list, tuple)): entities = ','.join(entities)
         o = options(PIIOptions, 'pii', action=action, fields=fields, score_threshold=score_threshold, entities=entities,
-                    scrub_code=scrub_code, spacy_model=spacy_model, hash_salt=hash_salt)
+                    scrub_code=scrub_code, spacy_model=spacy_model, secret=secret, key_file=key_file,
+                    prescreen=prescreen, max_chars=max_chars)
         if o.action not in ACTIONS: raise ValueError(f"unknown PII action {o.action!r}; choose one of {', '.join(ACTIONS)}")
         self.opts, self.action = o, o.action
-        self.fields = [f.strip() for f in str(o.fields).split(',') if f.strip()]
+        fl = [f.strip() for f in str(o.fields).split(',') if f.strip()]
+        self.fields = None if fl in ([], ['auto'], ['all']) else fl
         self.entities = [e.strip() for e in str(o.entities).split(',') if e.strip()] if o.entities else None
-        self._an, self._anon, self.counts = None, None, Counter()
-        _need_presidio()
+        self._an, self._anon, self._key = None, None, None
+        self.counts, self.field_counts, self.paths_seen, self.n_matched = Counter(), Counter(), Counter(), 0
+        _need_presidio(torch_ok='trf' in str(o.spacy_model))
 
     @property
     def analyzer(self):
@@ -203,94 +347,293 @@ class PIIScrubber:
     @property
     def ner(self) -> str | None: return self.analyzer.dataalchemy_ner
 
-    def analyze(self, text: str) -> list[Finding]:
-        "The PII findings in `text` (after code-block protection, look-alike rules and overlap resolution)."
-        if not text or not text.strip(): return []
-        res = self.analyzer.analyze(text=text, language='en', entities=self.entities,
-                                    score_threshold=self.opts.score_threshold)
-        code = [] if self.opts.scrub_code else [m.span() for m in _re_code.finditer(text)]
-        out = []
-        for r in res:
-            if any(r.start < e and r.end > s for s, e in code): continue
-            if r.entity_type == 'IP_ADDRESS' and _re_version_before.search(text[max(0, r.start - 12):r.start]): continue
-            if r.entity_type == 'PHONE_NUMBER' and text[r.start:r.end].isdigit(): continue   # bare digit runs: ids, orders
-            out.append(Finding(r.entity_type, r.start, r.end, r.score, text[r.start:r.end]))
-        return _resolve(out)
+    @property
+    def key(self) -> tuple[bytes, str]:
+        "The pseudonym key and its source (read or generated on first use by `hash`)."
+        if self._key is None: self._key = pseudonym_key(self.opts.secret, self.opts.key_file)
+        return self._key
 
-    def _sub(self, f: Finding) -> str:
-        if self.action == 'mask':
-            keep = 4 if len(f.text) > 8 else 0
-            return re.sub(r'[^\s@.\-]', '*', f.text[:len(f.text) - keep]) + f.text[len(f.text) - keep:]
-        tag = PLACEHOLDERS.get(f.entity, f'<{f.entity}>')
-        if self.action == 'hash':
-            h = hashlib.sha256((self.opts.hash_salt + '\0' + re.sub(r'[\s\-()]', '', f.text).lower()).encode('utf-8', 'surrogatepass')).hexdigest()[:8]
-            return f'{tag[:-1]}_{h}>'
-        return tag
+# %% ../nbs/05b_pii.ipynb #00e2979a
+_re_surrogate = re.compile('[\ud800-\udfff]')
 
-    def scrub_text(self, text: str) -> tuple[str, list[Finding]]:
-        "`text` with its PII replaced (or masked, hashed) by the action, and the findings."
-        found = self.analyze(text)
-        if not found or self.action == 'drop': return text, found
-        from presidio_anonymizer import AnonymizerEngine
-        from presidio_anonymizer.entities import OperatorConfig, RecognizerResult
-        if self._anon is None: self._anon = AnonymizerEngine()
-        ops = {e: OperatorConfig('custom', {'lambda': lambda x, e=e: self._sub(Finding(e, 0, len(x), 1.0, x))})
-               for e in {f.entity for f in found}}
-        res = self._anon.anonymize(text=text, operators=ops,
-                                   analyzer_results=[RecognizerResult(f.entity, f.start, f.end, f.score) for f in found])
-        return res.text, found
+def _windows(text: str, size: int, overlap: int = 256) -> Iterator[tuple[int, str]]:
+    "`(offset, piece)` windows of at most `size` characters that overlap, so a span across a cut is seen whole once."
+    if len(text) <= size: yield 0, text; return
+    step = max(1, size - overlap)
+    for off in range(0, len(text), step):
+        yield off, text[off:off + size]
+        if off + size >= len(text): break
 
-    def __call__(self, rec: dict) -> tuple[bool, str | None]:
-        allf = []
-        from dataalchemy.filters import field_key
-        for name in self.fields:
-            fld = field_key(rec, name)                    # 'output' also finds 'response' / 'completion'
-            v = rec.get(fld) if fld else None
-            if not isinstance(v, str) or not v: continue
-            new, found = self.scrub_text(v)
-            if found and self.action != 'drop': rec[fld] = new
-            allf += [f.as_dict(fld) for f in found]
-        for f in allf: self.counts[f"pii:{f['entity']}"] += 1
-        if allf:
-            meta = rec.get('meta')
-            if not isinstance(meta, dict): meta = rec['meta'] = {}
-            meta['pii'] = allf
-            if self.action == 'drop': return False, f"pii:{allf[0]['entity']}"
-        return True, None
+_re_space = re.compile(r'\s')
+
+def _focus(text: str, pad: int = 64) -> list[tuple[int, str]]:
+    "`(offset, piece)`: the parts of `text` around what the pre-screen matched, padded to whitespace and merged."
+    spans = []
+    for m in PRESCREEN.finditer(text):
+        s, e = max(0, m.start() - pad), m.end() + pad
+        s = max(text.rfind(' ', 0, s), text.rfind('\n', 0, s)) + 1 if s > 0 else 0
+        w = _re_space.search(text, e) if e < len(text) else None
+        e = w.start() if w else len(text)
+        if spans and s <= spans[-1][1]: spans[-1][1] = max(spans[-1][1], e)
+        else: spans.append([s, e])
+    return [(s, text[s:e]) for s, e in spans]
+
+_re_cjk_char = re.compile('[\u4e00-\u9fff]')
+
+def _en_cue(text: str) -> bool:
+    "Could `en_names` fire: a contact word (any case) or a title (as written) somewhere in `text`?"
+    low = text.lower()
+    return any(w in low for w in EN_NAME_CONTEXT) or any(t in text for t in EN_TITLES)
+
+def _own_hits(text: str, own: dict, threshold: float) -> list:
+    "Hits of our own finders; each runs only where it can fire (Chinese rules on CJK text, English names after a cue)."
+    cjk, out = None, []
+    for e, f in own.items():
+        if e.startswith('CN_'):
+            if cjk is None: cjk = _re_cjk_char.search(text) is not None
+            if not cjk: continue
+        elif e == 'EN_NAME' and not _en_cue(text): continue
+        out += [(e, s, x, sc) for s, x, sc in f(text) if sc >= threshold]
+    return out
+
+@patch
+def _keep(self: PIIScrubber, text: str, hits) -> list[Finding]:
+    "Findings from raw `(entity, start, end, score)` hits: code blocks, our placeholders and look-alikes removed."
+    code = [] if self.opts.scrub_code else [m.span() for m in _re_code.finditer(text)]
+    tags = [m.span() for m in _re_tag.finditer(text)] if '<' in text else []
+    out = []
+    for ent, s, e, score in hits:
+        if any(s < b and e > a for a, b in code) or any(s < b and e > a for a, b in tags): continue
+        if is_lookalike(ent, text, s, e): continue
+        out.append(Finding(ent, s, e, score, text[s:e]))
+    return _resolve(out)
+
+@patch
+def analyze_many(self: PIIScrubber, texts: list[str]) -> list[list[Finding]]:
+    "Findings for each of `texts`: our rules on all; presidio on what the pre-screen passes, batched (spaCy `nlp.pipe`), in windows."
+    texts = [t if isinstance(t, str) else '' for t in texts]
+    hits: list[list] = [[] for _ in texts]
+    own = {e: f for e, f in OWN_FINDERS.items() if self.entities is None or e in self.entities}
+    for i, t in enumerate(texts): hits[i] += _own_hits(t, own, self.opts.score_threshold)   # names, addresses: every text
+    screen = self.opts.prescreen and not self.ner                 # NER models can find names anywhere
+    if self.entities is None or set(self.entities) - set(own):
+        kw = dict(language='en', entities=self.entities, score_threshold=self.opts.score_threshold)
+        size, pieces = int(self.opts.max_chars), []
+        for i, t in enumerate(texts):
+            if not t.strip(): continue
+            t = _re_surrogate.sub('\ufffd', t)
+            for off, p in (_focus(t) if screen else [(0, t)]):       # presidio sees only what can hold a finding
+                pieces += [(i, off + o, q) for o, q in _windows(p, size)]
+        from presidio_analyzer import BatchAnalyzerEngine
+        res = BatchAnalyzerEngine(self.analyzer).analyze_iterator([p for _, _, p in pieces], batch_size=32, **kw) if pieces else []
+        for (i, off, _), rs in zip(pieces, res): hits[i] += [(r.entity_type, r.start + off, r.end + off, r.score) for r in rs]
+    return [self._keep(t, h) if h else [] for t, h in zip(texts, hits)]
+
+@patch
+def analyze(self: PIIScrubber, text: str) -> list[Finding]:
+    "The PII findings in `text` (after code-block protection, look-alike rules and overlap resolution)."
+    return self.analyze_many([text])[0]
+
+# %% ../nbs/05b_pii.ipynb #b41db21a
+@patch
+def _sub(self: PIIScrubber, f: Finding) -> str:
+    if self.action == 'mask':
+        keep = 4 if len(f.text) > 8 else 0
+        return re.sub(r'[^\s@.\-]', '*', f.text[:len(f.text) - keep]) + f.text[len(f.text) - keep:]
+    tag = PLACEHOLDERS.get(f.entity, f'<{f.entity}>')
+    return f'{tag[:-1]}_{pseudonym(f.text, self.key[0])}>' if self.action == 'hash' else tag
+
+@patch
+def apply(self: PIIScrubber, text: str, found: list[Finding]) -> str:
+    "`text` with the (non-overlapping) `found` spans replaced, masked or hashed by the action."
+    parts, last = [], 0
+    for f in sorted(found, key=lambda f: f.start):
+        parts += [text[last:f.start], self._sub(f)]; last = f.end
+    return ''.join(parts) + text[last:]
+
+@patch
+def scrub_text(self: PIIScrubber, text: str) -> tuple[str, list[Finding]]:
+    "`text` with its PII replaced (or masked, hashed) by the action, and the findings."
+    found = self.analyze(text)
+    return (text if not found or self.action == 'drop' else self.apply(text, found)), found
+
+# %% ../nbs/05b_pii.ipynb #abd9b0e3
+NAMES_WITHOUT_NER = ('rules only (no spaCy NER model installed): Chinese names after a context word or before a title, '
+                     'English names after a contact word or title; names elsewhere in running text were not searched')
+
+class FieldsNotFound(ValueError):
+    "A configured field list matched no text in any record."
+
+@patch
+def _texts(self: PIIScrubber, rec: dict) -> list[tuple[str, Any, Any]]:
+    "The `(path, container, key)` texts of `rec` to scrub: every text, or the configured fields (with their aliases)."
+    from dataalchemy.filters import FIELD_ALIASES
+    return list(record_texts(rec, self.fields, numbers=True, aliases=FIELD_ALIASES))
+
+@patch
+def scrub_batch(self: PIIScrubber, recs: list[dict]) -> list[tuple[bool, str | None]]:
+    "Scrub every record of `recs` in place (one batched analysis); `(keep, reason)` for each."
+    where = [(j, *t) for j, r in enumerate(recs) for t in self._texts(r)]
+    texts = [c[k] if isinstance(c[k], str) else str(c[k]) for _, _, c, k in where]
+    try: found = self.analyze_many(texts)
+    except Exception:                                            # find the record that breaks the analyzer
+        if len(recs) > 1: return [x for r in recs for x in self.scrub_batch([r])]
+        e = sys.exc_info()[1]
+        return [(False, f'pii:error:{type(e).__name__}')]
+    per = [[] for _ in recs]
+    for (j, path, c, k), text, fs in zip(where, texts, found):
+        self.paths_seen[path] += 1
+        if not fs: continue
+        if self.action != 'drop': c[k] = self.apply(text, fs)
+        self.field_counts[path] += len(fs)
+        per[j] += [f.as_dict(path) for f in fs]
+    self.n_matched += len({j for j, *_ in where})
+    out = []
+    for r, fs in zip(recs, per):
+        for f in fs: self.counts[f"pii:{f['entity']}"] += 1
+        if fs:
+            meta = r.get('meta')
+            if not isinstance(meta, dict): meta = r['meta'] = {}
+            meta['pii'] = fs
+        out.append((False, f"pii:{fs[0]['entity']}") if fs and self.action == 'drop' else (True, None))
+    return out
+
+@patch
+def __call__(self: PIIScrubber, rec: dict) -> tuple[bool, str | None]: return self.scrub_batch([rec])[0]
+
+@patch
+def check_fields(self: PIIScrubber, n_records: int, where: str = 'the input'):
+    "Raise `FieldsNotFound` when configured fields matched no text in `n_records` (> 0) records."
+    if self.fields is not None and n_records and not self.n_matched:
+        raise FieldsNotFound(f"PII fields {','.join(self.fields)} match no text in {where} ({n_records:,} records): "
+                             "name fields that exist (e.g. messages, conversations, meta.context) or use fields = auto")
+
+@patch
+def report(self: PIIScrubber) -> dict:
+    "What the scrubber looked at and found: fields, entities, whether names were searched, the pseudonym key's source."
+    return {'action': self.action, 'fields': 'auto' if self.fields is None else self.fields,
+            'fields_scrubbed': dict(self.field_counts.most_common()), 'texts_examined': dict(self.paths_seen.most_common()),
+            'ner_model': self.ner, 'names': (f'NER ({self.ner}) and rules' if self.ner else NAMES_WITHOUT_NER),
+            **({'pseudonym_key': self.key[1]} if self.action == 'hash' else {})}
 
 # %% ../nbs/05b_pii.ipynb #81c19cd1
-def scrub_records(records, scrubber: PIIScrubber | None = None, stats: Stats | None = None, **kw) -> Iterator[dict]:
-    "Scrub PII in `records` (a path or records); entity counts and drops go to `stats`."
+def scrub_records(records, scrubber: PIIScrubber | None = None, stats: Stats | None = None, batch_size: int = 256,
+                  **kw) -> Iterator[dict]:
+    "Scrub PII in `records` (a path or records) in batches; entity counts, drops and records that fail go to `stats`."
     sc = scrubber or PIIScrubber(**kw)
     stats = stats if stats is not None else Stats('pii')
     src = read_records(records) if isinstance(records, (str, os.PathLike)) else records
-    for rec in src:
-        stats.seen()
+    n = 0
+    for batch in _batches(src, batch_size):
+        stats.seen(len(batch)); n += len(batch)
         before = Counter(sc.counts)
-        keep, reason = sc(rec)
-        for k, n in (sc.counts - before).items(): stats.count(k, n)
-        if keep: stats.kept(); yield rec
-        else: stats.drop(rec, reason)
+        res = sc.scrub_batch(batch)
+        for k, c in (sc.counts - before).items(): stats.count(k, c)
+        for rec, (keep, reason) in zip(batch, res):
+            if keep: stats.kept(); yield rec
+            else: stats.drop(rec, reason)
+    sc.check_fields(n)
+
+def _batches(it, n: int):
+    buf = []
+    for x in it:
+        buf.append(x)
+        if len(buf) >= n: yield buf; buf = []
+    if buf: yield buf
+
+# %% ../nbs/05b_pii.ipynb #72d91aa1
+class Auditor:
+    "Scan whole records (every text, `meta` included) for personal data and toxic text: what a deliverable must not hold."
+    def __init__(self, scrubber: PIIScrubber | None = None, toxicity=None, threshold: float | None = None, thresholds=None):
+        self.scrubber = scrubber or PIIScrubber('replace', fields='auto')
+        if toxicity in (None, 'off', False): self.tox = None
+        else:
+            from dataalchemy.toxicity import ToxicityFilter
+            self.tox = toxicity if hasattr(toxicity, 'check_batch') else ToxicityFilter(
+                None if toxicity is True else toxicity, threshold=threshold, thresholds=thresholds, fields='auto')
+
+    def scan(self, records: Iterable[dict], file: str | None = None, batch_size: int = 256) -> Iterator[dict]:
+        "One finding dict per hit: file, line, field path, kind (pii or toxicity), entity or category, score. No PII text."
+        line = 0
+        for batch in _batches(records, batch_size):
+            where = [(line + j + 1, p, c[k]) for j, r in enumerate(batch) for p, c, k in record_texts(r)]
+            line += len(batch)
+            texts = [t for _, _, t in where]
+            for (ln, p, _), fs in zip(where, self.scrubber.analyze_many(texts)):
+                for f in fs: yield {'file': file, 'line': ln, 'field': p, 'kind': 'pii', 'entity': f.entity,
+                                    'start': f.start, 'end': f.end, 'score': round(f.score, 3)}
+            if self.tox is not None and texts:
+                for (ln, p, _), s in zip(where, self.tox.score_texts(texts)):
+                    for cat, v in s.items():
+                        if v >= self.tox.limit(cat):
+                            yield {'file': file, 'line': ln, 'field': p, 'kind': 'toxicity', 'entity': cat, 'score': round(v, 3)}
+
+    def audit_files(self, paths: Iterable[str | os.PathLike], findings: str | os.PathLike | None = None) -> dict:
+        "Scan every file of `paths`; findings go to the JSONL file `findings`; returns counts per file and kind."
+        files, n = {}, 0
+        w = RecordWriter(findings) if findings else None
+        try:
+            for path in paths:
+                c = Counter(); recs = 0
+                def counted(it):
+                    nonlocal recs
+                    for r in it: recs += 1; yield r
+                for f in self.scan(counted(read_records(path, allow_empty=True)), str(path)):
+                    c[f"{f['kind']}:{f['entity']}"] += 1; n += 1
+                    if w: w.write(f)
+                files[str(path)] = {'records': recs, 'findings': sum(c.values()), 'by_type': dict(c.most_common())}
+        finally:
+            if w: w.close()
+        return {'files': files, 'findings': n, 'findings_file': str(findings) if findings else None,
+                'names': self.scrubber.report()['names'],
+                'toxicity_backend': self.tox.backend.name if self.tox is not None else None}
 
 # %% ../nbs/05b_pii.ipynb #123f72df
 import typer
-from .cli import app
+from .cli import app, fail
 
 @app.command('pii')
-def pii_cmd(src: str = typer.Argument(..., help="Input records."), dst: str = typer.Argument(..., help="Scrubbed records."),
+def pii_cmd(src: str = typer.Argument(..., help="Input records (any format: Alpaca, ShareGPT, messages, prompt-completion...)."),
+            dst: str = typer.Argument(..., help="Scrubbed records."),
             operator: str = typer.Option(None, help="replace, mask, hash or drop (default: the action key of settings.ini, section pii)."),
-            fields: str = typer.Option(None, help="Comma-separated fields to scrub (default: instruction,input,output)."),
+            fields: str = typer.Option(None, help="Comma-separated field paths to scrub (default auto: every text of a record, meta included; e.g. messages,meta.context)."),
             scrub_code: bool = typer.Option(None, '--scrub-code/--keep-code', help="Also scrub inside fenced code blocks."),
-            rejected: str = typer.Option(None, help="With --operator drop: where dropped records go."),
+            rejected: str = typer.Option(None, help="Where dropped records go (--operator drop, and records the analyzer cannot read)."),
             report: str = typer.Option(None, help="Write the JSON report here.")):
-    "Replace, mask or hash personal information (Chinese and English) in records."
+    "Replace, mask or hash personal information (Chinese and English) in every text of every record."
     import json as _json
-    st = Stats('pii', rejected=rejected)
-    sc = PIIScrubber(operator, fields=fields, scrub_code=scrub_code)
+    if Path(src).resolve() == Path(dst).resolve(): fail(f"{dst}: the output would overwrite the input; choose another path", 2)
+    try: sc = PIIScrubber(operator, fields=fields, scrub_code=scrub_code)
+    except (ValueError, ImportError) as e: fail(e, 2)
+    st = Stats('pii', rejected=rejected or (str(Path(dst).with_name(Path(dst).name.split('.')[0] + '.rejected.jsonl'))))
     try:
         with RecordWriter(dst) as w:
             for rec in scrub_records(src, sc, st): w.write(rec)
+    except (RecordError, FieldsNotFound, FileNotFoundError, IsADirectoryError) as e: fail(e, 2)
     finally: st.close()
-    rep = {**st.as_dict(), 'action': sc.action, 'ner_model': sc.ner}
+    rep = {**st.as_dict(), **sc.report()}
     if report: Path(report).write_text(_json.dumps(rep, ensure_ascii=False, indent=2), encoding='utf-8')
     typer.echo(st.table())
+    typer.echo(f"fields scrubbed: {', '.join(f'{k} {v}' for k, v in sc.field_counts.most_common()) or 'none (no PII found)'}")
+    if not sc.ner: typer.echo(f"names: {NAMES_WITHOUT_NER}")
+    if sc.action == 'hash': typer.echo(f"pseudonyms keyed by the {sc.key[1]}")
+
+@app.command('audit')
+def audit_cmd(files: list[str] = typer.Argument(..., help="Deliverable files to scan (whole records, meta included)."),
+              toxicity: str = typer.Option('offline', help="Toxicity backend (offline, lexicon, detoxify, llm) or off."),
+              threshold: float = typer.Option(None, help="Toxicity threshold (default: settings.ini [toxicity])."),
+              findings: str = typer.Option(None, help="Write every finding (file, line, field, type; no PII text) to this JSONL file."),
+              warn: bool = typer.Option(False, '--warn', help="Exit 0 even when a file holds PII or toxic text.")):
+    "Check that files hold no personal data and no toxic text; exit status 1 when any does (unless --warn)."
+    for f in files:
+        if not Path(f).is_file(): fail(f"{f}: no such file", 2)
+    try: res = Auditor(toxicity=None if toxicity == 'off' else toxicity, threshold=threshold).audit_files(files, findings)
+    except (RecordError, ValueError, ImportError) as e: fail(e, 2)
+    for f, d in res['files'].items():
+        typer.echo(f"{d['findings']:>6,}  {f}  ({d['records']:,} records)" + (f"  {', '.join(f'{k} {v}' for k, v in d['by_type'].items())}" if d['findings'] else ''))
+    typer.echo(f"names: {res['names']}")
+    if res['findings']:
+        msg = f"{res['findings']:,} findings of personal data or toxic text" + (f" (listed in {findings})" if findings else " (--findings FILE lists them)")
+        if warn: typer.echo(f"warning: {msg}", err=True)
+        else: fail(msg, 1)
+    else: typer.echo("clean: no personal data or toxic text found")

@@ -16,13 +16,14 @@ from .core import (RecordError, RecordWriter, Stats, dumps, has_cjk, plot_label,
 from .cli import app, fail
 
 # %% auto #0
-__all__ = ['MARKER', 'OUTPUT', 'REJECTED', 'INGEST_KEYS', 'QA_KEYS', 'UNWRAP_SUFFIXES', 'BUILD_DEFAULTS', 'REPORT_KINDS',
-           'LLM_KEYS', 'STAGE_ORDER', 'STAGE_EXTRA', 'OUTPUT_NOTES', 'PLOTS', 'file_sha1', 'Step', 'as_step', 'Context',
-           'StageError', 'Pipeline', 'unwrap_lines', 'strip_headings', 'ingest_step', 'qa_step', 'alpaca_step',
-           'filters_step', 'pii_step', 'toxicity_step', 'dedup_step', 'semantic_step', 'augment_step', 'topk_step',
-           'ConfigError', 'load_config', 'resolve_options', 'pipeline_from_config', 'requirement_problems', 'export',
-           'collect_stats', 'plot_stages', 'plot_drops', 'plot_lengths', 'plot_clusters', 'render_html',
-           'render_markdown', 'write_report', 'build', 'build_cmd']
+__all__ = ['MARKER', 'OUTPUT', 'REJECTED', 'INGEST_KEYS', 'QA_KEYS', 'UNWRAP_SUFFIXES', 'BUILD_DEFAULTS', 'AUDIT_MODES',
+           'REPORT_KINDS', 'LLM_KEYS', 'STAGE_ORDER', 'STAGE_EXTRA', 'OUTPUT_NOTES', 'PLOTS', 'file_sha1', 'Step',
+           'as_step', 'Context', 'StageError', 'Pipeline', 'unwrap_lines', 'strip_headings', 'ingest_step', 'qa_step',
+           'alpaca_step', 'filters_step', 'pii_step', 'safety_step', 'toxicity_step', 'dedup_step', 'semantic_step',
+           'augment_step', 'topk_step', 'ConfigError', 'load_config', 'resolve_options', 'pipeline_from_config',
+           'requirement_problems', 'export', 'collect_stats', 'plot_stages', 'plot_drops', 'plot_lengths',
+           'plot_clusters', 'render_html', 'render_markdown', 'write_report', 'AuditError', 'audit_build', 'build',
+           'build_cmd']
 
 # %% ../nbs/12_pipeline.ipynb #8e37afc3
 MARKER, OUTPUT, REJECTED = 'done.json', 'records.jsonl', 'rejected.jsonl'
@@ -392,6 +393,27 @@ def pii_step(records, stats, ctx, **opts):
     from dataalchemy.pii import PIIScrubber, scrub_records
     yield from scrub_records(records, PIIScrubber(**opts), stats)
 
+def safety_step(records, stats, ctx, pii: dict | None = None, toxicity: dict | None = None, batch_size: int = 64):
+    "Document chunks: PII scrubbed (`PIIOptions`) and toxic chunks dropped (`ToxicityOptions`) before a model or a branch reads them."
+    from collections import Counter
+    from dataalchemy.pii import PIIScrubber, _batches
+    from dataalchemy.toxicity import ToxicityFilter
+    sc = PIIScrubber(**pii) if pii is not None else None
+    tf = ToxicityFilter(**toxicity) if toxicity is not None else None
+    for batch in _batches(records, batch_size):
+        stats.seen(len(batch))
+        res = [(True, None)] * len(batch)
+        if sc is not None:
+            before = Counter(sc.counts)
+            res = sc.scrub_batch(batch)
+            for k, n in (sc.counts - before).items(): stats.count(k, n)
+        if tf is not None:
+            alive = [i for i, (keep, _) in enumerate(res) if keep]
+            for i, r in zip(alive, tf.check_batch([batch[i] for i in alive])): res[i] = r
+        for rec, (keep, reason) in zip(batch, res):
+            if keep: stats.kept(); yield rec
+            else: stats.drop(rec, reason)
+
 def toxicity_step(records, stats, ctx, **opts):
     "Drop toxic records (`ToxicityOptions`); scores go to `meta.toxicity`."
     from dataalchemy.toxicity import filter_toxicity
@@ -432,7 +454,8 @@ class ConfigError(ValueError):
         super().__init__(': '.join(x for x in (self.file, key, problem) if x))
 
 BUILD_DEFAULTS = {'name': 'build', 'documents': None, 'out': 'out/build', 'formats': ['alpaca'], 'report': 'html',
-                  'keep_meta': False}
+                  'keep_meta': False, 'audit': 'fail'}
+AUDIT_MODES = ('fail', 'warn', 'off')
 REPORT_KINDS = ('html', 'markdown', 'both', 'none')
 LLM_KEYS = {'backend': str, 'model': str, 'base_url': str, 'concurrency': int, 'rpm': float, 'tpm': float,
             'timeout': float, 'max_retries': int, 'backoff': float, 'temperature': float, 'max_tokens': int,
@@ -514,6 +537,7 @@ def load_config(src: str | os.PathLike | dict, base: str | os.PathLike | None = 
     from dataalchemy.formats import format_name
     try: b['formats'] = list(dict.fromkeys(format_name(f) for f in b['formats']))
     except ValueError as e: raise ConfigError(str(e), file, 'build.formats') from None
+    if b['audit'] not in AUDIT_MODES: raise ConfigError(f"expected one of {', '.join(AUDIT_MODES)}, got {b['audit']!r}", file, 'build.audit')
     if b['report'] not in REPORT_KINDS: raise ConfigError(f"expected one of {', '.join(REPORT_KINDS)}, got {b['report']!r}", file, 'build.report')
     cfg['build'] = b
     # [llm]
@@ -595,14 +619,16 @@ def pipeline_from_config(cfg: dict, out: str | os.PathLike | None = None, progre
     if cfg['qa']['headings'] not in ('strip', 'keep'):
         raise ConfigError(f"expected strip or keep, got {cfg['qa']['headings']!r}", cfg.get('file'), 'qa.headings')
     steps = [Step('ingest', ingest_step, {'paths': b['documents'], 'unwrap': cfg['qa']['unwrap'], 'headings': cfg['qa']['headings'],
-                                          **{k: qa_all[k] for k in INGEST_KEYS}}, source=True),
-             Step('qa', qa_step, {k: qa_all[k] for k in QA_KEYS}, engine=True),
-             Step('alpaca', alpaca_step)]
+                                          **{k: qa_all[k] for k in INGEST_KEYS}}, source=True)]
+    pii = resolve_options('pii', fields('pii')) if cfg['pii']['enabled'] else None
+    tox = resolve_options('toxicity', fields('toxicity')) if cfg['toxicity']['enabled'] else None
+    if pii or tox:              # the documents themselves are scrubbed: QA, top-k and every format read clean chunks
+        steps.append(Step('safety', safety_step, {'pii': pii, 'toxicity': tox}, engine=bool(tox and tox['backend'] == 'llm')))
+    steps += [Step('qa', qa_step, {k: qa_all[k] for k in QA_KEYS}, engine=True),
+              Step('alpaca', alpaca_step)]
     if cfg['filters']['enabled']: steps.append(Step('filters', filters_step, resolve_options('filters', fields('filters'))))
-    if cfg['pii']['enabled']: steps.append(Step('pii', pii_step, resolve_options('pii', fields('pii'))))
-    if cfg['toxicity']['enabled']:
-        o = resolve_options('toxicity', fields('toxicity'))
-        steps.append(Step('toxicity', toxicity_step, o, engine=o['backend'] == 'llm'))
+    if pii: steps.append(Step('pii', pii_step, pii))
+    if tox: steps.append(Step('toxicity', toxicity_step, tox, engine=tox['backend'] == 'llm'))
     if cfg['dedup']['enabled']:
         o = resolve_options('dedup', fields('dedup'))
         steps.append(Step('dedup', dedup_step, o))
@@ -616,8 +642,8 @@ def pipeline_from_config(cfg: dict, out: str | os.PathLike | None = None, progre
                           engine=o['method'] == 'backtranslate' or o['zh_synonyms'] == 'llm'))
     if cfg['topk']['enabled']:
         o = resolve_options('topk', fields('topk'))
-        corpus = cfg['topk']['corpus']
-        steps.append(Step('topk', topk_step, {**o, 'corpus': corpus}, branch=True, uses=('ingest',) if corpus else (),
+        corpus = ('safety' if pii or tox else 'ingest') if cfg['topk']['corpus'] else ''   # negatives from clean chunks
+        steps.append(Step('topk', topk_step, {**o, 'corpus': corpus}, branch=True, uses=(corpus,) if corpus else (),
                           engine=o['negatives'] != 'random' and o['embedder'] == 'engine'))
     return Pipeline(steps, out=out or b['out'], progress=progress, log=log, engine_options=cfg['llm'])
 
@@ -696,7 +722,7 @@ def _describe(xs: list[int]) -> dict:
     q = lambda f: s[min(len(s) - 1, int(f * len(s)))]
     return {'n': len(s), 'mean': round(sum(s) / len(s), 1), 'min': s[0], 'p50': q(0.5), 'p90': q(0.9), 'max': s[-1]}
 
-def collect_stats(pipeline: Pipeline, outputs: dict | None = None, config: str | None = None) -> dict:
+def collect_stats(pipeline: Pipeline, outputs: dict | None = None, config: str | None = None, audit: dict | None = None) -> dict:
     "Everything the report shows, as a JSON-able dict (written to `stats.json`)."
     stages = []
     for s in pipeline.steps:
@@ -729,7 +755,7 @@ def collect_stats(pipeline: Pipeline, outputs: dict | None = None, config: str |
                   'cost_usd': None if any(c is None for c in costs) else round(sum(costs), 6)}
     return {'config': config, 'out': str(pipeline.out), 'finished': time.strftime('%Y-%m-%dT%H:%M:%S'),
             'seconds': round(pipeline.seconds, 2), 'final_stage': final, 'stages': stages, 'outputs': outputs or {},
-            'engine': engine,
+            'engine': engine, 'audit': audit,
             'lengths': {lang: {k: _describe(v) for k, v in d.items()} for lang, d in lens.items()},
             'length_values': lens,
             'clusters': {'n': len(clusters), 'records_in_clusters': sum(clusters),
@@ -858,6 +884,7 @@ def render_html(stats: dict, pipeline: Pipeline, images: dict[str, bytes]) -> st
     h.append("</table><p class='muted'>Paths are relative to the output folder. The records with their <code>meta</code> "
              "(source chunk, backend and model, PII findings, toxicity scores) are in <code>stages/NN_stage/records.jsonl</code>; "
              "what each stage dropped, with the reason, is in <code>stages/NN_stage/rejected.jsonl</code>.</p>")
+    h.append(_audit_html(stats.get('audit'), base))
     h.append("<h2>Stages</h2><table><tr><th>#</th><th>stage</th><th>in</th><th>out</th><th>dropped</th><th>top reasons</th>"
              "<th>seconds</th><th>this run</th></tr>")
     for i, s in enumerate(stats['stages'], 1):
@@ -913,6 +940,18 @@ def render_html(stats: dict, pipeline: Pipeline, images: dict[str, bytes]) -> st
     h.append("</body></html>")
     return '\n'.join(h)
 
+def _audit_html(a: dict | None, base) -> str:
+    "The report's safety audit section: findings per deliverable file."
+    e = html.escape
+    if a is None: return "<h2>Safety audit</h2><p class='muted'>Not run (<code>build.audit = \"off\"</code>).</p>"
+    head = (f"<h2>Safety audit</h2><p><b>{a['findings']:,} findings</b> of personal data or toxic text in the files below"
+            + (f" (each one, with file, line and field, in <code>{e(_rel(a['findings_file'], base))}</code>)" if a['findings'] else
+               ": every deliverable was scanned whole, <code>meta</code> included, and none holds any") + ".</p>")
+    rows = "".join(f"<tr><td><code>{e(_rel(f, base))}</code></td><td class='n'>{d['records']:,}</td><td class='n'>{d['findings']:,}</td>"
+                   f"<td>{e(', '.join(f'{k} {v}' for k, v in d['by_type'].items()))}</td></tr>" for f, d in a['files'].items())
+    return (head + "<table><tr><th>file</th><th>records</th><th>findings</th><th>types</th></tr>" + rows + "</table>"
+            f"<p class='muted'>Names: {e(a['names'])}. Toxicity backend: {e(str(a['toxicity_backend'] or 'none'))}.</p>")
+
 def render_markdown(stats: dict, pipeline: Pipeline, image_dir: str) -> str:
     "The same report as Markdown, with the plots as PNG files in `image_dir` (relative to the report)."
     base = pipeline.out
@@ -921,6 +960,11 @@ def render_markdown(stats: dict, pipeline: Pipeline, image_dir: str) -> str:
     if e: t += [f"Generated by **{e['backend']}:{e['model']}**" + (' (offline rule-based generator: set DATAALCHEMY_BASE_URL to use a model)' if e['backend'] == 'offline' else ''), '']
     t += ['## Your datasets', '', '| file | records | what it is |', '|---|---:|---|']
     t += [f"| `{_rel(o['path'], base)}` | {o['records']:,} | {o['note']} |" for o in stats['outputs'].values()]
+    a = stats.get('audit')
+    if a is not None:
+        t += ['', '## Safety audit', '', f"{a['findings']:,} findings of personal data or toxic text in the deliverables"
+              + (f" (listed in `{_rel(a['findings_file'], base)}`)" if a['findings'] else '') + f". Names: {a['names']}.", '',
+              '| file | records | findings |', '|---|---:|---:|'] + [f"| `{_rel(f, base)}` | {d['records']:,} | {d['findings']:,} |" for f, d in a['files'].items()]
     t += ['', '## Stages', '', '| # | stage | in | out | dropped | top reasons | seconds | this run |', '|---:|---|---:|---:|---:|---|---:|---|']
     for i, s in enumerate(stats['stages'], 1):
         t.append(f"| {i} | {s['stage']}{' (branch)' if s['branch'] else ''} | {'-' if s['source'] else s['records_in']} | {s['records_out']} | "
@@ -931,9 +975,10 @@ def render_markdown(stats: dict, pipeline: Pipeline, image_dir: str) -> str:
     if e: t += ['', '## Model calls', '', '```', json.dumps(e, indent=2), '```']
     return '\n'.join(t) + '\n'
 
-def write_report(pipeline: Pipeline, outputs: dict | None = None, kind: str = 'html', config: str | None = None) -> dict:
+def write_report(pipeline: Pipeline, outputs: dict | None = None, kind: str = 'html', config: str | None = None,
+                 audit: dict | None = None) -> dict:
     "Write `stats.json` and the report (`html`, `markdown`, `both` or `none`) into the output folder; returns the paths."
-    stats = collect_stats(pipeline, outputs, config)
+    stats = collect_stats(pipeline, outputs, config, audit)
     out = pipeline.out
     paths = {'stats': str(out / 'stats.json')}
     _write_json(out / 'stats.json', {k: v for k, v in stats.items() if k != 'length_values'})
@@ -950,6 +995,24 @@ def write_report(pipeline: Pipeline, outputs: dict | None = None, kind: str = 'h
     return paths
 
 # %% ../nbs/12_pipeline.ipynb #18dc11ae
+class AuditError(RuntimeError):
+    "A deliverable holds personal data or toxic text (`build.audit = \"fail\"`); `.result` is what `build` would have returned."
+    def __init__(self, msg: str, result: dict): super().__init__(msg); self.result = result
+
+def audit_build(pipeline: Pipeline, outputs: dict) -> dict:
+    "Scan every deliverable (format files, branch files, stage outputs from the safety stage on) whole, for PII and toxic text."
+    from dataalchemy.pii import Auditor, PIIScrubber
+    opts = pipeline['safety'].options if 'safety' in pipeline.names else {}
+    pii = {**resolve_options('pii', {}), **(opts.get('pii') or {}), 'action': 'replace', 'fields': 'auto'}
+    tox = opts.get('toxicity')
+    if tox is None: tox = {**resolve_options('toxicity', {}), 'backend': 'offline'} if _have('profanity_check') else None
+    from dataalchemy.toxicity import ToxicityFilter
+    aud = Auditor(PIIScrubber(**pii), ToxicityFilter(**{**tox, 'fields': 'auto'}) if tox else None)
+    first = next((i for i, s in enumerate(pipeline.steps) if s.name in ('safety', 'pii', 'toxicity')), len(pipeline.steps))
+    files = [o['path'] for o in outputs.values()]
+    files += [str(pipeline.output(s.name)) for s in pipeline.steps[first:] if pipeline.marker(s.name)]
+    return aud.audit_files(files, pipeline.out / 'audit.jsonl')
+
 def build(config: str | os.PathLike | dict, out: str | os.PathLike | None = None, fresh: bool = False,
           report: str | None = None, progress: bool = True, log=None) -> dict:
     "Run the pipeline a TOML file (or dict) describes; returns the stats (as in `stats.json`) plus `report` paths."
@@ -961,11 +1024,15 @@ def build(config: str | os.PathLike | dict, out: str | os.PathLike | None = None
     p.run(resume=not fresh)
     b = cfg['build']
     outputs = export(p, b['formats'], keep_meta=b['keep_meta'])
-    paths = write_report(p, outputs, report or b['report'], cfg['file'])
-    res = collect_stats(p, outputs, cfg['file'])
+    audit = audit_build(p, outputs) if b['audit'] != 'off' else None
+    paths = write_report(p, outputs, report or b['report'], cfg['file'], audit)
+    res = collect_stats(p, outputs, cfg['file'], audit)
     res.pop('length_values', None)
     res['report'] = paths
     res['pipeline'] = p
+    if audit and audit['findings'] and b['audit'] == 'fail':
+        raise AuditError(f"the safety audit found {audit['findings']:,} findings of personal data or toxic text in the deliverables "
+                         f"(listed in {audit['findings_file']}; set build.audit = \"warn\" to keep them)", res)
     return res
 
 # %% ../nbs/12_pipeline.ipynb #9941a7a5
@@ -975,11 +1042,13 @@ def build_cmd(config: Path = typer.Argument(..., help="TOML file describing the 
               fresh: bool = typer.Option(False, '--fresh', help="Run every stage again, ignoring finished ones."),
               report: str = typer.Option(None, help="html, markdown, both or none (default: build.report of the config file)."),
               quiet: bool = typer.Option(False, '--quiet', '-q', help="No progress bars.")):
-    "Documents -> QA -> Alpaca -> filters -> PII -> toxicity -> dedup -> (augment) -> top-k, every format, and a report."
+    "Documents -> safety (PII, toxicity) -> QA -> Alpaca -> filters -> PII -> toxicity -> dedup -> (augment) -> top-k, every format, a safety audit and a report."
+    leak = None
     try:
         res = build(config, out=out, fresh=fresh, report=report, progress=not quiet)
     except (ConfigError, FileNotFoundError) as e:
         fail(e, 2)
+    except AuditError as e: res, leak = e.result, e
     except (StageError, RecordError, ImportError, ValueError) as e:
         fail(e)
     p = res['pipeline']
@@ -989,3 +1058,6 @@ def build_cmd(config: Path = typer.Argument(..., help="TOML file describing the 
     e = res.get('engine')
     if e: typer.echo(f"\ngenerated by {e['backend']}:{e['model']}" + ('  (offline rule-based generator; set DATAALCHEMY_BASE_URL to use a model)' if e['backend'] == 'offline' else ''))
     typer.echo(f"report: {res['report'].get('html') or res['report'].get('markdown') or res['report']['stats']}")
+    a = res.get('audit')
+    if a is not None: typer.echo(f"audit: {a['findings']:,} findings of personal data or toxic text in {len(a['files'])} files" + (f" (see {a['findings_file']})" if a['findings'] else ''))
+    if leak is not None: fail(leak, 1)

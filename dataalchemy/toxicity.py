@@ -9,7 +9,7 @@ from __future__ import annotations
 import os, re, warnings
 from dataclasses import dataclass
 from typing import Iterable, Iterator
-from .core import Stats, has_cjk, read_records
+from .core import Stats, has_cjk, read_records, record_texts, split_sentences
 from .config import options
 
 # %% auto #0
@@ -202,7 +202,8 @@ class ToxicityOptions:
     batch_size: int = 32
     threshold: float = 0.5
     thresholds: str | None = None
-    fields: str = 'instruction,input,output'
+    fields: str = 'auto'
+    sentences: bool = True
 
 def parse_thresholds(spec: str | dict | None) -> dict[str, float]:
     "`'threat:0.3,insult:0.7'` -> `{'threat': 0.3, 'insult': 0.7}`."
@@ -232,26 +233,26 @@ class ToxicityFilter:
     "Drop records whose fields score at or above a category threshold; scores and backend name go to `meta`."
     name = 'toxicity'
     def __init__(self, backend=None, threshold: float | None = None, thresholds=None, fields=None, checkpoint=None,
-                 hf_config=None, device=None, batch_size=None):
+                 hf_config=None, device=None, batch_size=None, sentences: bool | None = None):
         if isinstance(fields, (list, tuple)): fields = ','.join(fields)
-        o = options(ToxicityOptions, 'toxicity', threshold=threshold, fields=fields,
+        o = options(ToxicityOptions, 'toxicity', threshold=threshold, fields=fields, sentences=sentences,
                     thresholds=thresholds if isinstance(thresholds, str) else None)
         self.backend = backend if hasattr(backend, 'score') else get_backend(backend, checkpoint, hf_config, device, batch_size)
+        self.sentences = o.sentences and self.backend.name != 'llm'      # a judge reads whole texts; classifiers dilute
         self.threshold = o.threshold
         self.thresholds = {**parse_thresholds(o.thresholds), **(thresholds if isinstance(thresholds, dict) else {})}
-        self.fields = [f.strip() for f in str(o.fields).split(',') if f.strip()]
+        fl = [f.strip() for f in str(o.fields).split(',') if f.strip()]
+        self.fields = None if fl in ([], ['auto'], ['all']) else fl      # None: every text of the record
 
     def limit(self, cat: str) -> float: return self.thresholds.get(cat, self.threshold)
 
     def check_batch(self, recs: list[dict]) -> list[tuple[bool, str | None]]:
-        from dataalchemy.filters import field_key
+        from dataalchemy.filters import FIELD_ALIASES
         where, texts = [], []
-        for i, r in enumerate(recs):
-            for f in self.fields:
-                k = field_key(r, f)                       # 'output' also finds 'response' / 'completion'
-                v = r.get(k) if k else None
-                if isinstance(v, str) and v.strip(): where.append(i); texts.append(v)
-        scores = self.backend.score(texts) if texts else []
+        for i, r in enumerate(recs):                      # every text (any format, meta too), or the chosen fields
+            for _, cont, k in record_texts(r, self.fields, aliases=FIELD_ALIASES):
+                if cont[k].strip(): where.append(i); texts.append(cont[k])
+        scores = self.score_texts(texts)
         agg = [{} for _ in recs]
         for i, s in zip(where, scores):
             for k, v in s.items(): agg[i][k] = max(agg[i].get(k, 0.0), v)
@@ -266,6 +267,18 @@ class ToxicityFilter:
         return out
 
     def __call__(self, rec: dict) -> tuple[bool, str | None]: return self.check_batch([rec])[0]
+
+    def score_texts(self, texts: list[str]) -> list[dict[str, float]]:
+        "Category scores of each text: the maximum over the whole text and each of its sentences (`sentences`)."
+        pieces, owner = [], []
+        for i, t in enumerate(texts):
+            segs = [t]
+            if self.sentences: segs += [s for s in split_sentences(t) if s.strip() and s.strip() != t.strip()]
+            pieces += segs; owner += [i] * len(segs)
+        out = [{} for _ in texts]
+        for i, s in zip(owner, self.backend.score(pieces) if pieces else []):
+            for k, v in s.items(): out[i][k] = max(out[i].get(k, 0.0), v)
+        return out
 
 def filter_toxicity(records, stats: Stats | None = None, batch_size: int = 64, **kw) -> Iterator[dict]:
     "Drop toxic records from `records` (a path or records); reasons counted in `stats`."

@@ -41,7 +41,7 @@ def write_config(path: Path, docs, **sections) -> Path:
 
 
 SMALL = dict(qa={'chunk_by': 'sentences', 'chunk_size': 60, 'chunk_overlap': 0, 'pairs_per_chunk': 3},
-             pii={'enabled': False}, toxicity={'backend': 'lexicon'}, dedup={'workers': 1}, topk={'k': 3})
+             toxicity={'backend': 'lexicon'}, dedup={'workers': 1}, topk={'k': 3})
 
 
 @pytest.fixture
@@ -76,7 +76,8 @@ def test_course_offline(clean_env):
     assert any('\u4e00' <= ch <= '\u9fff' for ch in alltext)                                      # Chinese made it through
     st = json.loads((out / 'stats.json').read_text())
     stages = {s['stage']: s for s in st['stages']}
-    assert list(stages) == ['ingest', 'qa', 'alpaca', 'filters', 'pii', 'toxicity', 'dedup', 'augment', 'topk']
+    assert list(stages) == ['ingest', 'safety', 'qa', 'alpaca', 'filters', 'pii', 'toxicity', 'dedup', 'augment', 'topk']
+    assert st['audit']['findings'] == 0 and (out / 'audit.jsonl').exists()
     assert stages['dedup']['reasons'].get('exact_duplicate', 0) >= 2 and st['clusters']['n'] >= 1
     assert stages['augment']['records_out'] > stages['augment']['records_in']
     assert {d.split(':')[0] for d in stages['ingest']['counts']} == {'chunks'} and stages['ingest']['records_out'] >= 30
@@ -94,7 +95,7 @@ def test_course_offline(clean_env):
     # a second run skips every stage and writes the same files
     before = {f.name: f.read_bytes() for f in out.glob('*.jsonl')}
     r = CliRunner().invoke(load_commands(), ['build', str(COURSE), '--out', str(out), '--quiet'])
-    assert r.exit_code == 0 and r.output.count('finished earlier, skipped') == 9, r.output
+    assert r.exit_code == 0 and r.output.count('finished earlier, skipped') == 10, r.output
     assert before == {f.name: f.read_bytes() for f in out.glob('*.jsonl')}
 
 
@@ -172,7 +173,7 @@ def test_sigkill_mid_run_resumes(clean_env):
         srv.reset()
         out = clean_env / 'run'
         p = subprocess.Popen(_build_args(cfg, out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        qa_dir = out / 'stages' / '02_qa'
+        qa_dir = out / 'stages' / '03_qa'
         deadline = time.time() + 120
         while srv.n_requests < 4 and time.time() < deadline and p.poll() is None: time.sleep(0.05)
         time.sleep(0.4)                                                          # let the cache flush a few replies
@@ -198,10 +199,82 @@ def test_python_api_one_stage_at_a_time(clean_env):
     cfg = pl.load_config(write_config(clean_env / 'c.toml', [DOCS / 'data_cleaning_zh.md', DOCS / 'data_cleaning.txt'], **SMALL))
     p = pl.pipeline_from_config(cfg, progress=False, log=lambda m: None)
     p.run(until='filters')
-    assert list(p.results) == ['ingest', 'qa', 'alpaca', 'filters'] and p.marker('dedup') is None
+    assert list(p.results) == ['ingest', 'safety', 'qa', 'alpaca', 'filters'] and p.marker('dedup') is None
     n = len(p.records('filters'))
     p.rerun('filters', min_output_length=15)
-    assert [m['skipped'] for m in p.results.values()] == [True, True, True, False] + [False] * (len(p) - 4)
+    assert [m['skipped'] for m in p.results.values()] == [True, True, True, True, False] + [False] * (len(p) - 5)
     dropped = p.rejected('filters')
     assert len(p.records('filters')) + len(dropped) == n and all(d['reason'] for d in dropped)
     assert any('\u4e00' <= c <= '\u9fff' for d in dropped for c in d['record']['output'])    # Chinese lengths are counted per character
+
+
+PLANTED_DOCS = {
+    'support_en.md': "# Support notes\n\nThe support lead wrote this page. Contact Jane Miller at jane.miller@example.com or call "
+                     "+1 415 555 0134 for refunds. Card 4111 1111 1111 1111 was charged twice. The server 192.168.1.20 "
+                     "logged the request. A forum reply said \"you are an idiot, read the manual\" to a beginner. "
+                     "Gradient descent updates the weights against the gradient of the loss. A learning rate that is too "
+                     "large makes training diverge; warmup and decay keep it stable.\n",
+    'support_zh.md': "# 客服记录\n\n请联系李明，手机号 13987654321，身份证号 11010519491231002X。包裹寄到北京市海淀区中关村大街27号1号楼302室。"
+                     "课程助教是王老师，邮箱是 wang.teacher@example.org。论坛里有人回答新手说“你这个白痴，自己去看文档”。"
+                     "过拟合是指模型记住了训练数据中的噪声。正则化是在损失函数中加入惩罚项，可以减轻过拟合。\n",
+}
+PLANTED = ['jane.miller@example.com', '415 555 0134', '4111 1111 1111 1111', '192.168.1.20', 'idiot', 'Jane Miller',
+           '13987654321', '11010519491231002X', '中关村大街27号', '李明', '王老师', 'wang.teacher@', '白痴']
+
+
+def _planted(tmp: Path, **sections) -> Path:
+    docs = tmp / 'docs'; docs.mkdir(exist_ok=True)
+    for n, t in PLANTED_DOCS.items(): (docs / n).write_text(t, encoding='utf-8')
+    return write_config(tmp / 'c.toml', [docs], **{'qa': {'chunk_by': 'sentences', 'chunk_size': 40, 'chunk_overlap': 0},
+                                                   'toxicity': {'threshold': 0.4}, **sections})
+
+
+def _leaks(out: Path) -> dict:
+    "Planted values in every file the build wrote, except the documents as read (ingest) and the rejected files."
+    found = {}
+    for f in out.rglob('*'):
+        if not f.is_file() or f.suffix == '.png' or '01_ingest' in f.parts or f.name.startswith('rejected'): continue
+        text = f.read_text(encoding='utf-8', errors='replace')
+        if hits := [v for v in PLANTED if v in text]: found[str(f.relative_to(out))] = hits
+    return found
+
+
+@pytest.mark.parametrize('action', ['replace', 'hash'])
+def test_build_deliverables_hold_no_planted_pii(clean_env, action):
+    "The promise: documents with PII and insults -> no file the build writes (4 formats with meta, top-k, stages, report) holds one."
+    cfg = _planted(clean_env, build={'keep_meta': True, 'report': 'both'}, pii={'action': action}, topk={'k': 2},
+                   augment={'enabled': True, 'factor': 1.3})
+    env = {**os.environ, 'DATAALCHEMY_PII_SECRET': 'test-secret'}
+    r = subprocess.run(_build_args(cfg, clean_env / 'out'), env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = clean_env / 'out'
+    assert _leaks(out) == {}
+    ingest = (out / 'stages' / '01_ingest' / 'records.jsonl').read_text(encoding='utf-8')
+    assert all(v in ingest for v in PLANTED)                                   # they were there to be found
+    st = json.loads((out / 'stats.json').read_text())
+    assert st['audit']['findings'] == 0 and len(st['audit']['files']) >= 10
+    alpaca = list(read_records(out / 'sft.alpaca.jsonl'))
+    assert alpaca and all('meta' in x for x in alpaca)
+    assert any(x['meta'].get('context') for x in alpaca)                       # meta.context is there, and scrubbed
+    tag = r'<(?:EMAIL|PHONE|NAME|ID_NUMBER|ADDRESS|CREDIT_CARD|IP)' + ('_[0-9a-f]{16}>' if action == 'hash' else '>')
+    assert re.search(tag, (out / 'topk.jsonl').read_text(encoding='utf-8'))
+    for x in read_records(out / 'topk.jsonl'):                                  # answers and their documents agree
+        pos = x['docs'][x['pos_index'][0]]
+        assert all(t in pos for t in re.findall(r'<[A-Z_]+(?:_[0-9a-f]{16})?>', x['gold_answer']))
+
+
+def test_build_audit_fails_on_a_leak(clean_env):
+    "PII stage off: the audit finds the planted data in the deliverables and the build exits 1 (warn: 0, with the findings listed)."
+    cfg = _planted(clean_env, pii={'enabled': False}, topk={'k': 2})
+    r = subprocess.run(_build_args(cfg, clean_env / 'out'), capture_output=True, text=True)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert 'error: the safety audit found' in r.stderr and 'Traceback' not in r.stderr
+    found = list(read_records(clean_env / 'out' / 'audit.jsonl'))
+    kinds = {f['entity'] for f in found}
+    assert {'EMAIL_ADDRESS', 'CN_MOBILE', 'CN_ID_CARD'} <= kinds
+    assert not any(v in json.dumps(found, ensure_ascii=False) for v in PLANTED)   # findings name places, not values
+    assert (clean_env / 'out' / 'sft.alpaca.jsonl').exists() and 'Safety audit' in (clean_env / 'out' / 'report.html').read_text()
+    cfg = _planted(clean_env, pii={'enabled': False}, topk={'k': 2}, build={'audit': 'warn'})
+    r = subprocess.run(_build_args(cfg, clean_env / 'out'), capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert 'findings of personal data or toxic text' in r.stdout
