@@ -18,12 +18,12 @@ from .cli import app, fail
 # %% auto #0
 __all__ = ['MARKER', 'OUTPUT', 'REJECTED', 'INGEST_KEYS', 'QA_KEYS', 'UNWRAP_SUFFIXES', 'BUILD_DEFAULTS', 'AUDIT_MODES',
            'REPORT_KINDS', 'LLM_KEYS', 'STAGE_ORDER', 'STAGE_EXTRA', 'OUTPUT_NOTES', 'PLOTS', 'file_sha1', 'Step',
-           'as_step', 'Context', 'StageError', 'Pipeline', 'unwrap_lines', 'strip_headings', 'ingest_step', 'qa_step',
-           'alpaca_step', 'filters_step', 'pii_step', 'safety_step', 'toxicity_step', 'dedup_step', 'semantic_step',
-           'augment_step', 'topk_step', 'ConfigError', 'load_config', 'resolve_options', 'pipeline_from_config',
-           'requirement_problems', 'export', 'collect_stats', 'plot_stages', 'plot_drops', 'plot_lengths',
-           'plot_clusters', 'render_html', 'render_markdown', 'write_report', 'AuditError', 'audit_build', 'build',
-           'build_cmd']
+           'as_step', 'Context', 'StageError', 'EmptyStageError', 'Pipeline', 'unwrap_lines', 'strip_headings',
+           'ingest_step', 'qa_step', 'alpaca_step', 'filters_step', 'pii_step', 'safety_step', 'toxicity_step',
+           'dedup_step', 'semantic_step', 'augment_step', 'topk_step', 'ConfigError', 'load_config', 'resolve_options',
+           'pipeline_from_config', 'requirement_problems', 'export', 'collect_stats', 'plot_stages', 'plot_drops',
+           'plot_lengths', 'plot_clusters', 'render_html', 'render_markdown', 'write_report', 'AuditError',
+           'audit_build', 'build', 'build_cmd']
 
 # %% ../nbs/12_pipeline.ipynb #8e37afc3
 MARKER, OUTPUT, REJECTED = 'done.json', 'records.jsonl', 'rejected.jsonl'
@@ -105,10 +105,21 @@ def _write_json(path: Path, obj: Any):
 class StageError(RuntimeError):
     "A stage failed: names the stage, keeps the original exception as `__cause__`."
 
+class EmptyStageError(StageError):
+    "A stage read records and kept none: the stages after it would have nothing to work on."
+
+def _empty_message(name: str, n_in: int, reasons: dict, rejected: Path) -> str:
+    "One line on why stage `name` kept nothing: every request failed (with the server's reason), or the drop reasons."
+    where = f" (each one, with its reason, in {rejected})" if rejected.exists() else ''
+    if reasons and all(r.startswith('request failed') for r in reasons):
+        first = max(reasons, key=reasons.get)
+        return f"{name}: every request failed: {first.partition(': ')[2] or first}{where}"
+    return f"{name}: all {n_in:,} records in, none kept: {_fmt_reasons(reasons, 5) or 'no reason recorded'}{where}"
+
 class Pipeline:
     "Steps run in order over a record stream, each stage's output and `done.json` marker under `out/stages/`; resumable."
     def __init__(self, steps: Iterable, out: str | os.PathLike | None = None, engine=None, progress: bool = True,
-                 log: Callable[[str], None] | None = None, engine_options: dict | None = None):
+                 log: Callable[[str], None] | None = None, engine_options: dict | None = None, stop_when_empty: bool = True):
         self.steps = [as_step(s) for s in steps]
         names = [s.name for s in self.steps]
         if dup := sorted({n for n in names if names.count(n) > 1}): raise ValueError(f"duplicate step names: {dup}")
@@ -120,6 +131,7 @@ class Pipeline:
         self.log = log if log is not None else (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.results: dict[str, dict] = {}        # stage name -> its marker (plus 'skipped') from the last run
         self.seconds = 0.0
+        self.stop_when_empty = stop_when_empty    # a stage that reads records and keeps none stops the run
 
     # -- where things are ----------------------------------------------------------------------------------------
     @property
@@ -279,6 +291,9 @@ class Pipeline:
                                              for k, v in u1.items()}}
             c = _cost(sig['model'], mk['engine']['usage'], self.engine)
             if c is not None: mk['engine']['cost_usd'] = round(c, 6)
+        if self.stop_when_empty and n_out == 0 and not step.branch and (counter['in'] or step.source):
+            self.results[step.name] = {**mk, 'skipped': False, 'failed': True}     # no marker: a rerun tries it again
+            raise EmptyStageError(_empty_message(step.name, counter['in'], st.reasons, d / REJECTED))
         _write_json(d / MARKER, mk)
         dropped = st.n_dropped
         why = f" ({_fmt_reasons(st.reasons)})" if dropped else ''
@@ -846,6 +861,7 @@ def _rel(path: str, base: Path) -> str:
     except ValueError: return path
 
 def _examples(pipeline: Pipeline, n: int = 3) -> list[dict]:
+    if pipeline.marker(pipeline.final()) is None: return []            # the run stopped before the end
     recs = list(read_records(pipeline.output(pipeline.final()), allow_empty=True))
     zh = [r for r in recs if has_cjk(str(r.get('instruction', '')))]
     en = [r for r in recs if not has_cjk(str(r.get('instruction', '')))]
@@ -1021,8 +1037,11 @@ def build(config: str | os.PathLike | dict, out: str | os.PathLike | None = None
     if report is not None and report not in REPORT_KINDS: raise ConfigError(f"expected one of {', '.join(REPORT_KINDS)}", None, '--report')
     p = pipeline_from_config(cfg, out=out, progress=progress, log=log)
     p.out.mkdir(parents=True, exist_ok=True)
-    p.run(resume=not fresh)
     b = cfg['build']
+    try: p.run(resume=not fresh)
+    except StageError as e:                       # the report of what ran is still written
+        paths = write_report(p, {}, report or b['report'], cfg['file'])
+        raise StageError(f"{e}; the report of what ran: {paths.get('html') or paths.get('markdown') or paths['stats']}") from e
     outputs = export(p, b['formats'], keep_meta=b['keep_meta'])
     audit = audit_build(p, outputs) if b['audit'] != 'off' else None
     paths = write_report(p, outputs, report or b['report'], cfg['file'], audit)

@@ -263,6 +263,11 @@ def qa_payload(obj) -> tuple[str | None, list] | None:
     return None
 
 # %% ../nbs/09_qa.ipynb #7b8d7cd4
+def _short(err, n: int = 200) -> str:
+    "The first line of an error message, at most `n` characters."
+    line = str(err or 'no reply').strip().splitlines()[0] if str(err or '').strip() else 'no reply'
+    return line if len(line) <= n else line[:n - 3] + '...'
+
 def generate_qa(chunks: Iterable[dict], engine: Engine | None = None, opts: QAOpts | None = None,
                 stats: Stats | None = None, **overrides) -> list[dict]:
     "Alpaca QA records for `chunks` (records from `chunk_documents`), written by `engine` (offline without an endpoint)."
@@ -288,7 +293,7 @@ def generate_qa(chunks: Iterable[dict], engine: Engine | None = None, opts: QAOp
     for c, r, pl in zip(chunks, results, payloads):
         st.count('chunks')
         if not r.ok:
-            st.seen(); st.drop({'chunk_id': c['chunk_id'], 'text': c['text']}, 'request failed', error=r.error); continue
+            st.seen(); st.drop({'chunk_id': c['chunk_id'], 'text': c['text']}, f'request failed: {_short(r.error)}', error=r.error); continue
         if pl is None:
             st.seen(); st.drop({'chunk_id': c['chunk_id'], 'reply': r.text}, 'unparseable reply'); continue
         summary, pairs = pl

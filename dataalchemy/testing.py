@@ -13,7 +13,7 @@ from .core import CJK_RANGES, has_cjk, normalize
 
 # %% auto #0
 __all__ = ['FAULT_KINDS', 'Fault', 'pieces', 'count_tokens', 'message_text', 'last_user', 'echo_responder', 'truncate_tokens',
-           'hash_embedding', 'token_logprob', 'FakeOpenAI', 'FakeOpenAIProcess', 'serve']
+           'hash_embedding', 'token_logprob', 'FakeOpenAI', 'task_responder', 'FakeOpenAIProcess', 'serve']
 
 # %% ../nbs/02a_testserver.ipynb #572705e0
 FAULT_KINDS = {'400', '401', '403', '404', '429', '500', '502', '503', 'slow', 'malformed', 'drop', 'fenced', 'invalid_json'}
@@ -357,6 +357,27 @@ class FakeOpenAI:
         from aiohttp import web
         return web.json_response(self.stats())
 
+# %% ../nbs/02a_testserver.ipynb #77284f6f
+_re_doc_qa = (re.compile(r'^Text:\n(?P<text>.*)\n\nFirst summarise the text in one sentence, then write (?P<n>\d+) question', re.S),
+              re.compile(r'^文本：\n(?P<text>.*)\n\n请先用一句话概括上面的文本，再写 (?P<n>\d+) 个问答对', re.S))
+_re_qa = (re.compile(r'^Text:\n(?P<text>.*)\n\nWrite (?P<n>\d+) question-answer pairs that can be answered from the text alone', re.S),
+          re.compile(r'^文本：\n(?P<text>.*)\n\n请根据上面的文本写 (?P<n>\d+) 个问答对', re.S))
+
+def task_responder(messages: list[dict], params: dict) -> str:
+    "Replies in the shapes the chapters ask for (document QA, QA pairs, toxicity judge), from the offline rules; else `echo_responder`."
+    text = last_user(messages)
+    system = next((message_text(m.get('content')) for m in messages or [] if m.get('role') == 'system'), '')
+    for kind, pats in (('doc_qa', _re_doc_qa), ('qa', _re_qa)):
+        if m := next((x for p in pats if (x := p.search(text))), None):
+            from dataalchemy.llm import TASKS
+            import dataalchemy.qa                                      # registers doc_qa
+            body = TASKS[kind].offline({'text': m['text'], 'n': int(m['n'])})
+            return 'Here is the JSON you asked for:\n```json\n' + body + '\n```'
+    if 'toxicity' in system and 'identity_attack' in system and text.startswith('Text:\n'):
+        from dataalchemy.toxicity import offline_judge
+        return offline_judge({'text': text[len('Text:\n'):]})
+    return echo_responder(messages, params)
+
 # %% ../nbs/02a_testserver.ipynb #44715cd9
 class FakeOpenAIProcess:
     "`python -m dataalchemy.testing` in a subprocess: `.url`, `.stats()`, `.stop()`; a context manager."
@@ -390,8 +411,10 @@ def serve(argv: list[str] | None = None):
     ap.add_argument('--latency', type=float, default=0.0, help='seconds added to every request')
     ap.add_argument('--api-key', default=None, help='accept only this key (default: any Bearer key)')
     ap.add_argument('--models', default=None, help='comma-separated model names to accept (default: any)')
+    ap.add_argument('--echo', action='store_true', help="reply with the echo only (default: answer the chapters' prompts)")
     a = ap.parse_args(argv)
     srv = FakeOpenAI(latency=a.latency, host=a.host, port=a.port, api_key=a.api_key, keep_bodies=False,
+                     responder=echo_responder if a.echo else task_responder,
                      models=a.models.split(',') if a.models else None).start()
     print(f'FakeOpenAI listening on {srv.url}', flush=True)
     try:

@@ -278,3 +278,26 @@ def test_build_audit_fails_on_a_leak(clean_env):
     r = subprocess.run(_build_args(cfg, clean_env / 'out'), capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
     assert 'findings of personal data or toxic text' in r.stdout
+
+
+def test_build_against_the_test_server(clean_env):
+    """`python -m dataalchemy.testing` answers the chapters' prompts: the main job runs end to end; a bad key or a server that
+    only echoes ends with one line naming the stage and the reason, rc 1, and the report of what ran."""
+    from dataalchemy.testing import FakeOpenAIProcess
+    cfg = write_config(clean_env / 'c.toml', [DOCS / 'gradient_descent.txt', DOCS / 'overfitting_zh.md'], **SMALL)
+    with FakeOpenAIProcess(extra_args=['--api-key', 'sk-right']) as srv:
+        env = {**os.environ, 'DATAALCHEMY_BASE_URL': srv.url, 'OPENAI_API_KEY': 'sk-right', 'DATAALCHEMY_MODEL': 'fake-model'}
+        r = subprocess.run(_build_args(cfg, clean_env / 'ok'), env=env, capture_output=True, text=True)
+        assert r.returncode == 0, r.stdout + r.stderr
+        st = json.loads((clean_env / 'ok' / 'stats.json').read_text())
+        assert st['engine']['backend'] == 'openai' and st['outputs']['alpaca']['records'] > 10
+        r = subprocess.run(_build_args(cfg, clean_env / 'bad'), env={**env, 'OPENAI_API_KEY': 'sk-wrong', 'DATAALCHEMY_CACHE_DIR': str(clean_env / 'cache2')},
+                           capture_output=True, text=True)   # (a fresh cache: the replies of the first run are cached)
+        assert r.returncode == 1 and 'Traceback' not in r.stderr
+        err = [l for l in r.stderr.splitlines() if l.startswith('error:')]
+        assert len(err) == 1 and 'qa: every request failed: authentication failed' in err[0] and '401' in err[0], r.stderr
+        assert (clean_env / 'bad' / 'report.html').exists()
+    with FakeOpenAIProcess(extra_args=['--echo']) as srv:
+        env = {**os.environ, 'DATAALCHEMY_BASE_URL': srv.url, 'OPENAI_API_KEY': 'sk-x', 'DATAALCHEMY_MODEL': 'echo'}
+        r = subprocess.run(_build_args(cfg, clean_env / 'echo'), env=env, capture_output=True, text=True)
+        assert r.returncode == 1 and 'error: qa: all ' in r.stderr and 'none kept' in r.stderr and 'Traceback' not in r.stderr, r.stderr
