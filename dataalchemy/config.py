@@ -12,7 +12,8 @@ from typing import Any
 import dataalchemy
 
 # %% auto #0
-__all__ = ['PACKAGED_SETTINGS', 'SETTINGS_NAME', 'ENV_PREFIX', 'ENV_ALIASES', 'coerce', 'Settings', 'get_settings', 'options']
+__all__ = ['PACKAGED_SETTINGS', 'SETTINGS_NAME', 'ENV_PREFIX', 'ENV_ALIASES', 'coerce', 'Settings', 'get_settings',
+           'SettingError', 'options']
 
 # %% ../nbs/00a_config.ipynb #ef693895
 PACKAGED_SETTINGS = Path(dataalchemy.__file__).parent / 'settings.ini'   # a link to the project's settings.ini
@@ -110,12 +111,43 @@ def get_settings(path: str | os.PathLike | None = None) -> Settings:
     return Settings(path)
 
 # %% ../nbs/00a_config.ipynb #6e4a1525
+class SettingError(ValueError):
+    "A value from settings.ini or a DATAALCHEMY_* variable that does not fit its option: names where it came from."
+
+_KINDS = {'int': (int,), 'float': (int, float), 'bool': (bool,), 'str': (str,)}
+_WANT = {'int': 'an integer', 'float': 'a number', 'bool': 'true or false', 'str': 'a string'}
+
+def _kind(annotation) -> str | None:
+    "'int', 'float', 'bool' or 'str' for a field annotation such as `int`, `'float | None'`; None for anything else."
+    a = annotation if isinstance(annotation, str) else getattr(annotation, '__name__', str(annotation))
+    parts = {p.strip() for p in a.split('|')} - {'None'}
+    return next(iter(parts)) if len(parts) == 1 and next(iter(parts)) in _KINDS else None
+
+def _raw(st: Settings, section: str, key: str) -> str:
+    "The text of `section.key` as written in the environment or the file."
+    for n in st._env_names(section, key):
+        if st.env.get(n, '').strip(): return st.env[n].strip()
+    return st._vals.get((section, key), ('',))[0].strip()
+
+def _checked(settings: Settings, section: str, key: str, value: Any, annotation) -> Any:
+    "`value` as the option's type wants it (an int for a float, text for a string), or a `SettingError` naming its source."
+    k = _kind(annotation)
+    if k is None or value is None: return value
+    if k == 'str': return value if isinstance(value, str) else _raw(settings, section, key)   # '7' stays text
+    if isinstance(value, bool) and k != 'bool' or not isinstance(value, _KINDS[k]):
+        _, src = settings.lookup(section, key)
+        where = src.replace('env:', '') + '=' if src.startswith('env:') else f"{src.replace('file:', '')}: [{section}] {key} = "
+        raise SettingError(f"{where}{value!r}: expected {_WANT[k]} for {section}.{key}")
+    return float(value) if k == 'float' else value
+
 def options(cls, section: str, settings: Settings | None = None, **overrides):
-    "An instance of dataclass `cls` from settings `section`, with non-None `overrides` winning."
-    vals = (settings or Settings()).section(section)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(overrides) - names
+    "An instance of dataclass `cls` from settings `section` (each value checked against its field's type), with non-None `overrides` winning."
+    st = settings or Settings()
+    vals = st.section(section)
+    fields = {f.name: f.type for f in dataclasses.fields(cls)}
+    unknown = set(overrides) - set(fields)
     if unknown: raise TypeError(f"{cls.__name__} has no option(s) {sorted(unknown)}")
-    kw = {k: v for k, v in vals.items() if k in names and v is not None}
+    kw = {k: _checked(st, section, k, v, fields[k]) for k, v in vals.items()
+          if k in fields and v is not None and overrides.get(k) is None}
     kw.update({k: v for k, v in overrides.items() if v is not None})
     return cls(**kw)

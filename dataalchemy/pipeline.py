@@ -1,4 +1,4 @@
-"""One configured, resumable pipeline from raw documents to training-ready datasets: ingest, QA synthesis, Alpaca, filters, PII, toxicity, dedup, augmentation, top-k RAG data, every SFT format, and a report.
+"""One configured, resumable pipeline from raw documents to SFT and RAG datasets: ingest, QA synthesis, Alpaca, filters, PII, toxicity, dedup, augmentation, top-k RAG data, every SFT format, and a report.
 
 Docs: https://dataalchemy.github.io/dataalchemy/pipeline.html.md"""
 
@@ -21,9 +21,9 @@ __all__ = ['MARKER', 'OUTPUT', 'REJECTED', 'INGEST_KEYS', 'QA_KEYS', 'UNWRAP_SUF
            'as_step', 'Context', 'StageError', 'EmptyStageError', 'Pipeline', 'unwrap_lines', 'strip_headings',
            'ingest_step', 'qa_step', 'alpaca_step', 'filters_step', 'pii_step', 'safety_step', 'toxicity_step',
            'dedup_step', 'semantic_step', 'augment_step', 'topk_step', 'ConfigError', 'load_config', 'resolve_options',
-           'pipeline_from_config', 'requirement_problems', 'export', 'collect_stats', 'plot_stages', 'plot_drops',
-           'plot_lengths', 'plot_clusters', 'render_html', 'render_markdown', 'write_report', 'AuditError',
-           'audit_build', 'build', 'build_cmd']
+           'pipeline_from_config', 'requirement_problems', 'generator_of', 'export', 'collect_stats', 'plot_stages',
+           'plot_drops', 'plot_lengths', 'plot_clusters', 'render_html', 'render_markdown', 'write_report',
+           'AuditError', 'audit_build', 'build', 'BusyError', 'out_lock', 'build_cmd']
 
 # %% ../nbs/12_pipeline.ipynb #8e37afc3
 MARKER, OUTPUT, REJECTED = 'done.json', 'records.jsonl', 'rejected.jsonl'
@@ -698,6 +698,20 @@ OUTPUT_NOTES = {'alpaca': 'Alpaca: instruction / input / output (LLaMA-Factory, 
                 'prompt-completion': 'TRL prompt-completion (conversational)',
                 'topk': 'CLaRa top-k: question, k docs, gold_answer, pos_index'}
 
+def generator_of(rec: dict) -> str | None:
+    "Who wrote `rec`: `backend:model` from its `meta` (offline rules say so), plus the augmentation that rewrote it."
+    m = rec.get('meta') if isinstance(rec.get('meta'), dict) else {}
+    if not m.get('backend'): return None
+    g = f"{m['backend']}:{m.get('model') or '?'}"
+    return g + (f" + {m['method']} augmentation" if m.get('parent_id') and m.get('method') else '')
+
+def _deliverable(rec: dict, keep_meta: bool) -> dict:
+    "A record as a format file carries it: `generator` always (kept even without `meta`), `meta` only with `keep_meta`."
+    g = generator_of(rec)
+    out = {k: v for k, v in rec.items() if keep_meta or k != 'meta'}
+    if g and 'generator' not in out: out['generator'] = g
+    return out
+
 def export(pipeline: Pipeline, formats: Iterable[str] = ('alpaca',), dir: str | os.PathLike | None = None,
            keep_meta: bool = False, prefix: str = 'sft') -> dict:
     "Write the final stream of `pipeline` in every format of `formats`, and each branch's dataset; returns what was written."
@@ -710,7 +724,7 @@ def export(pipeline: Pipeline, formats: Iterable[str] = ('alpaca',), dir: str | 
         path = d / f'{prefix}.{fmt}.jsonl'
         with Stats(f'export:{fmt}', rejected=d / 'stages' / 'export' / f'rejected.{fmt}.jsonl') as st:
             recs = convert(read_records(src, allow_empty=True), fmt, strict=False, stats=st)
-            n = write_records((r if keep_meta else {k: v for k, v in r.items() if k != 'meta'} for r in recs), path)
+            n = write_records((_deliverable(r, keep_meta) for r in recs), path)
         outs[fmt] = {'path': str(path), 'records': n, 'dropped': st.n_dropped, 'note': OUTPUT_NOTES.get(fmt, '')}
     for s in pipeline.steps:
         if s.branch and pipeline.marker(s.name):
@@ -1036,7 +1050,9 @@ def build(config: str | os.PathLike | dict, out: str | os.PathLike | None = None
     if problems := requirement_problems(cfg): raise ConfigError(problems[0][1], cfg['file'], problems[0][0])
     if report is not None and report not in REPORT_KINDS: raise ConfigError(f"expected one of {', '.join(REPORT_KINDS)}", None, '--report')
     p = pipeline_from_config(cfg, out=out, progress=progress, log=log)
-    p.out.mkdir(parents=True, exist_ok=True)
+    with out_lock(p.out): return _build(p, cfg, fresh, report)
+
+def _build(p: Pipeline, cfg: dict, fresh: bool, report: str | None) -> dict:
     b = cfg['build']
     try: p.run(resume=not fresh)
     except StageError as e:                       # the report of what ran is still written
@@ -1054,6 +1070,36 @@ def build(config: str | os.PathLike | dict, out: str | os.PathLike | None = None
                          f"(listed in {audit['findings_file']}; set build.audit = \"warn\" to keep them)", res)
     return res
 
+# %% ../nbs/12_pipeline.ipynb #a9e4747b
+import contextlib
+
+class BusyError(RuntimeError):
+    "Another process is building into the same output folder."
+
+@contextlib.contextmanager
+def out_lock(out: Path):
+    "Hold `out/.build.lock` for one build: a second build into the same folder stops at once; a dead holder's lock and temp files are cleared."
+    out.mkdir(parents=True, exist_ok=True)
+    lock = out / '.build.lock'
+    for _ in range(2):
+        try: fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644); break
+        except FileExistsError:
+            try: pid = int(lock.read_text().strip() or 0)
+            except (OSError, ValueError): pid = 0
+            if pid and _alive(pid): raise BusyError(f"{out}: another build (pid {pid}) is writing to this folder; wait for it or choose another --out") from None
+            lock.unlink(missing_ok=True)                  # the holder died: its lock and half-written files go
+            for t in out.rglob('.*.tmp'): t.unlink(missing_ok=True)
+    else: raise BusyError(f"{out}: cannot take the build lock")
+    with os.fdopen(fd, 'w') as f: f.write(str(os.getpid()))
+    try: yield
+    finally: lock.unlink(missing_ok=True)
+
+def _alive(pid: int) -> bool:
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: return True
+    return True
+
 # %% ../nbs/12_pipeline.ipynb #9941a7a5
 @app.command('build')
 def build_cmd(config: Path = typer.Argument(..., help="TOML file describing the run (see examples/course.toml)."),
@@ -1068,6 +1114,7 @@ def build_cmd(config: Path = typer.Argument(..., help="TOML file describing the 
     except (ConfigError, FileNotFoundError) as e:
         fail(e, 2)
     except AuditError as e: res, leak = e.result, e
+    except BusyError as e: fail(e, 1)
     except (StageError, RecordError, ImportError, ValueError) as e:
         fail(e)
     p = res['pipeline']

@@ -19,9 +19,9 @@ from .cli import app, fail
 
 # %% auto #0
 __all__ = ['TEXT_SUFFIXES', 'RECORD_SUFFIXES', 'DOC_SUFFIXES', 'DOC_QA_SCHEMA', 'QAOpts', 'qa_options', 'read_pdf', 'read_pptx',
-           'read_docling', 'iter_doc_files', 'load_documents', 'sentence_spans', 'chunk_spans', 'chunk_documents',
-           'support_score', 'is_supported', 'doc_qa_prompt', 'extractive_summary', 'offline_doc_qa', 'qa_payload',
-           'generate_qa', 'build_qa', 'qa_cmd']
+           'read_docling', 'iter_doc_files', 'read_text_file', 'load_documents', 'sentence_spans', 'chunk_spans',
+           'chunk_documents', 'support_score', 'is_supported', 'doc_qa_prompt', 'extractive_summary', 'offline_doc_qa',
+           'qa_payload', 'generate_qa', 'build_qa', 'qa_cmd']
 
 # %% ../nbs/09_qa.ipynb #a3fb2850
 @dataclass
@@ -92,6 +92,15 @@ def iter_doc_files(paths: Iterable[str | os.PathLike]) -> Iterator[Path]:
         elif p.exists(): yield p
         else: raise FileNotFoundError(f"{p}: no such file or directory")
 
+def read_text_file(path: str | os.PathLike) -> str:
+    "A text file as UTF-8 (with or without BOM), else GB18030 (older Chinese files); a `RecordError` naming the file and byte otherwise."
+    data = Path(path).read_bytes()
+    try: return data.decode('utf-8-sig')
+    except UnicodeDecodeError as e: err = e
+    try: return data.decode('gb18030')
+    except UnicodeDecodeError: pass
+    raise RecordError(f"not UTF-8 or GB18030 text (byte {err.start}: {data[err.start:err.start + 4]!r})", path)
+
 def load_documents(paths, opts: QAOpts | None = None, stats: Stats | None = None, **overrides) -> Iterator[dict]:
     "Yield `{'doc_id', 'source', 'text'}` for every document in `paths` (files or folders; see `DOC_SUFFIXES`)."
     o = opts or qa_options(**overrides)
@@ -113,11 +122,17 @@ def load_documents(paths, opts: QAOpts | None = None, stats: Stats | None = None
                 yield {'doc_id': uniq(rec.get(o.id_field) or f'{f.name}:{line}'), 'source': f'{f}:{line}', 'text': text}
             continue
         st.seen()
-        if o.extractor == 'docling' and suf in ('.pdf', '.pptx', '.docx'): text = read_docling(f)
-        elif suf == '.pdf': text = read_pdf(f)
-        elif suf == '.pptx': text = read_pptx(f)
-        elif suf in TEXT_SUFFIXES or not suf: text = f.read_text(encoding='utf-8-sig')
-        else: raise RecordError(f"unsupported document type {suf!r}: use {', '.join(sorted(DOC_SUFFIXES))}", f)
+        if suf not in TEXT_SUFFIXES and suf and suf not in ('.pdf', '.pptx', '.docx'):
+            raise RecordError(f"unsupported document type {suf!r}: use {', '.join(sorted(DOC_SUFFIXES))}", f)
+        try:
+            if o.extractor == 'docling' and suf in ('.pdf', '.pptx', '.docx'): text = read_docling(f)
+            elif suf == '.pdf': text = read_pdf(f)
+            elif suf == '.pptx': text = read_pptx(f)
+            else: text = read_text_file(f)
+        except ImportError: raise
+        except Exception as e:                    # one unreadable document is dropped with its reason, not the run
+            why = e.problem.split(' (')[0] if isinstance(e, RecordError) else type(e).__name__
+            st.drop({'source': str(f)}, f'unreadable document: {why}', error=str(e) if isinstance(e, RecordError) else f'{f}: {e}'); continue
         if not text.strip(): st.drop({'source': str(f)}, 'empty document'); continue
         st.kept()
         yield {'doc_id': uniq(f.name), 'source': str(f), 'text': text}
@@ -312,7 +327,8 @@ def generate_qa(chunks: Iterable[dict], engine: Engine | None = None, opts: QAOp
                 st.drop({'chunk_id': c['chunk_id'], 'question': q, 'answer': a}, 'unsupported answer', support=round(score, 3))
                 continue
             qs.add(normalize(q, lower=True)); kept += 1; st.kept()
-            out.append({'id': stable_id([c['chunk_id'], q]), 'instruction': q, 'input': '', 'output': a,
+            inp = p.get('input') if isinstance(p.get('input'), str) and p['input'].strip() in c['text'] else ''   # the passage, for a question about it
+            out.append({'id': stable_id([c['chunk_id'], q]), 'instruction': q, 'input': inp.strip(), 'output': a,
                         'meta': {'task': 'doc_qa', 'doc_id': c['doc_id'], 'chunk_id': c['chunk_id'],
                                  'chunk_index': c['chunk_index'], 'start': c['start'], 'end': c['end'],
                                  'source': c.get('source'), 'summary': summary, 'support': round(score, 3),

@@ -69,6 +69,12 @@ def test_course_offline(clean_env):
         recs = list(read_records(f))
         assert len(recs) > 100 and not list(validate(f, fmt)), fmt
         assert all('meta' not in x for x in recs)
+    for x in read_records(out / 'sft.alpaca.jsonl'):                            # self-contained: a question about
+        if re.search(r'\b(?:the text|the passage)\b|这段文字|文中', x['instruction']):  # the passage carries it
+            assert x['input'].strip(), x
+        assert x['generator'].startswith('offline:dataalchemy-rules-1'), x       # every record names its generator
+    for fmt in ('sharegpt', 'messages', 'prompt-completion'):
+        assert all(x['generator'] for x in read_records(out / f'sft.{fmt}.jsonl'))
     alltext = '\n'.join(texts_of(out / 'sft.alpaca.jsonl'))
     assert 'course-help@dataalchemy.example.org' not in alltext and '13812345678' not in alltext   # PII scrubbed
     assert '<EMAIL_ADDRESS>' in alltext or '<EMAIL>' in alltext
@@ -201,7 +207,7 @@ def test_python_api_one_stage_at_a_time(clean_env):
     p.run(until='filters')
     assert list(p.results) == ['ingest', 'safety', 'qa', 'alpaca', 'filters'] and p.marker('dedup') is None
     n = len(p.records('filters'))
-    p.rerun('filters', min_output_length=15)
+    p.rerun('filters', min_output_length=20)
     assert [m['skipped'] for m in p.results.values()] == [True, True, True, True, False] + [False] * (len(p) - 5)
     dropped = p.rejected('filters')
     assert len(p.records('filters')) + len(dropped) == n and all(d['reason'] for d in dropped)

@@ -19,7 +19,7 @@ def corpus(n_docs=12, chunks_per_doc=2):
     for i in range(n_docs):
         t = TOPICS[i % len(TOPICS)]
         if i % 2:
-            text = ' '.join(f'The {t} method number {i} part {j} is a technique described in section {i}{j}.' for j in range(chunks_per_doc))
+            text = ' '.join(f'The {t} method {i}-{j} is a technique described in section {i}{j}.' for j in range(chunks_per_doc))
         else:
             text = ''.join(f'{t}是第{i}章第{j}节介绍的一种方法。' for j in range(chunks_per_doc))
         docs.append({'doc_id': f'doc{i}', 'text': text})
