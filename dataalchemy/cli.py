@@ -12,7 +12,7 @@ import dataalchemy
 from .config import get_settings
 
 # %% auto #0
-__all__ = ['app', 'Verbs', 'config_cmd', 'load_commands', 'main', 'fail']
+__all__ = ['app', 'USER_ERRORS', 'Verbs', 'config_cmd', 'load_commands', 'fail', 'same_file_twice', 'run', 'main']
 
 # %% ../nbs/99_cli.ipynb #c02d00ca
 def _verb(c) -> str: return c.name or c.callback.__name__.lower().replace('_', '-')
@@ -61,12 +61,50 @@ def load_commands():
         if not m.name.startswith('_') and m.name != 'cli': importlib.import_module(f'dataalchemy.{m.name}')
     return app
 
+
+def fail(e: Exception | str, code: int | None = None):
+    "End a verb: `error: ...` on stderr; exit status `code`, by default 2 for a user's input (a bad record, a missing or unreadable file), else 1."
+    if code is None:
+        from dataalchemy.core import RecordError
+        code = 2 if isinstance(e, (RecordError, *USER_ERRORS)) else 1
+    typer.echo(f"error: {e}", err=True)
+    raise typer.Exit(code)
+
+# %% ../nbs/99_cli.ipynb #75c4c7fb
+import gzip, zlib
+# what a user's input or path can raise anywhere in a verb (a bug raises something else, and shows its traceback)
+USER_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, UnicodeDecodeError,
+               gzip.BadGzipFile, EOFError, zlib.error)
+
+def same_file_twice(argv: list[str]) -> str | None:
+    "The first existing file that `argv` names twice (as input and output, say), or None."
+    from pathlib import Path
+    seen = {}
+    for a in argv:
+        v = a.split('=', 1)[1] if a.startswith('--') and '=' in a else a
+        if v.startswith('-') or not v: continue
+        try: p = Path(v).resolve()
+        except (OSError, RuntimeError): continue
+        if not p.is_file(): continue
+        if p in seen: return v
+        seen[p] = v
+    return None
+
+def run(argv: list[str] | None = None):
+    "Run the app on `argv` with one way to fail: a user's mistake is one `error:` line and exit status 2, never an overwritten input."
+    from dataalchemy.core import RecordError
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if (twice := same_file_twice(argv[1:])):
+        typer.echo(f"error: {twice} is named twice: an output would overwrite an input; choose another path", err=True)
+        raise SystemExit(2)
+    try: app(argv, standalone_mode=True)
+    except RecordError as e: typer.echo(f"error: {e}", err=True); raise SystemExit(2)
+    except USER_ERRORS as e:
+        name = getattr(e, 'filename', None)
+        msg = f"{name}: {e.strerror or e}" if isinstance(e, OSError) and name else f"{type(e).__name__}: {e}"
+        typer.echo(f"error: {msg}", err=True); raise SystemExit(2)
+
 def main():
     "Entry point of the `dataalchemy` command."
     load_commands()
-    app()
-
-def fail(e: Exception | str, code: int = 1):
-    "End a verb on a user's mistake (bad input, a missing file or extra): `error: ...` on stderr, exit status `code`."
-    typer.echo(f"error: {e}", err=True)
-    raise typer.Exit(code)
+    run()

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Iterator
 __all__ = ['CJK_RANGES', 'TOKEN_RE', 'FILE_FORMATS', 'SKIP_KEYS', 'CJK_FONTS', 'is_cjk', 'has_cjk', 'cjk_ratio', 'tokenize',
            'token_spans', 'text_len', 'split_sentences', 'normalize', 'stable_id', 'RecordError', 'EmptyInputError',
            'file_format', 'ErrorLog', 'RecordReader', 'read_records', 'dumps', 'RecordWriter', 'write_records', 'to_hf',
-           'from_hf', 'Stats', 'record_texts', 'cjk_font', 'use_cjk_font', 'plot_label']
+           'from_hf', 'Stats', 'record_texts', 'example', 'cjk_font', 'use_cjk_font', 'plot_label']
 
 # %% ../nbs/00_core.ipynb #7b8ed1ce
 CJK_RANGES = ('\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff'   # CJK unified ideographs (+ext A, compatibility)
@@ -453,6 +453,14 @@ def record_texts(rec: Any, fields: Iterable[str] | None = None, numbers: bool = 
             if v: yield p, rec, k
         elif numbers and type(v) is int and abs(v) >= 10**6: yield p, rec, k   # a phone number stored as a number
         elif isinstance(v, (dict, list)): yield from record_texts(v, None, numbers, None, p)
+
+# %% ../nbs/00_core.ipynb #158e3e39
+def example(name: str = '') -> Path:
+    "A file (or, without `name`, the folder) of the examples that ship with dataalchemy: the same in a checkout and in Colab."
+    import dataalchemy
+    p = Path(dataalchemy.__file__).resolve().parent / 'examples' / name
+    if not p.exists(): raise FileNotFoundError(f"{p}: no such example (see {p.parent})")
+    return p
 
 # %% ../nbs/00_core.ipynb #dde2159f
 CJK_FONTS = ('Noto Sans CJK SC', 'Noto Sans SC', 'Source Han Sans SC', 'Source Han Sans CN', 'WenQuanYi Zen Hei',

@@ -202,7 +202,7 @@ def test_cli_convert_history_and_split(tmp_path):
 
 def test_cli_convert_strict_and_lenient(tmp_path):
     r = run("convert", EX / "messages.jsonl", tmp_path / "a.jsonl", "--to", "alpaca")
-    assert r.returncode == 1
+    assert r.returncode == 2                                   # a record the user gave: one error line, status 2
     assert "messages.jsonl:5: messages[2].role: cannot be represented in alpaca: a tool call" in r.stderr
     assert not (tmp_path / "a.jsonl").exists()
     r = run("convert", EX / "messages.jsonl", tmp_path / "a.jsonl", "--to", "alpaca", "--lenient", "--errors", tmp_path / "bad.jsonl")
@@ -248,7 +248,7 @@ def test_cli_stats_counts_duplicates(tmp_path):
     assert json.loads(r.stdout)["exact_duplicates"] == 2
     (tmp_path / "x.jsonl").write_text('{"text": "raw"}\n')
     r = run("stats", tmp_path / "x.jsonl")
-    assert r.returncode == 1 and "x.jsonl:1: not a known SFT format (fields: text)" in r.stderr
+    assert r.returncode == 2 and "x.jsonl:1: not a known SFT format (fields: text)" in r.stderr
 
 
 def test_line_numbers_in_gzip_and_json_arrays(tmp_path):
