@@ -882,6 +882,16 @@ def _examples(pipeline: Pipeline, n: int = 3) -> list[dict]:
     pick = lambda xs: [xs[int(i * len(xs) / n)] for i in range(min(n, len(xs)))]
     return pick(en) + pick(zh)
 
+def _augmented_pairs(pipeline: Pipeline, n: int = 3) -> list[tuple[dict, dict]]:
+    "Up to `n` English and `n` Chinese augmented records of the final dataset, each with the record it was made from."
+    if pipeline.marker(pipeline.final()) is None: return []
+    recs = list(read_records(pipeline.output(pipeline.final()), allow_empty=True))
+    by_id = {r.get('id'): r for r in recs}
+    pairs = [(by_id[m['parent_id']], r) for r in recs if (m := r.get('meta') or {}).get('parent_id') in by_id]
+    zh = [p for p in pairs if has_cjk(str(p[1].get('instruction', '')))]
+    en = [p for p in pairs if not has_cjk(str(p[1].get('instruction', '')))]
+    return en[:n] + zh[:n]
+
 def _source_note(stats: dict) -> str:
     e = stats.get('engine')
     if e is None: return ''
@@ -956,6 +966,14 @@ def render_html(stats: dict, pipeline: Pipeline, images: dict[str, bytes]) -> st
                      f"<td class='n'>{u.get('completion_tokens', 0):,}</td><td class='n'>{cost}</td></tr>")
         h.append("</table><p class='muted'>Counted when the stage ran; a stage skipped because it had finished earlier "
                  "shows the figures of the run that produced its output. Offline generation costs nothing.</p>")
+    if aug := _augmented_pairs(pipeline):
+        h.append("<h2>Augmented records next to their parents</h2><p class='muted'>Read these: an augmentation must keep the "
+                 "meaning and the answer. Rejected variants, with the reason, are in the augment stage's <code>rejected.jsonl</code>.</p>"
+                 "<table><tr><th>parent</th><th>augmented</th><th>method</th></tr>")
+        for par, r in aug:
+            h.append(f"<tr><td>{e(str(par.get('instruction', '')))}</td><td>{e(str(r.get('instruction', '')))}</td>"
+                     f"<td>{e(str((r.get('meta') or {}).get('method', '')))}</td></tr>")
+        h.append("</table>")
     h.append("<h2>Examples from the final dataset</h2>")
     for r in _examples(pipeline):
         m = r.get('meta') or {}
