@@ -437,31 +437,38 @@ _SECRET_NAME = re.compile(r'KEY|TOKEN|SECRET|PASSW|CREDENTIAL|AUTH|COOKIE|SESSIO
 BOX, WORK = '/box', '/sandbox'                     # inside the sandbox: the read-only code, the writable work folder
 
 def _interpreter(python: str | None = None) -> str:
-    "The real interpreter behind `python` (a venv's `bin/python` is a link to it): the sandbox needs no venv."
-    return os.path.realpath(shutil.which(python) or python) if python else os.path.realpath(sys._base_executable if hasattr(sys, '_base_executable') else sys.executable)
-
-def _read_only_tree(python: str) -> list[tuple[str, str]]:
-    "(kind, path) of what the sandbox sees of the machine: /usr, the top-level links into it, the interpreter's prefix."
-    out = [('ro', '/usr')]
-    for top in ('/bin', '/sbin', '/lib', '/lib32', '/lib64', '/libx32'):
-        if os.path.islink(top): out.append(('link', top))
-        elif os.path.isdir(top): out.append(('ro', top))
-    for f in ('/etc/ld.so.cache', '/etc/ld.so.conf', '/etc/localtime'):
-        if os.path.exists(f): out.append(('ro', f))
-    prefix = str(Path(python).parent.parent)
-    for p in {prefix, os.path.realpath(sys.base_prefix), os.path.realpath(sys.base_exec_prefix)}:
-        if not p.startswith('/usr/') and p != '/usr' and os.path.isdir(p) and p != '/': out.append(('ro', p))
-    return out
+    "The real interpreter behind `python` (default: this one; a venv's `bin/python` links to it): the sandbox needs no venv."
+    exe = (shutil.which(python) or python) if python else getattr(sys, '_base_executable', None) or sys.executable
+    return os.path.realpath(exe)
 
 def _sbin(tool: str) -> str:
     "The path of a system tool (also in /usr/sbin, /sbin, which a user's PATH may lack)."
     return shutil.which(tool, path=os.pathsep.join([os.environ.get('PATH', ''), '/usr/sbin', '/sbin', '/usr/bin', '/bin'])) or tool
 
-_SETPRIV = ['setpriv', '--clear-groups', '--inh-caps=-all', '--bounding-set=-all', '--no-new-privs']
+def _read_only_tree(python: str) -> list[tuple[str, str]]:
+    "(kind, path) of all the sandbox sees of the machine: /usr, the top-level links into it, the interpreter's prefix."
+    out = [('ro', '/usr')]
+    for top in ('/bin', '/sbin', '/lib', '/lib32', '/lib64', '/libx32'):
+        if os.path.islink(top): out.append(('link', top))
+        elif os.path.isdir(top): out.append(('ro', top))
+    out += [('ro', f) for f in ('/etc/ld.so.cache', '/etc/ld.so.conf', '/etc/localtime') if os.path.exists(f)]
+    for p in sorted({str(Path(python).parent.parent), os.path.realpath(sys.base_prefix)}):
+        if p not in ('/', '/usr') and not p.startswith('/usr/') and os.path.isdir(p): out.append(('ro', p))
+    return out
 
-def _drop(root_user: bool) -> list[str]:
+# %% ../nbs/08_taskdata.ipynb #5a1d0c06
+def _drop(root_user: bool, tool: str) -> list[str]:
     "Inside the sandbox: no capabilities, no new privileges, and (when started as root) the `nobody` user."
-    return _SETPRIV[:1] + (['--reuid=65534', '--regid=65534'] if root_user else []) + _SETPRIV[1:] + ['--']
+    if root_user: return ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', '--inh-caps=-all',
+                          '--bounding-set=-all', '--no-new-privs', '--']
+    if tool == 'bwrap': return []                  # unprivileged bwrap already drops every capability, no new privileges
+    return ['setpriv', '--inh-caps=-all', '--bounding-set=-all', '--no-new-privs', '--']
+
+@lru_cache(maxsize=1)
+def _bwrap_sizes() -> bool:
+    "True when this bwrap can cap a tmpfs's size (`--size`, bubblewrap >= 0.7)."
+    try: return '--size' in subprocess.run(['bwrap', '--help'], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError): return False
 
 def bwrap_command(python: str, cmd: list[str], fds: dict[str, int], env: dict, tmp_mb: int) -> list[str]:
     "The `bwrap` command line running `cmd` (already inside: `fds` maps /box file names to inherited descriptors)."
@@ -470,20 +477,19 @@ def bwrap_command(python: str, cmd: list[str], fds: dict[str, int], env: dict, t
          '--die-with-parent', '--new-session', '--clearenv'] + ([] if root else ['--unshare-user'])
     for kind, p in _read_only_tree(python):
         a += ['--symlink', os.readlink(p), p] if kind == 'link' else ['--ro-bind', p, p]
-    size = str(tmp_mb * 2**20)
-    a += ['--proc', '/proc', '--dev', '/dev', '--perms', '1777', '--size', size, '--tmpfs', '/tmp',
-          '--perms', '1777', '--size', size, '--tmpfs', WORK]
+    size = ['--size', str(tmp_mb * 2**20)] if _bwrap_sizes() else []
+    a += ['--proc', '/proc', '--dev', '/dev', '--perms', '1777', *size, '--tmpfs', '/tmp', '--perms', '1777', *size, '--tmpfs', WORK]
     for name, fd in fds.items(): a += ['--perms', '0444', '--ro-bind-data', str(fd), f'{BOX}/{name}']
     a += ['--remount-ro', '/', '--chdir', WORK]
     for k, v in env.items(): a += ['--setenv', k, v]
-    return a + ['--'] + (_drop(root) if shutil.which('setpriv') else []) + cmd
+    return a + ['--'] + _drop(root, 'bwrap') + cmd
 
+# %% ../nbs/08_taskdata.ipynb #5a1d0c07
 _UNSHARE_SETUP = r'''set -eu
-R=$1; shift; TMPSIZE=$1; shift; FILES=$1; shift; CHROOT=$1; shift
+R=$1; TMPSIZE=$2; FILES=$3; CHROOT=$4; shift 4
 mount --make-rprivate /
 mount -t tmpfs -o size=4m,mode=755 tmpfs "$R"
 while read -r kind p target; do
-  [ -n "$p" ] || continue
   if [ "$kind" = link ]; then mkdir -p "$R$(dirname "$p")"; ln -s "$target" "$R$p"; continue; fi
   if [ -d "$p" ]; then mkdir -p "$R$p"; else mkdir -p "$R$(dirname "$p")"; : > "$R$p"; fi
   mount --rbind "$p" "$R$p"; mount -o remount,bind,ro "$R$p"
@@ -495,19 +501,17 @@ mount -t tmpfs -o "size=$TMPSIZE,mode=1777" tmpfs "$R/tmp"
 mount -t tmpfs -o "size=$TMPSIZE,mode=1777" tmpfs "$R/sandbox"
 cp "$FILES/main.py" "$FILES/runner.py" "$R/box/"; chmod 444 "$R/box/"*
 mount -o remount,ro,bind "$R"
-cd "$R/sandbox"
 exec "$CHROOT" "$R" "$@"
 '''
 
 def unshare_command(python: str, cmd: list[str], files: Path, tmp_mb: int) -> list[str]:
-    "The `unshare` command line: new PID (with its own /proc), network, IPC, UTS and mount namespaces, a chroot built like bwrap's."
+    "The `unshare` command line: new mount, PID (own /proc), network, IPC and UTS namespaces and a chroot laid out like bwrap's."
     root = os.geteuid() == 0
     (files / 'tree').write_text(''.join(f"{k} {p} {os.readlink(p) if k == 'link' else '-'}\n" for k, p in _read_only_tree(python)))
     (files / 'setup.sh').write_text(_UNSHARE_SETUP)
     (files / 'root').mkdir(exist_ok=True)
     a = ['unshare', '--pid', '--fork', '--kill-child', '--mount', '--net', '--ipc', '--uts'] + ([] if root else ['--user', '--map-root-user'])
-    return a + ['--', '/bin/sh', str(files / 'setup.sh'), str(files / 'root'), f'{tmp_mb}m', str(files),
-                 _sbin('chroot')] + _drop(root) + cmd
+    return a + ['--', '/bin/sh', str(files / 'setup.sh'), str(files / 'root'), f'{tmp_mb}m', str(files), _sbin('chroot')] + _drop(root, 'unshare') + cmd
 
 # %% ../nbs/08_taskdata.ipynb #5a1d0c02
 @dataclass
@@ -535,12 +539,14 @@ def _limits(cpu: int, mem: int, fsize: int, nproc: int) -> list[str]:
     return ['prlimit', f'--cpu={cpu}:{cpu + 1}', f'--as={mem}', f'--fsize={fsize}', '--core=0', f'--nproc={nproc}', '--']
 
 def _tail(path: Path, n: int) -> str:
+    "The last `n` characters of a file, from a line start when cut (so no half line, e.g. half a secret, is kept)."
     try:
         with open(path, 'rb') as f:
             f.seek(0, 2); size = f.tell(); f.seek(max(0, size - 4 * n))
             s = f.read().decode('utf-8', 'replace')
     except OSError: return ''
-    return s[-n:]
+    if len(s) > n or size > 4 * n: s = s[-n:].partition('\n')[2]
+    return s
 
 def secret_values(env: dict | None = None) -> list[str]:
     "Values of this process's environment variables that look like credentials (KEY, TOKEN, SECRET, ...), longest first."
@@ -597,9 +603,9 @@ def _launch(code: str, tests: str, isolation: str, timeout: float, memory_mb: in
         return p.returncode, timed_out, secs, _tail(logs / 'out', 4000), _tail(logs / 'err', 4000), v if isinstance(v, dict) else None
     finally:
         for fd in fds: os.close(fd)
-        if isolation == 'unshare' and (logs / 'root').is_dir() and os.path.ismount(logs / 'root'): pass   # mounts live only in the namespace
         shutil.rmtree(logs, ignore_errors=True)
 
+# %% ../nbs/08_taskdata.ipynb #5a1d0c08
 @lru_cache(maxsize=8)
 def isolation_available(isolation: str, python: str | None = None) -> bool:
     "True when `isolation` ('bwrap', 'unshare') starts here and runs a test (probed once); 'none' always is."
@@ -629,6 +635,7 @@ _LAYERS = {'bwrap': ['bubblewrap', 'read-only system, no other files', 'private 
                        'pid/ipc/uts namespaces', 'dies with parent', 'no capabilities'],
            'none': ['NOT ISOLATED']}
 
+# %% ../nbs/08_taskdata.ipynb #5a1d0c09
 def run_sandboxed(code: str, tests: str = '', timeout: float = 10, memory_mb: int = 512, cpu_seconds: int | None = None,
                   fsize_mb: int = 16, nproc: int = 64, isolation: str = 'auto', output_chars: int = 2000,
                   python: str | None = None, audit_hook: bool = True, require_isolation: bool = False) -> SandboxResult:
