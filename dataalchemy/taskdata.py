@@ -302,9 +302,10 @@ SANDBOX_STATUSES = ('passed', 'failed', 'no_test_ran', 'timeout', 'memory', 'net
 
 _RUNNER = r'''
 import ast, os, sys
-VERDICT_FD, ROOT, MAIN, HOOK = int(sys.argv[1]), os.path.realpath(sys.argv[2]), sys.argv[3], sys.argv[4]
+VERDICT_FD, MAIN, HOOK = int(sys.argv[1]), sys.argv[3], sys.argv[4]
+ROOTS = [os.path.realpath(p) for p in sys.argv[2].split(os.pathsep)]   # the work folder first, then other writable ones
 
-def _install_hook(root, strict):
+def _install_hook(roots, strict):
     "The audit-hook tripwire; state lives in this closure, not in module globals."
     WFLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
     NET = {'socket.connect', 'socket.sendto', 'socket.sendmsg', 'socket.bind', 'socket.getaddrinfo',
@@ -323,7 +324,7 @@ def _install_hook(root, strict):
         if isinstance(p, int): return False
         try: p = os.path.realpath(os.fsdecode(p))
         except Exception: return True
-        return not (p == root or p.startswith(root + os.sep) or p == os.devnull)
+        return not (p == os.devnull or any(p == r or p.startswith(r + os.sep) for r in roots))
     def block(kind, what):
         os.write(2, ('\n[sandbox] %s blocked: %s\n' % (kind, what)).encode('utf-8', 'replace'))
         raise PermissionError('sandbox: %s blocked: %s' % (kind, what))
@@ -368,7 +369,7 @@ class _Count(ast.NodeTransformer):
 
 def main():
     import builtins, json, types, traceback
-    os.chdir(ROOT)
+    os.chdir(ROOTS[0])
     out = os.fdopen(VERDICT_FD, 'w', closefd=True)
     v = {'asserts': 0, 'tests': 0, 'failed': None, 'exit': None, 'uncallable': []}
     called = set()
@@ -387,7 +388,7 @@ def main():
     mod = types.ModuleType('__main__'); mod.__file__ = MAIN; mod.__builtins__ = builtins
     sys.modules['__main__'] = mod; sys.argv = [MAIN]
     import inspect, unittest, doctest, asyncio          # what the runner needs later, imported before the hook
-    if HOOK != 'nohook': _install_hook(ROOT, HOOK == 'strict')
+    if HOOK != 'nohook': _install_hook(ROOTS, HOOK == 'strict')
     try: exec(compile(tree, MAIN, 'exec'), vars(mod))
     except SystemExit as e:
         v['exit'] = e.code if isinstance(e.code, int) or e.code is None else str(e.code)
@@ -578,7 +579,7 @@ def _launch(code: str, tests: str, isolation: str, timeout: float, memory_mb: in
             cmd, cwd = inner, work
         else:
             env.update(HOME=WORK, TMPDIR='/tmp')
-            inner = [py, '-I', '-B', f'{BOX}/runner.py', str(verdict), WORK, f'{BOX}/main.py', hook]
+            inner = [py, '-I', '-B', f'{BOX}/runner.py', str(verdict), f'{WORK}{os.pathsep}/tmp', f'{BOX}/main.py', hook]
             if isolation == 'bwrap':
                 for n in ('main.py', 'runner.py'): fds.append(os.open(logs / n, os.O_RDONLY))
                 cmd = bwrap_command(py, inner, {'main.py': fds[1], 'runner.py': fds[2]}, env, tmp_mb)
