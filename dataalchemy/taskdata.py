@@ -535,9 +535,17 @@ class SandboxResult:
         lines = [l for l in self.stderr.strip().splitlines() if l.strip()]
         return f'{self.status}: {lines[-1].strip()}' if lines else self.status
 
-def _limits(cpu: int, mem: int, fsize: int, nproc: int) -> list[str]:
-    "A `prlimit` prefix setting the sandbox's resource limits before anything of it runs."
-    return ['prlimit', f'--cpu={cpu}:{cpu + 1}', f'--as={mem}', f'--fsize={fsize}', '--core=0', f'--nproc={nproc}', '--']
+def _limits(cpu: int, mem: int, fsize: int, nproc: int) -> tuple[list[str], Any]:
+    "(command prefix, preexec_fn) setting the sandbox's resource limits before any of it runs: `prlimit`, else `setrlimit`."
+    if os.path.isabs(_sbin('prlimit')):
+        return ['prlimit', f'--cpu={cpu}:{cpu + 1}', f'--as={mem}', f'--fsize={fsize}', '--core=0', f'--nproc={nproc}', '--'], None
+    import resource
+    def apply():                                   # runs in the child between fork and exec (no prlimit on this system)
+        for res, val in ((resource.RLIMIT_CPU, (cpu, cpu + 1)), (resource.RLIMIT_AS, (mem, mem)), (resource.RLIMIT_CORE, (0, 0)),
+                         (resource.RLIMIT_FSIZE, (fsize, fsize)), (resource.RLIMIT_NPROC, (nproc, nproc))):
+            try: resource.setrlimit(res, val)
+            except (ValueError, OSError): pass
+    return [], apply
 
 def _tail(path: Path, n: int) -> str:
     "The last `n` characters of a file, from a line start when cut (so no half line, e.g. half a secret, is kept)."
@@ -585,11 +593,11 @@ def _launch(code: str, tests: str, isolation: str, timeout: float, memory_mb: in
                 cmd = bwrap_command(py, inner, {'main.py': fds[1], 'runner.py': fds[2]}, env, tmp_mb)
             else: cmd = unshare_command(py, inner, logs, tmp_mb)
             cwd = '/'
-        cmd = _limits(cpu, memory_mb * 2**20, fsize_mb * 2**20, nproc) + cmd
+        prefix, preexec = _limits(cpu, memory_mb * 2**20, fsize_mb * 2**20, nproc)
         t0, timed_out = time.monotonic(), False
         with open(logs / 'out', 'wb') as fo, open(logs / 'err', 'wb') as fe:
-            p = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=fo, stderr=fe,
-                                 start_new_session=True, pass_fds=fds)
+            p = subprocess.Popen(prefix + cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=fo, stderr=fe,
+                                 start_new_session=True, pass_fds=fds, preexec_fn=preexec)
             for fd in fds: os.close(fd)
             fds = []
             try: p.wait(timeout=timeout)
@@ -664,7 +672,7 @@ def run_sandboxed(code: str, tests: str = '', timeout: float = 10, memory_mb: in
         why = ('the sample ended the interpreter before its tests finished' if not v else
                f"it exited with status {v['exit']} before any test ran" if v.get('exit') is not None else 'no assert, test function, TestCase or doctest example ran')
         err += f'\n[sandbox] no test ran: {why}' + (f" (test functions that need arguments: {', '.join(v['uncallable'])})" if v.get('uncallable') else '')
-    if iso == 'none': err += '\n[sandbox] WARNING: not isolated (no bubblewrap or unshare here): only the audit-hook tripwire ran'
+    if iso == 'none': err += '\n[sandbox] WARNING: not isolated, only the audit-hook tripwire ran (install bubblewrap)'
     sec = secret_values()
     out, err = redact(out, sec)[-output_chars:], redact(err, sec)[-output_chars:]
     layers = _LAYERS[iso] + ['rlimits', 'timeout'] + (['audit-hook'] if audit_hook else [])
