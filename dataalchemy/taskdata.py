@@ -411,7 +411,8 @@ def main():
             if e.code not in (None, 0): v['failed'] = 'exit status %r in %s' % (e.code, name); finish(1)
         except BaseException: fail(name)
     for name, c in list(ns.items()):
-        if inspect.isclass(c) and c.__module__ == '__main__' and name.startswith('Test') and not issubclass(c, unittest.TestCase):
+        if (inspect.isclass(c) and c.__module__ == '__main__' and name.startswith('Test') and '__init__' not in vars(c)
+                and not issubclass(c, unittest.TestCase)):
             for m in [m for m in dir(c) if m.startswith('test') and callable(getattr(c, m))]:
                 try: getattr(c(), m)(); v['tests'] += 1
                 except BaseException: fail('%s.%s' % (name, m))
