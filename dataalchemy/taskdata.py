@@ -736,7 +736,8 @@ def verify_code(records, opts: SandboxOptions | None = None, stats: Stats | None
             stats.seen()
             if res is None: stats.drop(rec, 'code: no tests'); continue
             if not res.passed:
-                stats.drop(rec, f'code: {res.status}', stderr=res.stderr[-o.stderr_chars:], seconds=res.seconds); continue
+                stats.drop(rec, f'code: {res.status}', stderr=res.stderr[-o.stderr_chars:], seconds=res.seconds,
+                           asserts=res.asserts, tests=res.tests, isolation=res.isolation); continue
             stats.kept()
             yield {**rec, 'meta': {**(rec.get('meta') or {}),
                                    'verified': {'status': 'passed', 'asserts': res.asserts, 'tests': res.tests,
@@ -1032,7 +1033,13 @@ def classify_cmd(dst: Path = typer.Argument(..., help="Output file for the recor
     b = label_balance(recs, labels=_list(o.labels))
     typer.echo(f"labels: {b['counts']}  largest/smallest = {b['ratio']:.2f}" + (f"  missing: {b['missing']}" if b['missing'] else ''))
 
-@taskdata_app.command('code')
+def _isolation_here() -> str:
+    "What `taskdata code --help` says about this machine (tools found; whether they start is checked when a run begins)."
+    if shutil.which('bwrap'): return 'Here: bubblewrap is installed, so bwrap is used (if it fails to start, unshare, else none).'
+    if shutil.which('unshare'): return 'Here: no bubblewrap; unshare is used if namespaces are allowed, else the run is NOT isolated.'
+    return 'Here: neither bubblewrap nor unshare: the run is NOT isolated unless you install bubblewrap.'
+
+@taskdata_app.command('code', epilog=_isolation_here())
 def code_cmd(src: Path = typer.Argument(..., help="Code samples (output with code; tests in `tests` or after the code)."),
              dst: Path = typer.Argument(..., help="Output file for the samples that pass their tests."),
              timeout: float = typer.Option(None, help="Wall-clock seconds per sample."),
