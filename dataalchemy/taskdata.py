@@ -23,15 +23,16 @@ from .cli import app, Verbs, fail
 from .llm import run_batch
 
 # %% auto #0
-__all__ = ['TIER_HINTS', 'LANG_NAMES', 'LABEL_ALIASES', 'SANDBOX_STATUSES', 'MATH_FUNCS', 'MATH_CONSTS', 'taskdata_app',
-           'result_ok', 'gen_meta', 'ClassifyOptions', 'classify_options', 'classification_schema', 'schema_errors',
-           'classification_plan', 'classification_prompt', 'classification_requests', 'parse_examples',
-           'normalize_label', 'check_example', 'label_balance', 'enforce_balance', 'generate_classification', 'to_sft',
-           'netns_available', 'SandboxResult', 'run_sandboxed', 'split_code', 'code_sample_parts', 'SandboxOptions',
-           'sandbox_options', 'verify_code', 'code_requests', 'generate_code', 'UnsafeExpression', 'safe_eval',
-           'prepare_expr', 'extract_answer', 'answer_value', 'same_number', 'check_steps', 'MathOptions',
-           'math_options', 'reference_value', 'verify_math', 'math_requests', 'generate_math', 'classify_cmd',
-           'code_cmd', 'math_cmd']
+__all__ = ['TIER_HINTS', 'LANG_NAMES', 'LABEL_ALIASES', 'SANDBOX_STATUSES', 'ISOLATIONS', 'BOX', 'WORK', 'MATH_FUNCS',
+           'MATH_CONSTS', 'taskdata_app', 'result_ok', 'gen_meta', 'ClassifyOptions', 'classify_options',
+           'classification_schema', 'schema_errors', 'classification_plan', 'classification_prompt',
+           'classification_requests', 'parse_examples', 'normalize_label', 'check_example', 'label_balance',
+           'enforce_balance', 'generate_classification', 'to_sft', 'bwrap_command', 'unshare_command', 'SandboxResult',
+           'secret_values', 'redact', 'isolation_available', 'choose_isolation', 'run_sandboxed', 'split_code',
+           'code_sample_parts', 'SandboxOptions', 'sandbox_options', 'verify_code', 'code_requests', 'generate_code',
+           'UnsafeExpression', 'safe_eval', 'prepare_expr', 'extract_answer', 'answer_value', 'same_number',
+           'check_steps', 'MathOptions', 'math_options', 'reference_value', 'verify_math', 'math_requests',
+           'generate_math', 'classify_cmd', 'code_cmd', 'math_cmd']
 
 # %% ../nbs/08_taskdata.ipynb #435e6222
 def _get(obj, name: str, default=None):
@@ -296,73 +297,237 @@ def to_sft(rec: dict) -> dict:
     return {'instruction': ins, 'input': rec['text'], 'output': rec['label'], 'meta': rec.get('meta', {})}
 
 # %% ../nbs/08_taskdata.ipynb #c2237992
-SANDBOX_STATUSES = ('passed', 'failed', 'timeout', 'memory', 'network', 'write_blocked', 'process_blocked', 'file_size', 'error')
+SANDBOX_STATUSES = ('passed', 'failed', 'no_test_ran', 'timeout', 'memory', 'network', 'write_blocked',
+                    'process_blocked', 'file_size', 'error')
 
 _RUNNER = r'''
-import os, sys
-ROOT = os.path.realpath(sys.argv[1]); MAIN = sys.argv[2]
-_WFLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
-_OK_OUT = {os.devnull}
-_NET = {'socket.connect', 'socket.sendto', 'socket.sendmsg', 'socket.bind', 'socket.getaddrinfo',
-        'socket.gethostbyname', 'socket.gethostbyname_ex', 'socket.gethostbyaddr', 'socket.getnameinfo'}
-_PROC = {'subprocess.Popen', 'os.system', 'os.exec', 'os.posix_spawn', 'os.spawn', 'os.fork', 'os.forkpty', 'pty.spawn'}
-_PATH1 = {'os.remove', 'os.rmdir', 'os.mkdir', 'os.chmod', 'os.chown', 'os.truncate', 'os.utime', 'shutil.rmtree',
-          'os.chflags', 'os.lchflags', 'os.mkfifo', 'os.mknod', 'os.setxattr', 'os.removexattr'}
-_PATH2 = {'os.rename', 'os.link', 'os.symlink', 'shutil.copyfile', 'shutil.copytree', 'shutil.move'}
-_busy = []
+import ast, os, sys
+VERDICT_FD, MAIN, HOOK = int(sys.argv[1]), sys.argv[3], sys.argv[4]
+ROOTS = [os.path.realpath(p) for p in sys.argv[2].split(os.pathsep)]   # the work folder first, then other writable ones
 
-def _outside(p):
-    if isinstance(p, int): return False
-    try: p = os.path.realpath(os.fsdecode(p))
-    except Exception: return True
-    return not (p == ROOT or p.startswith(ROOT + os.sep) or p in _OK_OUT)
+def _install_hook(roots, strict):
+    "The audit-hook tripwire; state lives in this closure, not in module globals."
+    WFLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
+    NET = {'socket.connect', 'socket.sendto', 'socket.sendmsg', 'socket.bind', 'socket.getaddrinfo',
+           'socket.gethostbyname', 'socket.gethostbyname_ex', 'socket.gethostbyaddr', 'socket.getnameinfo'}
+    PROC = {'subprocess.Popen', 'os.system', 'os.exec', 'os.posix_spawn', 'os.spawn', 'os.fork', 'os.forkpty',
+            'pty.spawn', 'os.kill', 'os.killpg'}
+    PATH1 = {'os.remove', 'os.rmdir', 'os.mkdir', 'os.chmod', 'os.chown', 'os.truncate', 'os.utime', 'shutil.rmtree',
+             'os.chflags', 'os.lchflags', 'os.mkfifo', 'os.mknod', 'os.setxattr', 'os.removexattr'}
+    PATH2 = {'os.rename', 'os.link', 'os.symlink', 'shutil.copyfile', 'shutil.copytree', 'shutil.move'}
+    # without an isolation layer, also the ways around the hook itself: native code and frame/GC walking
+    ESCAPE = {'ctypes.dlopen', 'ctypes.dlsym', 'ctypes.addressof', 'ctypes.cdata', 'sys._getframe',
+              'sys._current_frames', 'gc.get_objects', 'gc.get_referrers', 'gc.get_referents', 'sys.settrace',
+              'sys.setprofile'} if strict else set()
+    busy, me = [], os.getpid()
+    def outside(p):
+        if isinstance(p, int): return False
+        try: p = os.path.realpath(os.fsdecode(p))
+        except Exception: return True
+        return not (p == os.devnull or any(p == r or p.startswith(r + os.sep) for r in roots))
+    def block(kind, what):
+        os.write(2, ('\n[sandbox] %s blocked: %s\n' % (kind, what)).encode('utf-8', 'replace'))
+        raise PermissionError('sandbox: %s blocked: %s' % (kind, what))
+    def hook(event, args):
+        if busy: return
+        busy.append(1)
+        try:
+            if event in NET: block('network', '%s%r' % (event, args[1:2] if event.startswith('socket.c') or event == 'socket.bind' else args[:1]))
+            elif event in PROC:
+                if event == 'os.kill' and args[0] == me: return
+                block('process', event)
+            elif event in ESCAPE: block('process', '%s (a way around the audit hook)' % event)
+            elif event == 'open':
+                path, mode, flags = args
+                w = (mode is not None and any(c in str(mode) for c in 'wax+')) or bool((flags or 0) & WFLAGS)
+                if w and outside(path): block('write', 'open(%r, %r)' % (path, mode))
+                if not strict: return
+                if isinstance(path, (str, bytes)) and os.fsdecode(path).startswith('/proc/') and os.fsdecode(path).endswith(('environ', 'mem', 'cmdline')):
+                    block('process', 'open(%r): another process' % (path,))
+            elif event in PATH1:
+                if outside(args[0]): block('write', '%s(%r)' % (event, args[0]))
+            elif event in PATH2:
+                if outside(args[1]) or (event != 'os.symlink' and event != 'os.link' and outside(args[0])):
+                    block('write', '%s(%r, %r)' % (event, args[0], args[1]))
+                elif event == 'os.symlink' and outside(args[0]): block('write', 'symlink to %r' % (args[0],))
+        finally: busy.pop()
+    sys.addaudithook(hook)
 
-def _block(kind, what):
-    os.write(2, ('\n[sandbox] %s blocked: %s\n' % (kind, what)).encode('utf-8', 'replace'))
-    raise PermissionError('sandbox: %s blocked: %s' % (kind, what))
+class _Count(ast.NodeTransformer):
+    "Count every assert that passed; mark module-level test functions when they are called."
+    def visit_Assert(self, node):
+        tick = ast.Expr(ast.Call(ast.Name('__da_assert_ok__', ast.Load()), [], []))
+        return [node, ast.copy_location(tick, node)]
+    def visit_Module(self, node):
+        self.generic_visit(node)
+        for f in node.body:
+            if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef)) and f.name.startswith('test'):
+                mark = ast.Expr(ast.Call(ast.Name('__da_test_called__', ast.Load()), [ast.Constant(f.name)], []))
+                doc = 1 if f.body and isinstance(f.body[0], ast.Expr) and isinstance(getattr(f.body[0], 'value', None), ast.Constant) else 0
+                f.body.insert(doc, ast.copy_location(mark, f))
+        return node
 
-def _hook(event, args):
-    if _busy: return
-    _busy.append(1)
-    try:
-        if event in _NET: _block('network', '%s%r' % (event, args[1:2] if event.startswith('socket.c') or event == 'socket.bind' else args[:1]))
-        elif event in _PROC: _block('process', event)
-        elif event == 'open':
-            path, mode, flags = args
-            w = (mode is not None and any(c in str(mode) for c in 'wax+')) or bool((flags or 0) & _WFLAGS)
-            if w and _outside(path): _block('write', 'open(%r, %r)' % (path, mode))
-        elif event in _PATH1:
-            if _outside(args[0]): _block('write', '%s(%r)' % (event, args[0]))
-        elif event in _PATH2:
-            if _outside(args[1]) or (event != 'os.symlink' and event != 'os.link' and _outside(args[0])):
-                _block('write', '%s(%r, %r)' % (event, args[0], args[1]))
-            elif event == 'os.symlink' and _outside(args[0]): _block('write', 'symlink to %r' % (args[0],))
-    finally: _busy.pop()
+def main():
+    import builtins, json, types, traceback
+    os.chdir(ROOTS[0])
+    out = os.fdopen(VERDICT_FD, 'w', closefd=True)
+    v = {'asserts': 0, 'tests': 0, 'failed': None, 'exit': None, 'uncallable': []}
+    called = set()
+    def assert_ok(): v['asserts'] += 1
+    builtins.__da_assert_ok__, builtins.__da_test_called__ = assert_ok, called.add
+    def finish(code):
+        v['tests'] += len(called)
+        sys.stdout.flush(); sys.stderr.flush()
+        out.write(json.dumps(v) + '\n'); out.flush()
+        os._exit(code)
+    def fail(why):
+        traceback.print_exc(); v['failed'] = why; finish(1)
+    with open(MAIN, encoding='utf-8') as f: src = f.read()
+    try: tree = ast.fix_missing_locations(_Count().visit(ast.parse(src, MAIN)))
+    except SyntaxError: fail('syntax error')
+    mod = types.ModuleType('__main__'); mod.__file__ = MAIN; mod.__builtins__ = builtins
+    sys.modules['__main__'] = mod; sys.argv = [MAIN]
+    import inspect, unittest, doctest, asyncio          # what the runner needs later, imported before the hook
+    if HOOK != 'nohook': _install_hook(ROOTS, HOOK == 'strict')
+    try: exec(compile(tree, MAIN, 'exec'), vars(mod))
+    except SystemExit as e:
+        v['exit'] = e.code if isinstance(e.code, int) or e.code is None else str(e.code)
+        if e.code not in (None, 0):
+            sys.stderr.write('[sandbox] the sample exited with status %r\n' % (e.code,)); v['failed'] = 'exit status %r' % (e.code,); finish(1)
+    except MemoryError:
+        os.write(2, b'\n[sandbox] memory limit: MemoryError\n'); os._exit(3)
+    except BaseException as e: fail(type(e).__name__)
+    # test functions the script defined but did not call (pytest style), TestCase classes, doctest examples
+    ns = vars(mod)
+    for name, f in list(ns.items()):
+        if not (name.startswith('test') and inspect.isfunction(f) and f.__module__ == '__main__') or name in called: continue
+        if any(p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+               for p in inspect.signature(f).parameters.values()):
+            v['uncallable'].append(name); continue
+        try:
+            r = f()
+            if inspect.iscoroutine(r): asyncio.run(r)
+        except SystemExit as e:
+            if e.code not in (None, 0): v['failed'] = 'exit status %r in %s' % (e.code, name); finish(1)
+        except BaseException: fail(name)
+    for name, c in list(ns.items()):
+        if (inspect.isclass(c) and c.__module__ == '__main__' and name.startswith('Test') and '__init__' not in vars(c)
+                and not issubclass(c, unittest.TestCase)):
+            for m in [m for m in dir(c) if m.startswith('test') and callable(getattr(c, m))]:
+                try: getattr(c(), m)(); v['tests'] += 1
+                except BaseException: fail('%s.%s' % (name, m))
+    cases = [c for c in ns.values() if inspect.isclass(c) and issubclass(c, unittest.TestCase) and c.__module__ == '__main__']
+    if cases:
+        suite = unittest.TestSuite(unittest.defaultTestLoader.loadTestsFromTestCase(c) for c in cases)
+        res = unittest.TextTestRunner(stream=sys.stderr, verbosity=0).run(suite)
+        v['tests'] += res.testsRun - len(res.skipped)
+        if not res.wasSuccessful(): v['failed'] = 'unittest'; finish(1)
+    runner = doctest.DocTestRunner(verbose=False)
+    for t in doctest.DocTestFinder().find(mod, '__main__', module=mod, globs=dict(ns)):
+        runner.run(t, out=sys.stderr.write)
+    r = runner.summarize(verbose=False)
+    v['tests'] += r.attempted
+    if r.failed: v['failed'] = 'doctest'; finish(1)
+    finish(0)
 
-if sys.argv[3:4] != ['nohook']: sys.addaudithook(_hook)
-sys.argv = [MAIN]
-import runpy
-try: runpy.run_path(MAIN, run_name='__main__')
-except MemoryError:
-    os.write(2, b'\n[sandbox] memory limit: MemoryError\n'); os._exit(3)
+main()
 '''
 
+# %% ../nbs/08_taskdata.ipynb #5a1d0c01
+ISOLATIONS = ('bwrap', 'unshare', 'none')
+_SECRET_NAME = re.compile(r'KEY|TOKEN|SECRET|PASSW|CREDENTIAL|AUTH|COOKIE|SESSION', re.I)
+BOX, WORK = '/box', '/sandbox'                     # inside the sandbox: the read-only code, the writable work folder
+
+def _interpreter(python: str | None = None) -> str:
+    "The real interpreter behind `python` (default: this one; a venv's `bin/python` links to it): the sandbox needs no venv."
+    exe = (shutil.which(python) or python) if python else getattr(sys, '_base_executable', None) or sys.executable
+    return os.path.realpath(exe)
+
+def _sbin(tool: str) -> str:
+    "The path of a system tool (also in /usr/sbin, /sbin, which a user's PATH may lack)."
+    return shutil.which(tool, path=os.pathsep.join([os.environ.get('PATH', ''), '/usr/sbin', '/sbin', '/usr/bin', '/bin'])) or tool
+
+def _read_only_tree(python: str) -> list[tuple[str, str]]:
+    "(kind, path) of all the sandbox sees of the machine: /usr, the top-level links into it, the interpreter's prefix."
+    out = [('ro', '/usr')]
+    for top in ('/bin', '/sbin', '/lib', '/lib32', '/lib64', '/libx32'):
+        if os.path.islink(top): out.append(('link', top))
+        elif os.path.isdir(top): out.append(('ro', top))
+    out += [('ro', f) for f in ('/etc/ld.so.cache', '/etc/ld.so.conf', '/etc/localtime') if os.path.exists(f)]
+    for p in sorted({str(Path(python).parent.parent), os.path.realpath(sys.base_prefix)}):
+        if p not in ('/', '/usr') and not p.startswith('/usr/') and os.path.isdir(p): out.append(('ro', p))
+    return out
+
+# %% ../nbs/08_taskdata.ipynb #5a1d0c06
+def _drop(root_user: bool, tool: str) -> list[str]:
+    "Inside the sandbox: no capabilities, no new privileges, and (when started as root) the `nobody` user."
+    if root_user: return ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', '--inh-caps=-all',
+                          '--bounding-set=-all', '--no-new-privs', '--']
+    if tool == 'bwrap': return []                  # unprivileged bwrap already drops every capability, no new privileges
+    return ['setpriv', '--inh-caps=-all', '--bounding-set=-all', '--no-new-privs', '--']
+
 @lru_cache(maxsize=1)
-def netns_available() -> bool:
-    "True when `unshare --net true` works here (root, or unprivileged user namespaces)."
-    if not shutil.which('unshare'): return False
-    try: return subprocess.run(['unshare', '--net', 'true'], capture_output=True, timeout=10).returncode == 0
+def _bwrap_sizes() -> bool:
+    "True when this bwrap can cap a tmpfs's size (`--size`, bubblewrap >= 0.7)."
+    try: return '--size' in subprocess.run(['bwrap', '--help'], capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.SubprocessError): return False
 
+def bwrap_command(python: str, cmd: list[str], fds: dict[str, int], env: dict, tmp_mb: int) -> list[str]:
+    "The `bwrap` command line running `cmd` (already inside: `fds` maps /box file names to inherited descriptors)."
+    root = os.geteuid() == 0
+    a = ['bwrap', '--unshare-ipc', '--unshare-pid', '--unshare-net', '--unshare-uts', '--unshare-cgroup-try',
+         '--die-with-parent', '--new-session', '--clearenv'] + ([] if root else ['--unshare-user'])
+    for kind, p in _read_only_tree(python):
+        a += ['--symlink', os.readlink(p), p] if kind == 'link' else ['--ro-bind', p, p]
+    size = ['--size', str(tmp_mb * 2**20)] if _bwrap_sizes() else []
+    a += ['--proc', '/proc', '--dev', '/dev', '--perms', '1777', *size, '--tmpfs', '/tmp', '--perms', '1777', *size, '--tmpfs', WORK]
+    for name, fd in fds.items(): a += ['--perms', '0444', '--ro-bind-data', str(fd), f'{BOX}/{name}']
+    a += ['--remount-ro', '/', '--chdir', WORK]
+    for k, v in env.items(): a += ['--setenv', k, v]
+    return a + ['--'] + _drop(root, 'bwrap') + cmd
+
+# %% ../nbs/08_taskdata.ipynb #5a1d0c07
+_UNSHARE_SETUP = r'''set -eu
+R=$1; TMPSIZE=$2; FILES=$3; CHROOT=$4; shift 4
+mount --make-rprivate /
+mount -t tmpfs -o size=4m,mode=755 tmpfs "$R"
+while read -r kind p target; do
+  if [ "$kind" = link ]; then mkdir -p "$R$(dirname "$p")"; ln -s "$target" "$R$p"; continue; fi
+  if [ -d "$p" ]; then mkdir -p "$R$p"; else mkdir -p "$R$(dirname "$p")"; : > "$R$p"; fi
+  mount --rbind "$p" "$R$p"; mount -o remount,bind,ro "$R$p"
+done < "$FILES/tree"
+mkdir -p "$R/proc" "$R/dev" "$R/tmp" "$R/sandbox" "$R/box"
+mount -t proc -o nosuid,nodev,noexec proc "$R/proc"
+for d in null zero full random urandom; do : > "$R/dev/$d"; mount --bind "/dev/$d" "$R/dev/$d"; done
+mount -t tmpfs -o "size=$TMPSIZE,mode=1777" tmpfs "$R/tmp"
+mount -t tmpfs -o "size=$TMPSIZE,mode=1777" tmpfs "$R/sandbox"
+cp "$FILES/main.py" "$FILES/runner.py" "$R/box/"; chmod 444 "$R/box/"*
+mount -o remount,ro,bind "$R"
+exec "$CHROOT" "$R" "$@"
+'''
+
+def unshare_command(python: str, cmd: list[str], files: Path, tmp_mb: int) -> list[str]:
+    "The `unshare` command line: new mount, PID (own /proc), network, IPC and UTS namespaces and a chroot laid out like bwrap's."
+    root = os.geteuid() == 0
+    (files / 'tree').write_text(''.join(f"{k} {p} {os.readlink(p) if k == 'link' else '-'}\n" for k, p in _read_only_tree(python)))
+    (files / 'setup.sh').write_text(_UNSHARE_SETUP)
+    (files / 'root').mkdir(exist_ok=True)
+    a = ['unshare', '--pid', '--fork', '--kill-child', '--mount', '--net', '--ipc', '--uts'] + ([] if root else ['--user', '--map-root-user'])
+    return a + ['--', '/bin/sh', str(files / 'setup.sh'), str(files / 'root'), f'{tmp_mb}m', str(files), _sbin('chroot')] + _drop(root, 'unshare') + cmd
+
+# %% ../nbs/08_taskdata.ipynb #5a1d0c02
 @dataclass
 class SandboxResult:
-    "The outcome of one sandboxed run: `status` (one of `SANDBOX_STATUSES`), return code, output tails, time, layers."
+    "One sandboxed run: `status` (one of `SANDBOX_STATUSES`), return code, output tails, time, layers, isolation, tests run."
     status: str
     returncode: int | None
     stdout: str
     stderr: str
     seconds: float
     layers: list[str] = field(default_factory=list)
+    isolation: str = 'none'
+    asserts: int = 0
+    tests: int = 0
     @property
     def passed(self) -> bool: return self.status == 'passed'
     @property
@@ -371,72 +536,148 @@ class SandboxResult:
         lines = [l for l in self.stderr.strip().splitlines() if l.strip()]
         return f'{self.status}: {lines[-1].strip()}' if lines else self.status
 
-def _limits(cpu: int, mem: int, fsize: int, nproc: int):
-    "A `preexec_fn` that sets the child's resource limits (runs after fork, before exec; POSIX only)."
+def _limits(cpu: int, mem: int, fsize: int, nproc: int) -> tuple[list[str], Any]:
+    "(command prefix, preexec_fn) setting the sandbox's resource limits before any of it runs: `prlimit`, else `setrlimit`."
+    if os.path.isabs(_sbin('prlimit')):
+        return ['prlimit', f'--cpu={cpu}:{cpu + 1}', f'--as={mem}', f'--fsize={fsize}', '--core=0', f'--nproc={nproc}', '--'], None
     import resource
-    def apply():
-        for res, val in ((resource.RLIMIT_CPU, (cpu, cpu + 1)), (resource.RLIMIT_AS, (mem, mem)),
-                         (resource.RLIMIT_FSIZE, (fsize, fsize)), (resource.RLIMIT_CORE, (0, 0)),
-                         (resource.RLIMIT_NPROC, (nproc, nproc))):
+    def apply():                                   # runs in the child between fork and exec (no prlimit on this system)
+        for res, val in ((resource.RLIMIT_CPU, (cpu, cpu + 1)), (resource.RLIMIT_AS, (mem, mem)), (resource.RLIMIT_CORE, (0, 0)),
+                         (resource.RLIMIT_FSIZE, (fsize, fsize)), (resource.RLIMIT_NPROC, (nproc, nproc))):
             try: resource.setrlimit(res, val)
             except (ValueError, OSError): pass
-    return apply
+    return [], apply
 
 def _tail(path: Path, n: int) -> str:
+    "The last `n` characters of a file, from a line start when cut (so no half line, e.g. half a secret, is kept)."
     try:
         with open(path, 'rb') as f:
             f.seek(0, 2); size = f.tell(); f.seek(max(0, size - 4 * n))
             s = f.read().decode('utf-8', 'replace')
     except OSError: return ''
-    return s[-n:]
+    if len(s) > n or size > 4 * n: s = s[-n:].partition('\n')[2]
+    return s
 
-def run_sandboxed(code: str, tests: str = '', timeout: float = 10, memory_mb: int = 512, cpu_seconds: int | None = None,
-                  fsize_mb: int = 16, nproc: int = 64, network: str = 'auto', output_chars: int = 2000,
-                  python: str | None = None, audit_hook: bool = True) -> SandboxResult:
-    "Run `code` followed by `tests` in a sandboxed `python -I` child (see the table above); never raises for the code's faults."
-    if network not in ('auto', 'netns', 'hook'): raise ValueError(f"network must be auto, netns or hook, got {network!r}")
-    use_ns = network == 'netns' or (network == 'auto' and netns_available())
-    if network == 'netns' and not netns_available(): raise RuntimeError("network='netns' but `unshare --net true` fails here")
-    cpu = int(cpu_seconds or math.ceil(timeout) + 1)
-    root = Path(tempfile.mkdtemp(prefix='da-sbx-')).resolve()
-    logs = Path(tempfile.mkdtemp(prefix='da-sbx-log-'))
-    layers = ['tempdir', 'python -I', 'env', 'rlimits', 'timeout'] + (['audit-hook'] if audit_hook else []) + (['netns'] if use_ns else [])
+def secret_values(env: dict | None = None) -> list[str]:
+    "Values of this process's environment variables that look like credentials (KEY, TOKEN, SECRET, ...), longest first."
+    env = os.environ if env is None else env
+    vals = {v for k, v in env.items() if _SECRET_NAME.search(k) and len(v.strip()) >= 6}
+    return sorted(vals, key=len, reverse=True)
+
+def redact(text: str, secrets: Sequence[str]) -> str:
+    "`text` with every secret value replaced by `[redacted]` (defence in depth: the sandbox never gets them)."
+    for s in secrets: text = text.replace(s, '[redacted]')
+    return text
+
+# %% ../nbs/08_taskdata.ipynb #5a1d0c03
+def _launch(code: str, tests: str, isolation: str, timeout: float, memory_mb: int, cpu: int, fsize_mb: int, nproc: int,
+            python: str | None, hook: str, tmp_mb: int) -> tuple[int | None, bool, float, str, str, dict | None]:
+    "Run one sample under `isolation`; (returncode, timed out, seconds, stdout, stderr, verdict or None)."
+    py = _interpreter(python)
+    logs = Path(tempfile.mkdtemp(prefix='da-sbx-'))
+    fds = []
     try:
-        (root / 'main.py').write_text(code + '\n\n' + (tests or '') + '\n', encoding='utf-8')
-        runner = logs / 'runner.py'
-        runner.write_text(_RUNNER, encoding='utf-8')
-        cmd = [python or sys.executable, '-I', '-B', str(runner), str(root), str(root / 'main.py')] + ([] if audit_hook else ['nohook'])
-        if use_ns: cmd = ['unshare', '--net', '--'] + cmd
-        env = {'PATH': '/usr/local/bin:/usr/bin:/bin', 'HOME': str(root), 'TMPDIR': str(root), 'LANG': 'C.UTF-8',
-               'LC_ALL': 'C.UTF-8', 'PYTHONIOENCODING': 'utf-8'}
+        (logs / 'main.py').write_text(code + '\n\n' + (tests or '') + '\n', encoding='utf-8')
+        (logs / 'runner.py').write_text(_RUNNER, encoding='utf-8')
+        verdict = os.open(logs / 'verdict', os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600); fds.append(verdict)
+        env = {'PATH': '/usr/local/bin:/usr/bin:/bin', 'LANG': 'C.UTF-8', 'LC_ALL': 'C.UTF-8', 'PYTHONIOENCODING': 'utf-8'}
+        if isolation == 'none':
+            work = logs / 'work'; work.mkdir()
+            env.update(HOME=str(work), TMPDIR=str(work))
+            inner = [py, '-I', '-B', str(logs / 'runner.py'), str(verdict), str(work), str(logs / 'main.py'), hook]
+            cmd, cwd = inner, work
+        else:
+            env.update(HOME=WORK, TMPDIR='/tmp')
+            inner = [py, '-I', '-B', f'{BOX}/runner.py', str(verdict), f'{WORK}{os.pathsep}/tmp', f'{BOX}/main.py', hook]
+            if isolation == 'bwrap':
+                for n in ('main.py', 'runner.py'): fds.append(os.open(logs / n, os.O_RDONLY))
+                cmd = bwrap_command(py, inner, {'main.py': fds[1], 'runner.py': fds[2]}, env, tmp_mb)
+            else: cmd = unshare_command(py, inner, logs, tmp_mb)
+            cwd = '/'
+        prefix, preexec = _limits(cpu, memory_mb * 2**20, fsize_mb * 2**20, nproc)
         t0, timed_out = time.monotonic(), False
         with open(logs / 'out', 'wb') as fo, open(logs / 'err', 'wb') as fe:
-            p = subprocess.Popen(cmd, cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=fo, stderr=fe,
-                                 start_new_session=True,
-                                 preexec_fn=_limits(cpu, memory_mb * 2**20, fsize_mb * 2**20, nproc))
+            p = subprocess.Popen(prefix + cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=fo, stderr=fe,
+                                 start_new_session=True, pass_fds=fds, preexec_fn=preexec)
+            for fd in fds: os.close(fd)
+            fds = []
             try: p.wait(timeout=timeout)
             except subprocess.TimeoutExpired: timed_out = True
             finally:
-                try: os.killpg(p.pid, signal.SIGKILL)       # the whole group, also after a normal exit (strays)
+                try: os.killpg(p.pid, signal.SIGKILL)       # the whole group; namespaces die with their first process
                 except (ProcessLookupError, PermissionError): pass
                 p.wait()
         secs = time.monotonic() - t0
-        out, err = _tail(logs / 'out', output_chars), _tail(logs / 'err', output_chars)
-        rc = p.returncode
-        if timed_out or rc in (-signal.SIGXCPU, -signal.SIGKILL) and secs >= cpu - 0.5: status = 'timeout'
-        elif '[sandbox] network blocked' in err: status = 'network'
-        elif '[sandbox] write blocked' in err: status = 'write_blocked'
-        elif '[sandbox] process blocked' in err: status = 'process_blocked'
-        elif '[sandbox] memory limit' in err or 'MemoryError' in err: status = 'memory'
-        elif rc == 0: status = 'passed'
-        elif 'File too large' in err or rc == -signal.SIGXFSZ: status = 'file_size'
-        elif rc is not None and rc < 0: status = 'error'
-        else: status = 'failed'
-        if timed_out: err += f'\n[sandbox] killed after {timeout:g} s wall-clock'
-        elif status == 'timeout': err += f'\n[sandbox] CPU limit of {cpu} s reached'
-        return SandboxResult(status, rc, out, err.replace(str(root), '<sandbox>'), round(secs, 3), layers)
+        try: v = json.loads((logs / 'verdict').read_text(encoding='utf-8').strip().splitlines()[-1])
+        except (OSError, ValueError, IndexError): v = None
+        return p.returncode, timed_out, secs, _tail(logs / 'out', 4000), _tail(logs / 'err', 4000), v if isinstance(v, dict) else None
     finally:
-        shutil.rmtree(root, ignore_errors=True); shutil.rmtree(logs, ignore_errors=True)
+        for fd in fds: os.close(fd)
+        shutil.rmtree(logs, ignore_errors=True)
+
+# %% ../nbs/08_taskdata.ipynb #5a1d0c08
+@lru_cache(maxsize=8)
+def isolation_available(isolation: str, python: str | None = None) -> bool:
+    "True when `isolation` ('bwrap', 'unshare') starts here and runs a test (probed once); 'none' always is."
+    if isolation == 'none': return True
+    if isolation not in ISOLATIONS: raise ValueError(f"isolation must be one of {ISOLATIONS} or auto, got {isolation!r}")
+    tools = ['bwrap'] if isolation == 'bwrap' else ['unshare', 'chroot', 'mount']
+    if not all(os.path.isabs(_sbin(t)) for t in tools + ['prlimit', 'setpriv']): return False
+    try: rc, _, _, out, err, v = _launch('x = 1', 'assert x == 1', isolation, 20, 256, 20, 1, 64, python, 'hook', 8)
+    except (OSError, subprocess.SubprocessError): return False
+    return rc == 0 and bool(v) and v.get('asserts') == 1
+
+def choose_isolation(isolation: str = 'auto', require: bool = False, python: str | None = None) -> str:
+    "The isolation to use: `isolation` if it works here (else RuntimeError); for 'auto' the first of bwrap, unshare, none that works."
+    if isolation != 'auto':
+        if not isolation_available(isolation, python):
+            raise RuntimeError(f"isolation {isolation!r} does not work on this machine (is {isolation} installed, and are namespaces allowed?)")
+        got = isolation
+    else: got = next(i for i in ISOLATIONS if isolation_available(i, python))
+    if require and got == 'none':
+        raise RuntimeError("no isolation layer works here (bubblewrap or unshare) and isolation is required: install bubblewrap "
+                           "(apt-get install bubblewrap) or run without --require-isolation")
+    return got
+
+_LAYERS = {'bwrap': ['bubblewrap', 'read-only system, no other files', 'private /tmp and work folder', 'no network',
+                     'pid/ipc/uts namespaces', 'new session', 'dies with parent', 'no capabilities'],
+           'unshare': ['unshare', 'read-only system, no other files', 'private /tmp and work folder', 'no network',
+                       'pid/ipc/uts namespaces', 'dies with parent', 'no capabilities'],
+           'none': ['NOT ISOLATED']}
+
+# %% ../nbs/08_taskdata.ipynb #5a1d0c09
+def run_sandboxed(code: str, tests: str = '', timeout: float = 10, memory_mb: int = 512, cpu_seconds: int | None = None,
+                  fsize_mb: int = 16, nproc: int = 64, isolation: str = 'auto', output_chars: int = 2000,
+                  python: str | None = None, audit_hook: bool = True, require_isolation: bool = False) -> SandboxResult:
+    "Run `code` then `tests` in the sandbox (see the table above); passed only if >= 1 test or assert ran and none failed."
+    iso = choose_isolation(isolation, require_isolation, python)
+    cpu = int(cpu_seconds or math.ceil(timeout) + 1)
+    hook = 'nohook' if not audit_hook else ('strict' if iso == 'none' else 'hook')
+    rc, timed_out, secs, out, err, v = _launch(code, tests, iso, timeout, memory_mb, cpu, fsize_mb, nproc, python, hook,
+                                               max(16, fsize_mb * 4))
+    v = v or {}
+    n_asserts, n_tests = int(v.get('asserts') or 0), int(v.get('tests') or 0)
+    if timed_out or rc in (-signal.SIGXCPU, -signal.SIGKILL, 128 + signal.SIGXCPU, 128 + signal.SIGKILL) and secs >= cpu - 0.5: status = 'timeout'
+    elif '[sandbox] network blocked' in err: status = 'network'
+    elif '[sandbox] write blocked' in err: status = 'write_blocked'
+    elif '[sandbox] process blocked' in err: status = 'process_blocked'
+    elif '[sandbox] memory limit' in err or 'MemoryError' in err: status = 'memory'
+    elif 'File too large' in err or rc in (-signal.SIGXFSZ, 128 + signal.SIGXFSZ): status = 'file_size'
+    elif not v: status = 'no_test_ran' if rc == 0 else ('error' if rc is None or rc < 0 or rc > 128 else 'failed')
+    elif v.get('failed') or rc != 0: status = 'failed'
+    elif n_asserts + n_tests == 0: status = 'no_test_ran'
+    else: status = 'passed'
+    if timed_out: err += f'\n[sandbox] killed after {timeout:g} s wall-clock'
+    elif status == 'timeout': err += f'\n[sandbox] CPU limit of {cpu} s reached'
+    elif status == 'no_test_ran':
+        why = ('the sample ended the interpreter before its tests finished' if not v else
+               f"it exited with status {v['exit']} before any test ran" if v.get('exit') is not None else 'no assert, test function, TestCase or doctest example ran')
+        err += f'\n[sandbox] no test ran: {why}' + (f" (test functions that need arguments: {', '.join(v['uncallable'])})" if v.get('uncallable') else '')
+    if iso == 'none': err += '\n[sandbox] WARNING: not isolated, only the audit-hook tripwire ran (install bubblewrap)'
+    sec = secret_values()
+    out, err = redact(out, sec)[-output_chars:], redact(err, sec)[-output_chars:]
+    layers = _LAYERS[iso] + ['rlimits', 'timeout'] + (['audit-hook'] if audit_hook else [])
+    return SandboxResult(status, rc, out, err, round(secs, 3), layers, iso, n_asserts, n_tests)
 
 # %% ../nbs/08_taskdata.ipynb #f1bb2cb6
 _re_py_fence = re.compile(r'```(?:python|py|Python)?[ \t]*\n(.*?)```', re.S)
@@ -468,7 +709,8 @@ class SandboxOptions:
     cpu_seconds: int = 0
     fsize_mb: int = 16
     nproc: int = 64
-    network: str = 'auto'
+    isolation: str = 'auto'
+    require_isolation: bool = False
     workers: int = 2
     stderr_chars: int = 600
     code_field: str = 'output'
@@ -482,20 +724,24 @@ def verify_code(records, opts: SandboxOptions | None = None, stats: Stats | None
     o = opts or sandbox_options(**overrides)
     stats = stats if stats is not None else Stats('taskdata.code')
     recs = list(read_records(records, allow_empty=True))
+    iso = choose_isolation(o.isolation, o.require_isolation)
+    if iso == 'none': stats.count('code: run WITHOUT isolation (no bubblewrap or unshare)', len(recs))
     def job(rec):
         code, tests = code_sample_parts(rec, o.code_field, o.tests_field)
         if not tests.strip(): return None
-        return run_sandboxed(code, tests, o.timeout, o.memory_mb, o.cpu_seconds or None, o.fsize_mb, o.nproc, o.network,
+        return run_sandboxed(code, tests, o.timeout, o.memory_mb, o.cpu_seconds or None, o.fsize_mb, o.nproc, iso,
                              max(o.stderr_chars, 200))
     with ThreadPoolExecutor(max(1, int(o.workers))) as ex:
         for rec, res in zip(recs, ex.map(job, recs)):
             stats.seen()
             if res is None: stats.drop(rec, 'code: no tests'); continue
             if not res.passed:
-                stats.drop(rec, f'code: {res.status}', stderr=res.stderr[-o.stderr_chars:], seconds=res.seconds); continue
+                stats.drop(rec, f'code: {res.status}', stderr=res.stderr[-o.stderr_chars:], seconds=res.seconds,
+                           asserts=res.asserts, tests=res.tests, isolation=res.isolation); continue
             stats.kept()
             yield {**rec, 'meta': {**(rec.get('meta') or {}),
-                                   'verified': {'status': 'passed', 'seconds': res.seconds, 'layers': res.layers}}}
+                                   'verified': {'status': 'passed', 'asserts': res.asserts, 'tests': res.tests,
+                                                'isolation': res.isolation, 'seconds': res.seconds, 'layers': res.layers}}}
 
 # %% ../nbs/08_taskdata.ipynb #95f6272e
 def code_requests(tasks: Sequence[str | dict], temperature: float = 0.7, max_tokens: int = 1024) -> list[dict]:
@@ -787,17 +1033,32 @@ def classify_cmd(dst: Path = typer.Argument(..., help="Output file for the recor
     b = label_balance(recs, labels=_list(o.labels))
     typer.echo(f"labels: {b['counts']}  largest/smallest = {b['ratio']:.2f}" + (f"  missing: {b['missing']}" if b['missing'] else ''))
 
-@taskdata_app.command('code')
+def _isolation_here() -> str:
+    "What `taskdata code --help` says about this machine (tools found; whether they start is checked when a run begins)."
+    if shutil.which('bwrap'): return 'Here: bubblewrap is installed, so bwrap is used (if it fails to start, unshare, else none).'
+    if shutil.which('unshare'): return 'Here: no bubblewrap; unshare is used if namespaces are allowed, else the run is NOT isolated.'
+    return 'Here: neither bubblewrap nor unshare: the run is NOT isolated unless you install bubblewrap.'
+
+@taskdata_app.command('code', epilog=_isolation_here())
 def code_cmd(src: Path = typer.Argument(..., help="Code samples (output with code; tests in `tests` or after the code)."),
              dst: Path = typer.Argument(..., help="Output file for the samples that pass their tests."),
              timeout: float = typer.Option(None, help="Wall-clock seconds per sample."),
              memory_mb: int = typer.Option(None, help="Address-space limit (MB)."),
-             network: str = typer.Option(None, help="auto (netns when available + audit hook), netns or hook."),
+             isolation: str = typer.Option(None, help="auto (bwrap, else unshare, else none), bwrap, unshare or none."),
+             require_isolation: bool = typer.Option(None, '--require-isolation', help="Refuse to run without bwrap or unshare isolation."),
              workers: int = typer.Option(None, help="Samples run at once."),
              rejected: Path = typer.Option(None, help="Write failing samples with status and stderr here.")):
-    "Run every code sample's tests in the sandbox; keep the ones that pass."
+    """Run every code sample's tests in the sandbox; keep the ones that pass (>= 1 assert or test ran, none failed).
+
+    Isolation (the run prints the one in force): bwrap (bubblewrap) when installed, else unshare namespaces: only /usr and Python, read-only; private /tmp and work folder; no network; own PID/IPC/UTS namespaces; no environment keys; no capabilities; CPU, memory, file-size and process limits; every process killed at the timeout.
+
+    Not covered: kernel exploits; limits are per process; a sample can forge its own test count. With neither tool the run is NOT isolated (only an audit-hook tripwire: your files, the parent's environment and processes are reachable); it says so, and --require-isolation refuses to run."""
     try:
-        o = sandbox_options(timeout=timeout, memory_mb=memory_mb, network=network, workers=workers)
+        o = sandbox_options(timeout=timeout, memory_mb=memory_mb, isolation=isolation, require_isolation=require_isolation,
+                            workers=workers)
+        iso = choose_isolation(o.isolation, o.require_isolation)
+        typer.echo(f"sandbox isolation: {iso}" + (' -- WARNING: NOT ISOLATED, only an audit-hook tripwire (install bubblewrap)'
+                                                  if iso == 'none' else ''), err=True)
         with Stats('taskdata.code', rejected=rejected) as st, RecordWriter(dst) as w:
             w.write_all(verify_code(read_records(src), o, st))
     except (RecordError, ValueError, RuntimeError) as e: fail(e)
