@@ -13,7 +13,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 import dataalchemy
-from .core import (RecordError, Stats, has_cjk, is_cjk, normalize, read_records, stable_id, text_len,
+from .core import (CJK_RANGES, RecordError, Stats, has_cjk, is_cjk, normalize, read_records, stable_id, text_len,
                               tokenize, write_records)
 from .config import options
 from .llm import run_batch
@@ -65,9 +65,11 @@ def task_lang(text: str) -> str:
     return 'zh' if toks and sum(len(t) == 1 and is_cjk(t) for t in toks) / len(toks) >= 0.5 else 'en'
 
 # %% ../nbs/03_self_instruct.ipynb #d0a66412
+_re_rouge_tok = re.compile(rf'[{CJK_RANGES}]|[a-z0-9]+')
+
 def rouge_tokens(text: str) -> list[str]:
-    "Tokens ROUGE-L compares: lowercased words, and single CJK characters."
-    return tokenize(text, lower=True)
+    "Tokens ROUGE-L compares: rouge-score's default tokens (lowercased runs of a-z0-9), and single CJK characters."
+    return _re_rouge_tok.findall(text.lower())
 
 def lcs_len(a: list, b: list) -> int:
     "Length of the longest common subsequence of sequences `a` and `b` (dynamic programming, O(len(a) len(b)))."

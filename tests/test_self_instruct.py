@@ -54,6 +54,19 @@ def test_pool_matches_rouge_score_package():
         assert pool.scores(q).tolist() == [scorer.score(q, p)["rougeL"].fmeasure for p in pool_texts]
 
 
+def test_tokens_are_rouge_scores_default_tokenizer():
+    "On text without Chinese the pool scores exactly what rouge-score's default RougeScorer does (tokenizer included)."
+    rs = pytest.importorskip("rouge_score.rouge_scorer")
+    scorer = rs.RougeScorer(["rougeL"])
+    pool_texts = ["Make a to-do list.", "Don't e-mail the café's owner.", "Round 3.14 up.", "Explain U.S. history in 5 points.",
+                  "Write a to do list for a trip", "Ｆｕｌｌｗｉｄｔｈ letters, naïve résumé"]
+    pool = si.RougeLPool(pool_texts)
+    for q in ["Make a to do list", "Do not email the cafe owner", "round 3 14 up", "Explain US history in five points",
+              "naive resume with fullwidth letters"]:
+        assert si.rouge_tokens(q) == scorer._tokenizer.tokenize(q)
+        assert pool.scores(q).tolist() == [scorer.score(q, p)["rougeL"].fmeasure for p in pool_texts]
+
+
 def test_most_similar():
     pool = si.RougeLPool(["Write a poem about the sea.", "写一首关于春天的诗"])
     s, i = pool.most_similar("写一首关于秋天的诗")
