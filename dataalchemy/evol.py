@@ -20,7 +20,7 @@ from .self_instruct import request, result_source, result_text, task_lang
 # %% auto #0
 __all__ = ['DEPTH_OPS', 'BREADTH_OPS', 'EVOL_OPS', 'COPY_PHRASES', 'REFUSAL_WORDS', 'STOPWORDS_EN', 'STOPWORDS_ZH', 'evol_prompt',
            'copies_prompt', 'is_refusal', 'only_stopwords', 'equality_prompt', 'parse_equal', 'EvolOptions',
-           'parse_ops', 'evolve', 'evol_cmd']
+           'parse_ops', 'pick_op', 'evolve', 'evol_cmd']
 
 # %% ../nbs/04_evol_instruct.ipynb #c5b3e0a0
 DEPTH_OPS = ('add_constraints', 'deepen', 'concretize', 'increase_reasoning', 'complicate_input')
@@ -90,8 +90,8 @@ below between both but by can could did do does doing down during each few for f
 here hers herself him himself his how i if in into is it its itself just me more most my myself no nor not now of off on
 once only or other our ours ourselves out over own same she should so some such than that the their theirs them
 themselves then there these they this those through to too under until up very was we were what when where which while
-who whom why will with would you your yours yourself yourselves ok okay yes well oh um uh'''.split())
-STOPWORDS_ZH = frozenset('的了是在和与及或也就都而着个这那之其啊吗呢吧呀哦嗯么么一些把被给让对从向于以为所地得')
+who whom why will with would you your yours yourself yourselves well oh um uh'''.split()) - {'no'}
+STOPWORDS_ZH = frozenset('的了在和与及或也就都而着个这那之其啊吗呢吧呀哦嗯么么一些把被给让从向于以为所地得')
 
 _EQ = {'en': ("Here are two instructions to an AI assistant. Are they equal to each other? They are equal when both "
               "of these hold:\n1. They have the same constraints and requirements.\n2. They have the same depth and "
@@ -149,6 +149,13 @@ def parse_ops(ops) -> list[str]:
     if bad or not ops: raise ValueError(f"unknown operation(s) {bad}; choose from {', '.join(EVOL_OPS)}")
     return ops
 
+def pick_op(rng: random.Random, ops: list[str]) -> str:
+    "One operation: in-breadth 1 time in 5 (as WizardLM's released code picks among its 5 prompts), in-depth otherwise, uniformly."
+    depth = [o for o in ops if o not in BREADTH_OPS]
+    breadth = [o for o in ops if o in BREADTH_OPS]
+    if not depth or not breadth: return rng.choice(ops)
+    return rng.choice(breadth) if rng.random() < 0.2 else rng.choice(depth)
+
 def _root(rec: dict, i: int, file=None) -> dict:
     ins = rec.get('instruction')
     if not isinstance(ins, str) or not ins.strip(): raise RecordError('missing or empty', file, i, 'instruction')
@@ -187,7 +194,7 @@ def evolve(records, generate, stats: Stats | None = None, opts: EvolOptions | No
     lang = lambda it: task_lang(it['lang_of']) if o.lang == 'auto' else o.lang
     for rnd in range(1, o.rounds + 1):
         if not pool: break
-        chosen = [rng.choice(ops) for _ in pool]
+        chosen = [pick_op(rng, ops) for _ in pool]
         res = run_batch(generate, [request(f"evol/r{rnd}/{it['id']}/{op}", evol_prompt(it['instruction'], op, lang(it)),
                                            o.temperature, o.max_tokens) for it, op in zip(pool, chosen)])
         cands, nxt = [], []

@@ -20,8 +20,8 @@ from .cli import app, Verbs, fail
 # %% auto #0
 __all__ = ['GPU_HINT', 'TRAIN_HINT', 'STAGE_DIRS', 'CHAT_TEMPLATE', 'SPECIAL_TOKENS', 'grpo_app', 'cuda_available',
            'unsloth_installed', 'choose_backend', 'train_tokenizer', 'build_tiny_model', 'lora_config', 'load_model',
-           'grpo_monitor', 'lora_norm', 'train_stage1', 'train_stage2', 'generate_questions', 'train_stage3',
-           'parse_stages', 'run_stages', 'tiny_config', 'train_cmd', 'generate_cmd', 'score_cmd']
+           'grpo_monitor', 'lora_norm', 'import_backend', 'train_stage1', 'train_stage2', 'generate_questions',
+           'train_stage3', 'parse_stages', 'run_stages', 'tiny_config', 'train_cmd', 'generate_cmd', 'score_cmd']
 
 # %% ../nbs/11a_grpo_train.ipynb #784e4a59
 GPU_HINT = 'pip install "dataalchemy[gpu]" on a machine with a CUDA GPU'
@@ -179,6 +179,11 @@ def lora_norm(model) -> float:
     return float(sum(p.detach().abs().sum().item() for n, p in model.named_parameters() if 'lora_B' in n))
 
 # %% ../nbs/11a_grpo_train.ipynb #81404286
+def import_backend(backend: str):
+    "On the unsloth path, import unsloth before anything imports trl, transformers or peft: it patches their trainers when imported first."
+    if backend == 'unsloth':
+        import unsloth  # noqa: F401
+
 def _last_checkpoint(out: Path) -> str | None:
     if not out.is_dir(): return None
     from transformers.trainer_utils import get_last_checkpoint
@@ -213,6 +218,7 @@ def _say(msg: str, verbose: bool):
     if verbose: print(msg, flush=True)
 
 def _sft(cfg, records, stage, steps, output_dir, base, resume, backend, reason, callbacks, verbose) -> dict:
+    import_backend(backend)                         # unsloth before trl: its patched SFTTrainer is the one imported
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
     out = output_dir / STAGE_DIRS[stage]
@@ -243,10 +249,11 @@ def train_stage1(cfg: TrainingConfig, output_dir: str | os.PathLike | None = Non
 def train_stage2(cfg: TrainingConfig, output_dir: str | os.PathLike | None = None, resume: bool = True,
                  base: str | os.PathLike | None = None, callbacks: Sequence = (), verbose: bool = True) -> dict:
     "Stage 2: GRPO from the stage-1 model with the difficulty/novelty/rigor/diversity rewards; returns the summary."
-    from datasets import Dataset
-    from trl import GRPOConfig, GRPOTrainer
     output_dir = Path(output_dir or cfg.output_dir)
     backend, reason = choose_backend(cfg)
+    import_backend(backend)                         # unsloth before trl: its patched GRPOTrainer is the one imported
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
     out = output_dir / STAGE_DIRS[2]
     out.mkdir(parents=True, exist_ok=True)
     start = _start_from(2, output_dir, base)

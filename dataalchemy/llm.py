@@ -24,7 +24,8 @@ __all__ = ['log', 'PARAMS', 'OFFLINE_MODEL', 'TASKS', 'QA_SCHEMA', 'DEFAULT_PRIC
            'Usage', 'Engine', 'run_batch', 'parse_all', 'parse_json', 'generate_cmd', 'estimate_cmd']
 
 # %% ../nbs/02_llm.ipynb #eb9b3979
-PARAMS = ('temperature', 'top_p', 'max_tokens', 'n', 'seed', 'response_format')
+PARAMS = ('temperature', 'top_p', 'max_tokens', 'n', 'seed', 'response_format', 'presence_penalty', 'frequency_penalty',
+          'stop', 'logit_bias')
 
 @dataclass
 class Request:
@@ -37,6 +38,10 @@ class Request:
     n: int = 1
     seed: int | None = None
     response_format: dict | str | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    stop: str | list[str] | None = None
+    logit_bias: dict | None = None
     task: str | None = None
     data: dict | None = None
 
@@ -696,8 +701,8 @@ class OpenAIBackend:
         u = getattr(r, 'usage', None)
         return [d.embedding for d in sorted(r.data, key=lambda d: d.index)], {'prompt_tokens': getattr(u, 'prompt_tokens', 0) or 0}
 
-    async def loglik(self, pairs: list[tuple[str, str]]) -> tuple[list[float], dict]:
-        "log P(continuation | prefix) per pair, from `/completions` with `echo` and `logprobs` (prompt logprobs, as vLLM serves them)."
+    async def loglik(self, pairs: list[tuple[str, str]], tokens: bool = False) -> tuple[list, dict]:
+        "log P(continuation | prefix) per pair (with `tokens`, the list of the continuation's token log-probs), from `/completions` with `echo` and `logprobs` (as vLLM serves them)."
         import openai, httpx
         body = {'model': self.model, 'prompt': [p + c for p, c in pairs], 'echo': True, 'max_tokens': 1, 'logprobs': 1,
                 'temperature': 0}
@@ -714,7 +719,8 @@ class OpenAIBackend:
                 raise LLMError(f'{self.endpoint} returned no prompt logprobs: scoring needs /v1/completions with echo=True '
                                'and logprobs (e.g. vLLM)')
             lo, hi = len(p), len(p) + len(c)          # the tokens that overlap the continuation's characters
-            out.append(float(sum(x for t, off, x in zip(toks, offs, lps) if x is not None and off < hi and off + len(t) > lo)))
+            xs = [float(x) for t, off, x in zip(toks, offs, lps) if x is not None and off < hi and off + len(t) > lo]
+            out.append(xs if tokens else float(sum(xs)))
         return out, {'prompt_tokens': (d.get('usage') or {}).get('prompt_tokens') or 0}
 
 class TransformersBackend:
@@ -726,7 +732,7 @@ class TransformersBackend:
         self.model = model if isinstance(model, str) else (getattr(getattr(model, 'config', None), '_name_or_path', '')
                                                            or getattr(getattr(model, 'config', None), 'model_type', 'local-model'))
         self.endpoint = 'transformers'
-        self._lock, self._loaded = None, False
+        self._lock, self._loaded, self._warned = None, False, False
 
     def _load(self):
         try: import torch, transformers  # noqa: F401
@@ -769,6 +775,8 @@ class TransformersBackend:
             if params.get('top_p') is not None: kw['top_p'] = float(params['top_p'])
         else: kw['do_sample'] = False
         if params.get('seed') is not None: torch.manual_seed(int(params['seed']))
+        if (ign := [k for k in ('presence_penalty', 'frequency_penalty', 'logit_bias', 'stop') if params.get(k) is not None]) and not self._warned:
+            self._warned = True; log.warning('the transformers backend does not apply %s (OpenAI-only parameters)', ', '.join(ign))
         with torch.no_grad(): out = model.generate(**enc, **kw)
         n_in = enc['input_ids'].shape[1]
         gen = [o[n_in:] for o in out]
@@ -1092,17 +1100,18 @@ class Engine:
                                     lambda b: sum(approx_tokens(texts[i]) for i in b), 'embedding')
         return np.asarray(vecs, dtype=np.float32).reshape(len(texts), -1)
 
-    async def aloglik(self, pairs, batch_size: int = 8) -> list[float]:
-        "log P(continuation | prefix) for each `(prefix, continuation)` (openai backend, `/v1/completions` with prompt logprobs); cached per pair."
+    async def aloglik(self, pairs, batch_size: int = 8, tokens: bool = False) -> list:
+        "log P(continuation | prefix) for each `(prefix, continuation)` (openai backend, `/v1/completions` with prompt logprobs); with `tokens`, the continuation's token log-probs; cached per pair."
         self._need_endpoint('loglik()', 'to an endpoint that serves prompt logprobs (e.g. vLLM), or score with a local model')
         pairs = [(str(p), str(c)) for p, c in pairs]
-        keys = [cache_key(self.backend.endpoint, self.backend.model, {'loglik': list(pc)}) for pc in pairs]
-        return await self._abatched(keys, lambda b: self.backend.loglik([pairs[i] for i in b]), batch_size,
+        keys = [cache_key(self.backend.endpoint, self.backend.model, {'loglik': list(pc), **({'tokens': True} if tokens else {})})
+                for pc in pairs]
+        return await self._abatched(keys, lambda b: self.backend.loglik([pairs[i] for i in b], tokens), batch_size,
                                     lambda b: sum(approx_tokens(pairs[i][0] + pairs[i][1]) for i in b), 'log-likelihood scoring')
 
-    def loglik(self, pairs, batch_size: int = 8) -> list[float]:
+    def loglik(self, pairs, batch_size: int = 8, tokens: bool = False) -> list:
         "Sync `aloglik`."
-        return run_sync(self.aloglik(pairs, batch_size))
+        return run_sync(self.aloglik(pairs, batch_size, tokens))
 
     def embed(self, texts: list[str], model: str | None = None, batch_size: int = 128):
         "Sync `aembed`."

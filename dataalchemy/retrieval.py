@@ -17,12 +17,14 @@ from .config import Settings, get_settings, options
 from .cli import app, fail
 
 # %% auto #0
-__all__ = ['RetrievalOpts', 'retrieval_options', 'bm25_tokens', 'Bm25Index', 'EmbedIndex', 'lm_prompt', 'lm_continuation',
-           'HFScorer', 'CompletionsScorer', 'softmax', 'query_answer', 'corpus_texts', 'warn_test_split',
-           'retrieval_scores', 'cross_encoder_triple', 'cross_encoder_triples', 'tokenize_cross_encoder',
-           'retrieval_scores_cmd', 'cross_encoder_cmd']
+__all__ = ['SCORES', 'RetrievalOpts', 'retrieval_options', 'bm25_tokens', 'Bm25Index', 'EmbedIndex', 'lm_prompt',
+           'lm_continuation', 'HFScorer', 'CompletionsScorer', 'softmax', 'doc_score', 'query_answer', 'corpus_texts',
+           'warn_test_split', 'retrieval_scores', 'cross_encoder_triple', 'cross_encoder_triples',
+           'tokenize_cross_encoder', 'retrieval_scores_cmd', 'cross_encoder_cmd']
 
 # %% ../nbs/09b_retrieval.ipynb #fee0b2ad
+SCORES = ('mean_prob', 'seq_logprob', 'mean_logprob')
+
 @dataclass
 class RetrievalOpts:
     "Options of retriever / cross-encoder data (defaults from settings.ini [retrieval])."
@@ -31,6 +33,7 @@ class RetrievalOpts:
     top_n: int = 20
     lm_backend: str = 'openai'     # openai (/v1/completions, echo + logprobs) | hf (local causal LM)
     lm: str | None = None          # model name (openai) or path (hf); openai default: [llm] model
+    score: str = 'mean_prob'       # mean_prob (the seed's FlashRAG script) | seq_logprob (REPLUG) | mean_logprob
     temperature: float = 1.0
     batch_size: int = 8
     negative: str = 'least'        # cross-encoder negative: least | hardest
@@ -47,6 +50,7 @@ def retrieval_options(settings: Settings | None = None, **overrides) -> Retrieva
     if o.retriever not in ('bm25', 'embed'): raise ValueError(f"retriever must be bm25 or embed, not {o.retriever!r}")
     if o.negative not in ('least', 'hardest'): raise ValueError(f"negative must be least or hardest, not {o.negative!r}")
     if o.lm_backend not in ('openai', 'hf'): raise ValueError(f"lm_backend must be openai or hf, not {o.lm_backend!r}")
+    if o.score not in SCORES: raise ValueError(f"score must be one of {', '.join(SCORES)}, not {o.score!r}")
     if not o.temperature > 0: raise ValueError(f"temperature must be > 0, not {o.temperature}")
     return o
 
@@ -118,8 +122,8 @@ class HFScorer:
         if self.device: self._model.to(self.device)
         self._model.eval()
 
-    def loglik(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
-        "log P(continuation | prefix) for each `(prefix, continuation)`."
+    def loglik(self, pairs: Sequence[tuple[str, str]], tokens: bool = False) -> list:
+        "log P(continuation | prefix) for each `(prefix, continuation)` (with `tokens`, the list of its token log-probs)."
         import torch
         if isinstance(self._model, str) or not hasattr(self._model, 'eval') or self._tok is None: self._load()
         tok, model = self._tok, self._model
@@ -142,7 +146,8 @@ class HFScorer:
                 logp = torch.log_softmax(model(input_ids=ids.to(model.device), attention_mask=att.to(model.device)).logits.float(), -1).cpu()
             for i, (p, c) in enumerate(seqs):
                 pos = torch.arange(len(p) - 1, len(p) + len(c) - 1)          # logits at t predict token t+1
-                out.append(float(logp[i, pos, torch.tensor(c)].sum()))
+                lp = logp[i, pos, torch.tensor(c)]
+                out.append([float(x) for x in lp] if tokens else float(lp.sum()))
         return out
 
 class CompletionsScorer:
@@ -159,9 +164,9 @@ class CompletionsScorer:
                                        timeout=timeout, progress=False, settings=s)
         self.name, self.batch_size, self.backend = self.engine.backend.model, batch_size, 'openai-completions'
 
-    def loglik(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
-        "log P(continuation | prefix) for each `(prefix, continuation)`, `batch_size` prompts per request (`Engine.loglik`)."
-        return self.engine.loglik(pairs, self.batch_size)
+    def loglik(self, pairs: Sequence[tuple[str, str]], tokens: bool = False) -> list:
+        "log P(continuation | prefix) for each `(prefix, continuation)` (with `tokens`, its token log-probs), `batch_size` prompts per request (`Engine.loglik`)."
+        return self.engine.loglik(pairs, self.batch_size, tokens)
 
 # %% ../nbs/09b_retrieval.ipynb #7f31d096
 def softmax(x: Sequence[float], temperature: float = 1.0) -> list[float]:
@@ -170,6 +175,15 @@ def softmax(x: Sequence[float], temperature: float = 1.0) -> list[float]:
     if not len(a): return []
     e = np.exp(a - a.max())
     return (e / e.sum()).tolist()
+
+def doc_score(token_logprobs: Sequence[float], score: str = 'mean_prob') -> float:
+    "A document's score from the answer's token log-probs: mean token probability (the seed), their sum (REPLUG) or mean."
+    lp = np.asarray(token_logprobs, dtype=np.float64)
+    if not len(lp): raise ValueError("no answer tokens to score")
+    if score == 'mean_prob': return float(np.exp(lp).mean())
+    if score == 'seq_logprob': return float(lp.sum())
+    if score == 'mean_logprob': return float(lp.mean())
+    raise ValueError(f"score must be one of {', '.join(SCORES)}, not {score!r}")
 
 # %% ../nbs/09b_retrieval.ipynb #68ddf652
 _re_test_split = re.compile(r'(?:^|[^a-z])test(?:[^a-z]|$)', re.I)
@@ -206,7 +220,7 @@ def warn_test_split(name: str | None = None, records: Sequence[dict] = (), stats
 def retrieval_scores(queries: Iterable[dict], corpus: Iterable[dict] | Sequence[str], scorer,
                      opts: RetrievalOpts | None = None, index=None, engine=None, stats: Stats | None = None,
                      source: str | None = None, **overrides) -> list[dict]:
-    "REPLUG-style records `{'query', 'pos', 'scores', 'meta'}`: top-n documents, softmax of log P(answer | doc, query) / T."
+    "REPLUG-style records `{'query', 'pos', 'scores', 'meta'}`: top-n documents, softmax of their `doc_score` / T."
     o = opts or retrieval_options(**overrides)
     st = stats if stats is not None else Stats('retrieval')
     qs = list(queries)
@@ -224,15 +238,16 @@ def retrieval_scores(queries: Iterable[dict], corpus: Iterable[dict] | Sequence[
         if not top: st.drop(r, 'no document retrieved'); continue
         jobs.append((q, a, top, sc))
     pairs = [(lm_prompt(texts[i], q), lm_continuation(a, q)) for q, a, top, _ in jobs for i in top]
-    ll = scorer.loglik(pairs) if pairs else []
+    ll = scorer.loglik(pairs, tokens=True) if pairs else []
     out, k = [], 0
     for q, a, top, sc in jobs:
-        s = ll[k:k + len(top)]; k += len(top)
+        toks = ll[k:k + len(top)]; k += len(top)
+        s = [doc_score(t, o.score) for t in toks]
         st.kept()
         out.append({'query': q, 'pos': [texts[i] for i in top], 'scores': softmax(s, o.temperature),
                     'meta': {'answer': a, 'doc_ids': [ids[i] for i in top], 'retriever': o.retriever,
-                             'retrieval_scores': [round(float(sc[i]), 4) for i in top], 'loglik': [round(x, 4) for x in s],
-                             'temperature': o.temperature, 'backend': scorer.backend, 'model': scorer.name}})
+                             'retrieval_scores': [round(float(sc[i]), 4) for i in top], 'loglik': [round(sum(t), 4) for t in toks],
+                             'score': o.score, 'doc_scores': [round(x, 6) for x in s], 'temperature': o.temperature, 'backend': scorer.backend, 'model': scorer.name}})
     return out
 
 # %% ../nbs/09b_retrieval.ipynb #291ee383
@@ -351,13 +366,14 @@ def retrieval_scores_cmd(queries: Path = typer.Argument(..., help="Queries with 
                          lm_backend: str = typer.Option(None, '--lm-backend', help="openai (/v1/completions, echo+logprobs) or hf."),
                          lm: str = typer.Option(None, '--lm', help="Scoring model: a name (openai) or local path (hf)."),
                          base_url: str = typer.Option(None, '--base-url', help="Completions endpoint [llm] base_url."),
+                         score: str = typer.Option(None, help="Document score: mean_prob (the seed's), seq_logprob (REPLUG) or mean_logprob."),
                          temperature: float = typer.Option(None, help="Softmax temperature."),
                          batch_size: int = typer.Option(None, '--batch-size', help="Prompts per LM batch."),
                          rejected: Path = typer.Option(None, help="Write dropped queries with their reason here.")):
-    "REPLUG-style retriever training data: retrieve top-n, score log P(answer | doc, query), softmax."
+    "REPLUG-style retriever training data: retrieve top-n, score P(answer | doc, query) per token, softmax."
     try:
         o = retrieval_options(top_n=top_n, retriever=retriever, embedder=embedder, lm_backend=lm_backend, lm=lm,
-                              temperature=temperature, batch_size=batch_size)
+                              score=score, temperature=temperature, batch_size=batch_size)
         if o.lm_backend == 'hf':
             if not o.lm: raise ValueError("--lm-backend hf needs --lm PATH (a local causal LM)")
             scorer = HFScorer(o.lm, batch_size=o.batch_size)

@@ -6,22 +6,23 @@ Docs: https://dataalchemy.github.io/dataalchemy/self_instruct.html.md"""
 
 # %% ../nbs/03_self_instruct.ipynb #6e6e6e9e
 from __future__ import annotations
-import random, re, string, unicodedata
+import functools, random, re, string, unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import numpy as np
 import dataalchemy
-from .core import (RecordError, Stats, has_cjk, is_cjk, normalize, read_records, stable_id, text_len,
+from .core import (CJK_RANGES, RecordError, Stats, has_cjk, is_cjk, normalize, read_records, stable_id, text_len,
                               tokenize, write_records)
 from .config import options
 from .llm import run_batch
 
 # %% auto #0
-__all__ = ['SEED_PATH', 'SEED_CATEGORIES', 'BLACKLIST_EN', 'BLACKLIST_ZH', 'load_seed_tasks', 'task_lang', 'rouge_tokens',
-           'lcs_len', 'rouge_l', 'RougeLPool', 'blacklisted', 'instruction_filter', 'parse_numbered', 'request',
-           'result_text', 'result_source', 'encode_prompt', 'clf_prompt', 'instance_prompt', 'parse_is_classification',
+__all__ = ['SEED_PATH', 'SEED_CATEGORIES', 'SELF_INSTRUCT_BLACKLIST_EN', 'ALPACA_BLACKLIST_EN', 'BLACKLISTS', 'BLACKLIST_ZH',
+           'SI_PRESETS', 'load_seed_tasks', 'task_lang', 'rouge_tokens', 'lcs_len', 'rouge_l', 'RougeLPool',
+           'blacklisted', 'instruction_words', 'instruction_filter', 'parse_numbered', 'request', 'result_text',
+           'result_source', 'encode_prompt', 'clf_prompt', 'instance_prompt', 'parse_is_classification',
            'parse_instances', 'instance_filter', 'filter_instances', 'SelfInstructOptions', 'bootstrap_instructions',
            'identify_classification', 'generate_instances', 'to_alpaca', 'SelfInstructResult', 'self_instruct',
            'self_instruct_cmd']
@@ -64,9 +65,11 @@ def task_lang(text: str) -> str:
     return 'zh' if toks and sum(len(t) == 1 and is_cjk(t) for t in toks) / len(toks) >= 0.5 else 'en'
 
 # %% ../nbs/03_self_instruct.ipynb #d0a66412
+_re_rouge_tok = re.compile(rf'[{CJK_RANGES}]|[a-z0-9]+')
+
 def rouge_tokens(text: str) -> list[str]:
-    "Tokens ROUGE-L compares: lowercased words, and single CJK characters."
-    return tokenize(text, lower=True)
+    "Tokens ROUGE-L compares: rouge-score's default tokens (lowercased runs of a-z0-9), and single CJK characters."
+    return _re_rouge_tok.findall(text.lower())
 
 def lcs_len(a: list, b: list) -> int:
     "Length of the longest common subsequence of sequences `a` and `b` (dynamic programming, O(len(a) len(b)))."
@@ -181,28 +184,38 @@ class RougeLPool:
         return float(s[i]), i
 
 # %% ../nbs/03_self_instruct.ipynb #90ce671e
-BLACKLIST_EN = ('image', 'images', 'graph', 'graphs', 'picture', 'pictures', 'file', 'files', 'map', 'maps', 'draw',
-                'plot', 'go to', 'video', 'audio', 'music', 'flowchart', 'diagram')
+SELF_INSTRUCT_BLACKLIST_EN = ('image', 'images', 'graph', 'graphs', 'picture', 'pictures', 'file', 'files', 'map', 'maps',
+                              'draw', 'plot', 'go to')
+ALPACA_BLACKLIST_EN = SELF_INSTRUCT_BLACKLIST_EN + ('video', 'audio', 'music', 'flowchart', 'diagram')
+BLACKLISTS = {'self-instruct': SELF_INSTRUCT_BLACKLIST_EN, 'alpaca': ALPACA_BLACKLIST_EN}
 BLACKLIST_ZH = ('图片', '图像', '照片', '图表', '图形', '画图', '画出', '画一', '绘制', '绘图', '作图', '文件', '地图', '视频',
                 '音频', '音乐', '录音', '流程图', '示意图', '框图', '前往')
-_re_black_en = re.compile(r'\b(?:' + '|'.join(re.escape(w).replace(r'\ ', r'\s+') for w in BLACKLIST_EN) + r')\b', re.I)
 
-def blacklisted(text: str) -> str | None:
-    "The first blacklisted keyword in `text` (English whole words, Chinese substrings), or None."
-    m = _re_black_en.search(text)
+@functools.lru_cache(maxsize=None)
+def _re_black(words: tuple) -> re.Pattern:
+    return re.compile(r'\b(?:' + '|'.join(re.escape(w).replace(r'\ ', r'\s+') for w in words) + r')\b', re.I)
+
+def blacklisted(text: str, words: tuple | str = 'self-instruct') -> str | None:
+    "The first blacklisted keyword in `text` (English whole words of `words`, a list or a `BLACKLISTS` name; Chinese substrings), or None."
+    m = _re_black(tuple(BLACKLISTS[words] if isinstance(words, str) else words)).search(text)
     if m: return m.group().lower()
     return next((w for w in BLACKLIST_ZH if w in text), None)
+
+def instruction_words(text: str) -> int:
+    "Length as the original counts it, whitespace words (`len(text.split())`); text with Chinese counts CJK-aware."
+    return text_len(text) if has_cjk(text) else len(text.split())
 
 def _is_punct(ch: str) -> bool:
     return ch in string.punctuation or unicodedata.category(ch)[0] in 'PS'
 
-def instruction_filter(inst: str, min_words: int = 4, max_words: int = 150) -> tuple[bool, str | None]:
+def instruction_filter(inst: str, min_words: int = 4, max_words: int = 150,
+                       blacklist: tuple | str = 'self-instruct') -> tuple[bool, str | None]:
     "Self-Instruct's heuristic filters on one instruction: `(keep, reason)`."
     inst = (inst or '').strip()
-    n = text_len(inst)
+    n = instruction_words(inst)
     if n < min_words: return False, 'too short'
     if n > max_words: return False, 'too long'
-    if blacklisted(inst): return False, 'blacklisted keyword'
+    if blacklisted(inst, blacklist): return False, 'blacklisted keyword'
     if inst.lower().startswith('write a program'): return False, 'starts with "Write a program"'
     if _is_punct(inst[0]): return False, 'starts with punctuation'
     if not (inst[0].isascii() or is_cjk(inst[0])): return False, 'not English or Chinese'
@@ -242,10 +255,11 @@ def parse_numbered(text: str, truncated: bool = False) -> list[str]:
 
 # %% ../nbs/03_self_instruct.ipynb #f796cd9a
 def request(id: str, prompt: str, temperature: float | None = None, max_tokens: int | None = None,
-            system: str | None = None) -> dict:
-    "A chat request dict for `generate`."
+            system: str | None = None, **params) -> dict:
+    "A chat request dict for `generate`; `params` are further OpenAI sampling parameters (top_p, presence_penalty, stop...), None ones left out."
     msgs = ([{'role': 'system', 'content': system}] if system else []) + [{'role': 'user', 'content': prompt}]
-    return {'id': id, 'messages': msgs, 'temperature': temperature, 'max_tokens': max_tokens}
+    return {'id': id, 'messages': msgs, 'temperature': temperature, 'max_tokens': max_tokens,
+            **{k: v for k, v in params.items() if v is not None}}
 
 def result_text(res) -> str | None:
     "The reply text of a result, or None when the call failed."
@@ -334,26 +348,32 @@ _re_in = re.compile(r'^\s*' + _LBL('input', '输入'), re.I | re.M)
 _re_out = re.compile(r'^\s*' + _LBL('output', '输出'), re.I | re.M)
 _re_label = re.compile(r'^\s*' + _LBL('class label', 'label', '类别标签', '标签'), re.I | re.M)
 
-def parse_instances(text: str | None, classification: bool) -> list[dict]:
-    "Instances `{input, output}` from an instance-generation reply (input-first or output-first format)."
+def _input_output(c: str) -> tuple[str, str]:
+    "The original's `parse_input_output`: input before the first Output:, output up to the next Output: or Input:."
+    m = _re_out.search(c)
+    inp, outp = (c[:m.start()], c[m.end():]) if m else ('', c)
+    if (n := _re_out.search(outp)): outp = outp[:n.start()]          # a further pair is not part of this output
+    if (n := _re_in.search(outp)): outp = outp[:n.start()]
+    return _re_in.sub('', inp, count=1).strip(), outp.strip()
+
+def parse_instances(text: str | None, classification: bool, truncated: bool = False) -> list[dict]:
+    "Instances `{input, output}` from an instance-generation reply (input-first or output-first); the last dropped when `truncated`."
     text = (text or '').strip()
     out = []
     if classification:
-        parts = _re_label.split(text)[1:]
-        for p in parts:
+        for p in _re_label.split(text)[1:]:
             label, _, rest = p.strip().partition('\n')
             rest = _re_in.sub('', rest, count=1).strip()
             out.append({'input': rest, 'output': label.strip()})
-        return out
-    chunks = [c for c in _re_example.split(text) if c.strip()] if _re_example.search(text) else [text]
-    for c in chunks:
-        m = _re_out.search(c)
-        if not m: continue
-        inp, outp = c[:m.start()], c[m.end():]
-        inp = _re_in.sub('', inp, count=1).strip()
-        if not _re_in.search(c[:m.start()]) and inp.startswith('Task:'): continue
-        out.append({'input': inp, 'output': outp.strip()})
-    return out
+    elif (first := _re_example.search(text)):
+        for c in _re_example.split(text[first.start():]):
+            if not c.strip() or c.strip().startswith('Task:'): continue
+            inp, outp = _input_output(c)
+            out.append({'input': inp, 'output': outp})
+    elif _re_out.search(text):                                      # no Example headers: one pair, as in the original
+        inp, outp = _input_output(text)
+        if not (inp.startswith('Task:') and not _re_in.search(text)): out.append({'input': inp, 'output': outp})
+    return out[:-1] if truncated else out
 
 # %% ../nbs/03_self_instruct.ipynb #9a8a2914
 def instance_filter(inst: dict) -> tuple[bool, str | None]:
@@ -364,8 +384,9 @@ def instance_filter(inst: dict) -> tuple[bool, str | None]:
     if i.endswith((':', '：')) or o.endswith((':', '：')): return False, 'ends with colon'
     return True, None
 
-def filter_instances(instances: list[dict], stats: Stats | None = None, task: dict | None = None) -> list[dict]:
-    "The instances of one task that pass: conflicting inputs drop them all, duplicates merge, then `instance_filter`."
+def filter_instances(instances: list[dict], stats: Stats | None = None, task: dict | None = None,
+                     max_keep: int | None = None) -> list[dict]:
+    "The instances of one task that pass: conflicting inputs drop them all, duplicates merge, then `instance_filter`; at most `max_keep`."
     seen_out, conflict = {}, False
     for x in instances:
         i, o = (x.get('input') or '').strip(), (x.get('output') or '').strip()
@@ -386,31 +407,61 @@ def filter_instances(instances: list[dict], stats: Stats | None = None, task: di
         if not ok:
             if stats: stats.drop(rec, why)
             continue
+        if max_keep is not None and len(kept) >= max_keep:
+            if stats: stats.drop(rec, 'beyond max_instances')
+            continue
         if stats: stats.kept()
         kept.append({'input': key[0], 'output': key[1]})
     return kept
 
 # %% ../nbs/03_self_instruct.ipynb #6482ca28
+SI_PRESETS = {
+    # yizhongw/self-instruct: bootstrap_instructions.py, generate_instances.py, prepare_for_finetuning.py
+    'self-instruct-2022': dict(num_prompt_instructions=8, num_human_in_prompt=6, num_new_per_prompt=7, temperature=0.7,
+                               top_p=0.5, presence_penalty=2.0, frequency_penalty=0.0, max_tokens=1024,
+                               truncated='drop_reply', blacklist='self-instruct', instance_temperature=0.0,
+                               instance_presence_penalty=1.5, instance_max_tokens=350, max_instances=5),
+    # tatsu-lab/stanford_alpaca: generate_instruction.py (instances: Self-Instruct's stage, Alpaca has none)
+    'alpaca-2023': dict(num_prompt_instructions=3, num_human_in_prompt=3, num_new_per_prompt=16, temperature=1.0,
+                        top_p=1.0, presence_penalty=0.0, frequency_penalty=0.0, max_tokens=3072,
+                        truncated='drop_last', blacklist='alpaca', instance_temperature=0.0,
+                        instance_presence_penalty=1.5, instance_max_tokens=350, max_instances=5)}
+
 @dataclass
 class SelfInstructOptions:
-    "Options of the Self-Instruct pipeline (defaults: `[self_instruct]` in settings.ini)."
-    num_prompt_instructions: int = 8     # tasks shown in each prompt
-    num_human_in_prompt: int = 6         # of which from the human seeds (the rest machine-generated, when there are any)
-    num_new_per_prompt: int = 8          # new tasks asked for in each prompt
+    "Options of the Self-Instruct pipeline (defaults: `[self_instruct]` in settings.ini; None: the preset's value)."
+    preset: str = 'self-instruct-2022'   # self-instruct-2022 (the paper's code) | alpaca-2023 (Stanford Alpaca's)
+    num_prompt_instructions: int | None = None   # tasks shown in each prompt
+    num_human_in_prompt: int | None = None       # of which from the human seeds (the rest machine-generated, when any)
+    num_new_per_prompt: int | None = None        # new tasks asked for (and kept at most) per prompt
     request_batch_size: int = 5          # prompts per round
     rouge_threshold: float = 0.7         # reject when ROUGE-L with any pool instruction is above this
-    min_words: int = 4                   # CJK-aware: Chinese characters count one each
+    min_words: int = 4                   # whitespace words (text with Chinese: CJK-aware)
     max_words: int = 150
     lang: str = 'mixed'                  # mixed, en or zh: which seeds to show and the prompt's language
-    temperature: float = 0.7
-    max_tokens: int = 1024
-    instance_temperature: float = 0.0
+    temperature: float | None = None
+    top_p: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    max_tokens: int | None = None
+    truncated: str | None = None         # a reply cut at max_tokens: drop_reply (all its tasks) | drop_last (its last task)
+    blacklist: str | None = None         # self-instruct (13 keywords) | alpaca (18)
+    instance_temperature: float | None = None
+    instance_presence_penalty: float | None = None
+    instance_max_tokens: int | None = None
     clf_shots: int = 12                  # labelled examples in the classification prompt
     instance_shots: int = 3              # seed tasks shown in an instance-generation prompt
-    max_instances: int = 3               # instances kept per task
+    max_instances: int | None = None     # instances kept per task
     patience: int = 3                    # stop after this many rounds in a row with no new task
     classification_only: bool = False    # the paper's classification-only mode: its prompt, classification seeds only
     seed: int = 42
+
+    def __post_init__(self):
+        if self.preset not in SI_PRESETS: raise ValueError(f"unknown preset {self.preset!r}: use {' or '.join(SI_PRESETS)}")
+        for k, v in SI_PRESETS[self.preset].items():
+            if getattr(self, k) is None: setattr(self, k, v)
+        if self.truncated not in ('drop_reply', 'drop_last'): raise ValueError(f"truncated must be drop_reply or drop_last, not {self.truncated!r}")
+        if self.blacklist not in BLACKLISTS: raise ValueError(f"blacklist must be {' or '.join(BLACKLISTS)}, not {self.blacklist!r}")
 
 def _opts(opts: SelfInstructOptions | None, **overrides) -> SelfInstructOptions:
     if opts is None: return options(SelfInstructOptions, 'self_instruct', **overrides)
@@ -443,19 +494,27 @@ def bootstrap_instructions(generate, num: int, seeds=None, machine: list[dict] |
             tasks = rng.sample(mach, n_m) + rng.sample(human, min(o.num_prompt_instructions - n_m, len(human)))
             rng.shuffle(tasks)
             shown.append([t['id'] for t in tasks])
+            nxt = len(tasks) + o.num_new_per_prompt + 1                  # the number after the last task asked for
             reqs.append(request(f"self-instruct{'-clf' if o.classification_only else ''}/r{rnd}/b{b}",
                                 encode_prompt([t['instruction'] for t in tasks], o.num_new_per_prompt,
                                               'zh' if o.lang == 'zh' else 'en', o.classification_only),
-                                o.temperature, o.max_tokens))
+                                o.temperature, o.max_tokens, top_p=o.top_p, presence_penalty=o.presence_penalty,
+                                frequency_penalty=o.frequency_penalty, stop=[f'\n{nxt}.', f'\n{nxt} .']))
         added = 0
         for res, ids in zip(run_batch(generate, reqs), shown):
             text = result_text(res)
             if text is None: stats.count('llm errors'); continue
-            for cand in parse_numbered(text, truncated=getattr(res, 'finish_reason', None) == 'length'):
+            cands = parse_numbered(text)
+            cut = getattr(res, 'finish_reason', None) == 'length'
+            for k, cand in enumerate(cands):
                 if len(machine) >= num: break
                 stats.seen()
+                if cut and (o.truncated == 'drop_reply' or k == len(cands) - 1):
+                    stats.drop({'instruction': cand}, 'reply cut at max_tokens', round=rnd); continue
+                if k >= o.num_new_per_prompt:
+                    stats.drop({'instruction': cand}, 'more tasks than asked for', round=rnd); continue
                 if cand[:1].isascii() and cand[:1].islower(): cand = cand[0].upper() + cand[1:]
-                ok, why = instruction_filter(cand, o.min_words, o.max_words)
+                ok, why = instruction_filter(cand, o.min_words, o.max_words, o.blacklist)
                 if not ok: stats.drop({'instruction': cand}, why, round=rnd, prompt_ids=ids); continue
                 score, j = pool.most_similar(cand)
                 near = pool.texts[j] if j >= 0 else None
@@ -507,18 +566,22 @@ def generate_instances(tasks: list[dict], generate, seeds: list[dict], opts: Sel
         clf = t['meta'].get('is_classification', False)
         shots = _shots(seeds, o.instance_shots, task_lang(t['instruction']), rng, lambda s: s['is_classification'] == clf)
         reqs.append(request(f"instances/{t['id']}", instance_prompt(t['instruction'], shots, clf),
-                            o.instance_temperature, o.max_tokens))
+                            o.instance_temperature, o.instance_max_tokens - (50 if clf else 0),
+                            presence_penalty=o.instance_presence_penalty,
+                            stop=[f'Example {o.max_instances + 1}', 'Task:']))
     for t, res in zip(tasks, run_batch(generate, reqs)):
         text = result_text(res)
         if text is None: stats.count('llm errors'); t['instances'] = []; continue
         raw = parse_instances(text, t['meta'].get('is_classification', False))
         if not raw: stats.count('replies without instances')
-        t['instances'] = filter_instances(raw, stats, t)
+        if raw and getattr(res, 'finish_reason', None) == 'length':       # the last one is probably unfinished
+            stats.seen(); stats.drop({'instruction': t['instruction'], **raw.pop()}, 'last instance of a reply cut at max_tokens')
+        t['instances'] = filter_instances(raw, stats, t, o.max_instances)
         t['meta'].update({'instance_' + k: v for k, v in result_source(res).items()})
         if not t['instances']: stats.count('tasks without a valid instance')
     return tasks
 
-def to_alpaca(tasks: Iterable[dict], max_instances: int = 3) -> Iterator[dict]:
+def to_alpaca(tasks: Iterable[dict], max_instances: int = 5) -> Iterator[dict]:
     "Alpaca records (`instruction`, `input`, `output`, `meta` with lineage) from tasks with instances."
     for t in tasks:
         for k, x in enumerate(t.get('instances', [])[:max_instances]):
@@ -553,7 +616,7 @@ def self_instruct(generate, num: int, seeds=None, machine: list[dict] | None = N
     finally: ist.close(); nst.close()
 
 # %% ../nbs/03_self_instruct.ipynb #0def5e50
-from .cli import app
+from .cli import app, fail
 import typer
 
 def _engine(model: str | None = None, base_url: str | None = None):
@@ -567,6 +630,7 @@ def self_instruct_cmd(out: Path = typer.Argument(..., metavar='OUT', help="Outpu
                       seeds: Path = typer.Option(None, help="Seed tasks (JSONL); default: the packaged pool."),
                       model: str = typer.Option(None, help="Model name (default: the llm.model setting)."),
                       base_url: str = typer.Option(None, '--base-url', help="OpenAI-compatible endpoint."),
+                      preset: str = typer.Option(None, help="self-instruct-2022 (the paper's code, default) or alpaca-2023."),
                       lang: str = typer.Option(None, help="mixed, en or zh."),
                       batch: int = typer.Option(None, '--batch', help="Prompts per round."),
                       seed: int = typer.Option(None, help="Sampling seed."),
@@ -575,8 +639,9 @@ def self_instruct_cmd(out: Path = typer.Argument(..., metavar='OUT', help="Outpu
                       rejected: Path = typer.Option(None, help="Write dropped instructions/instances here (JSONL).")):
     "Generate instruction data with Self-Instruct (Wang et al., 2022) from a seed pool."
     if lang is not None and lang not in ('mixed', 'en', 'zh'): raise typer.BadParameter("use mixed, en or zh", param_hint='--lang')
-    o = options(SelfInstructOptions, 'self_instruct', lang=lang, request_batch_size=batch, seed=seed,
-                classification_only=classification_only)
+    try: o = options(SelfInstructOptions, 'self_instruct', preset=preset, lang=lang, request_batch_size=batch, seed=seed,
+                     classification_only=classification_only)
+    except ValueError as e: fail(e, 2)
     res = self_instruct(_engine(model, base_url), num, seeds=seeds, rejected=rejected, opts=o)
     n = write_records(res.records, out)
     typer.echo(res.table())

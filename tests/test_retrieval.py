@@ -56,13 +56,20 @@ def test_hf_scores_sum_to_one_and_loglik_is_exact(tiny):
     model, tok = tiny
     sc = rt.HFScorer(model, tok, batch_size=3)
     st = Stats('retrieval')
-    recs = rt.retrieval_scores(QUERIES, CORPUS, sc, top_n=3, temperature=0.7, stats=st)
+    recs = rt.retrieval_scores(QUERIES, CORPUS, sc, top_n=3, temperature=0.7, stats=st, score='seq_logprob')
     assert len(recs) == 4 and st.n_out == 4
     for r in recs:
         assert set(r) >= {'query', 'pos', 'scores'} and 1 <= len(r['pos']) <= 3 and len(r['scores']) == len(r['pos'])
         assert math.isclose(sum(r['scores']), 1.0, abs_tol=1e-9)
         ll = r['meta']['loglik']
         np.testing.assert_allclose(r['scores'], rt.softmax(ll, 0.7), atol=1e-3)
+    seed = rt.retrieval_scores(QUERIES, CORPUS, sc, top_n=3)           # default: the seed's mean token probability, T=1
+    for r in seed:
+        toks = sc.loglik([(rt.lm_prompt(d, r['query']), rt.lm_continuation(r['meta']['answer'], r['query'])) for d in r['pos']],
+                         tokens=True)
+        means = np.array([np.exp(t).mean() for t in toks])
+        np.testing.assert_allclose(r['scores'], np.exp(means) / np.exp(means).sum(), atol=1e-6)
+        assert r['meta']['score'] == 'mean_prob' and max(r['scores']) / min(r['scores']) <= math.e
     # one pair by hand, with a prefix longer than the model's 64 positions (cut from the left)
     prefix, cont = rt.lm_prompt('很长的文档。' * 40, '问题？'), rt.lm_continuation('答案', '问题？')
     got = sc.loglik([(prefix, cont)])[0]

@@ -54,6 +54,19 @@ def test_pool_matches_rouge_score_package():
         assert pool.scores(q).tolist() == [scorer.score(q, p)["rougeL"].fmeasure for p in pool_texts]
 
 
+def test_tokens_are_rouge_scores_default_tokenizer():
+    "On text without Chinese the pool scores exactly what rouge-score's default RougeScorer does (tokenizer included)."
+    rs = pytest.importorskip("rouge_score.rouge_scorer")
+    scorer = rs.RougeScorer(["rougeL"])
+    pool_texts = ["Make a to-do list.", "Don't e-mail the café's owner.", "Round 3.14 up.", "Explain U.S. history in 5 points.",
+                  "Write a to do list for a trip", "Ｆｕｌｌｗｉｄｔｈ letters, naïve résumé"]
+    pool = si.RougeLPool(pool_texts)
+    for q in ["Make a to do list", "Do not email the cafe owner", "round 3 14 up", "Explain US history in five points",
+              "naive resume with fullwidth letters"]:
+        assert si.rouge_tokens(q) == scorer._tokenizer.tokenize(q)
+        assert pool.scores(q).tolist() == [scorer.score(q, p)["rougeL"].fmeasure for p in pool_texts]
+
+
 def test_most_similar():
     pool = si.RougeLPool(["Write a poem about the sea.", "写一首关于春天的诗"])
     s, i = pool.most_similar("写一首关于秋天的诗")
@@ -90,7 +103,7 @@ def test_seed_errors(tmp_path):
     ("word " * 151, "too long"),
     ("Describe the pictures in the gallery.", "blacklisted keyword"),
     ("Plot the monthly sales for last year.", "blacklisted keyword"),
-    ("Compose some music for a birthday party.", "blacklisted keyword"),
+    ("Compose some music for a birthday party.", None),        # not one of Self-Instruct's 13 keywords (Alpaca's 18 has it)
     ("Go to the nearest shop and buy milk.", "blacklisted keyword"),
     ("为下面的地图写一段导览说明。", "blacklisted keyword"),
     ("请根据示意图解释电路原理。", "blacklisted keyword"),
@@ -104,6 +117,16 @@ def test_seed_errors(tmp_path):
 ])
 def test_instruction_filter(inst, reason):
     assert si.instruction_filter(inst) == (reason is None, reason)
+
+
+def test_blacklists_and_word_counts_as_published():
+    "Self-Instruct's 13 English keywords (default), Alpaca's 18; length in whitespace words as both originals count it."
+    for w in ("video", "audio", "music", "flowchart", "diagram"):
+        inst = f"Describe the {w} for the school concert."
+        assert si.instruction_filter(inst) == (True, None)
+        assert si.instruction_filter(inst, blacklist="alpaca") == (False, "blacklisted keyword")
+    assert si.instruction_filter("Make a to-do list") == (True, None)          # 4 whitespace words (the original splits on spaces)
+    assert si.instruction_filter("Fix this to-do") == (False, "too short")
 
 
 @pytest.mark.parametrize("inst,reason", [
