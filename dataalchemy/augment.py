@@ -21,12 +21,13 @@ from .config import get_settings, options
 # %% auto #0
 __all__ = ['METHODS', 'SIMILARITY', 'EDA_OPS', 'PROTECTED_TERMS', 'WORDNET_FILES', 'STOP_WORDS', 'EN_PHRASES', 'ZH_LEXICON',
            'ZH_BLOCKERS', 'ZH_FILLERS', 'LANG_NAMES', 'PARAPHRASE_SYSTEM', 'paraphrase_zh', 'AugmentOpts', 'split_list',
-           'protected_spans', 'segments', 'protected_texts', 'quoted_spans', 'spans_kept', 'load_terms', 'term_pattern',
-           'domain_pattern', 'task_kind', 'WordNetNotFound', 'wordnet_cache_dir', 'find_wordnet', 'load_wordnet',
-           'WordNetSynonyms', 'plural_en', 'synonym_replace_en', 'synonym_replace_zh', 'synonym_replace', 'eda', 'mask',
-           'unmask', 'lang_of', 'translate_request', 'paraphrase_request', 'back_translate', 'paraphrase',
-           'GoogleTranslator', 'StreamDupIndex', 'lexical_similarity', 'minilm_available', 'SimilarityCheck',
-           'answer_terms', 'record_terms', 'augment_texts', 'resolve_method', 'augment_dataset', 'augment_cmd']
+           'WordTerms', 'protected_spans', 'segments', 'protected_texts', 'quoted_spans', 'spans_kept', 'load_terms',
+           'term_pattern', 'domain_pattern', 'task_kind', 'WordNetNotFound', 'wordnet_cache_dir', 'find_wordnet',
+           'load_wordnet', 'WordNetSynonyms', 'plural_en', 'synonym_replace_en', 'synonym_replace_zh',
+           'synonym_replace', 'eda', 'mask', 'unmask', 'lang_of', 'translate_request', 'paraphrase_request',
+           'back_translate', 'paraphrase', 'GoogleTranslator', 'StreamDupIndex', 'lexical_similarity',
+           'minilm_available', 'SimilarityCheck', 'answer_terms', 'record_terms', 'augment_texts', 'resolve_method',
+           'augment_dataset', 'augment_cmd']
 
 # %% ../nbs/07_augment.ipynb #408f51f4
 METHODS = ('auto', 'paraphrase', 'backtranslate', 'synonym', 'eda')
@@ -115,7 +116,7 @@ def _entity_spans(text: str, start: int, end: int) -> list[tuple[int, int]]:
         if not w[0].isupper(): i += 1; continue
         j = i                      # extend over capitalised words separated by one space (or a hyphen)
         while j + 1 < len(words) and words[j+1][2][0].isupper() and text[words[j][1]:words[j+1][0]] in (' ', '-'): j += 1
-        sent_start = bool(_re_sent_start.search(text[:s]))
+        sent_start = bool(_re_sent_start.search(text, max(0, s - 40), s))   # a window: slicing text[:s] made long texts quadratic
         first = i
         if sent_start and (j == i or w.lower() in _NOT_ENTITY_STARTS):
             first = i + 1          # a sentence-initial capital is an ordinary word unless a name continues it
@@ -136,18 +137,45 @@ def _gaps(spans, n: int) -> list[tuple[int, int]]:
     if pos < n: out.append((pos, n))
     return out
 
+class WordTerms:
+    "Protected words without a regex: English words whole, in any case, with an optional plural; Chinese strings anywhere."
+    def __init__(self, words: Iterable[str]):
+        words = [w.strip() for w in words if w and w.strip()]
+        self.en = frozenset(w.lower() for w in words if not has_cjk(w))
+        self.zh = tuple(sorted({w for w in words if has_cjk(w)}, key=len, reverse=True))
+    def __bool__(self): return bool(self.en or self.zh)
+    def spans(self, text: str, a: int, b: int) -> list[tuple[int, int]]:
+        out = []
+        for m in _re_word.finditer(text, a, b):
+            w = m.group().lower()
+            if w in self.en or (w[-1:] == 's' and (w[:-1] in self.en or (w[-2:] == 'es' and w[:-2] in self.en))):
+                out.append((m.start(), m.end()))
+        for t in self.zh:
+            i = text.find(t, a, b)
+            while i >= 0:
+                if not any(s <= i < e or i <= s < i + len(t) for s, e in out): out.append((i, i + len(t)))
+                i = text.find(t, i + len(t), b)
+        return out
+
+def _term_spans(pat, text: str, a: int, b: int) -> list[tuple[int, int]]:
+    if isinstance(pat, WordTerms): return pat.spans(text, a, b)
+    return [(m.start(), m.end()) for m in pat.finditer(text, a, b) if m.start() < m.end()]
+
 def protected_spans(text: str, terms=None) -> list[tuple[int, int, str]]:
-    "Sorted, non-overlapping `(start, end, kind)` spans of `text` that augmentation must leave untouched (`terms`: pattern(s) of protected terms)."
-    text = text or ''
+    "Sorted, non-overlapping `(start, end, kind)` spans of `text` that augmentation must leave untouched (`terms`: patterns or `WordTerms` of protected terms)."
+    return list(_protected_spans(text or '', terms if not isinstance(terms, list) else tuple(terms)))
+
+@lru_cache(maxsize=4096)
+def _protected_spans(text: str, terms) -> tuple:
     spans = [(m.start(), m.end(), m.lastgroup) for m in _re_protect.finditer(text) if m.start() < m.end()]
-    pats = [p for p in (terms if isinstance(terms, (list, tuple)) else [terms]) if p is not None]
+    pats = [p for p in (terms if isinstance(terms, tuple) else [terms]) if p is not None]
     for pat in pats:
         for a, b in _gaps(spans, len(text)):
-            spans += [(m.start(), m.end(), 'term') for m in pat.finditer(text, a, b) if m.start() < m.end()]
+            spans += [(s, e, 'term') for s, e in _term_spans(pat, text, a, b)]
     for a, b in _gaps(spans, len(text)):
         spans += [(s, e, 'entity') for s, e in _entity_spans(text, a, b)]
         if has_cjk(text[a:b]): spans += [(s, e, 'entity') for s, e in _cn_name_spans(text, a, b)]
-    return sorted(spans)
+    return tuple(sorted(spans))
 
 def segments(text: str, terms=None) -> list[tuple[str, str | None]]:
     "`text` cut into `(piece, kind)`: `kind` is the protection kind, or None for free text that may change."
@@ -246,7 +274,7 @@ def _texts_of(rec: dict) -> list[str]:
     return out
 
 def _answers_of(rec: dict) -> list[str]:
-    out = [rec[k] for k in ('output', 'response', 'answer', 'chosen') if isinstance(rec.get(k), str)]
+    out = [rec[k] for k in ('output', 'response', 'answer', 'chosen', 'completion') if isinstance(rec.get(k), str)]
     for k in ('conversations', 'messages'):
         for m in rec.get(k) or []:
             if isinstance(m, dict) and m.get('role', m.get('from')) in ('assistant', 'gpt'):
@@ -787,7 +815,7 @@ class StreamDupIndex:
     def __init__(self, threshold: float = 0.8, ngram: int = 3, num_perm: int = 64, bucket_cap: int = 32):
         self.threshold, self.num_perm, self.bucket_cap = threshold, num_perm, bucket_cap
         self.shingler = Shingler(ngram, ngram, adaptive=False)
-        self.bands, self.rows = lsh_params(threshold, num_perm)
+        self.bands, self.rows = lsh_params(threshold, num_perm, fp_weight=0.1, fn_weight=0.9)   # recall first: Jaccard verifies
         self.n_compared = 0                                     # exact Jaccard computations so far
         self.keys: dict[int, list] = {}
         self.sets, self.groups = [], []
@@ -914,9 +942,9 @@ def answer_terms(rec: dict) -> list[str]:
     return sorted(en | zh)
 
 def record_terms(rec: dict, opts: AugmentOpts) -> tuple:
-    "The protected-term patterns of `rec`: the domain lists of `opts.terms`, and the words of its answer."
+    "The protected terms of `rec`: the domain lists of `opts.terms` (a pattern), and the words of its answer (`WordTerms`)."
     pats = [domain_pattern(opts.terms)] if opts.terms else []
-    if opts.protect_answer_terms: pats.append(term_pattern(answer_terms(rec)))
+    if opts.protect_answer_terms: pats.append(WordTerms(answer_terms(rec)) or None)
     return tuple(p for p in pats if p is not None)
 
 def augment_texts(texts: list[str], method: str, seeds: list, opts: AugmentOpts, engine=None,
@@ -992,9 +1020,11 @@ def augment_dataset(records, target_size: int, method: str | None = None, seed: 
     rng = random.Random(f'augment:{seed}')
     rng.shuffle(parents)
     budget, k = max(1, o.max_attempts) * want, 0
+    rule_based = method in ('synonym', 'eda')
     while len(out) < target_size and k < budget and parents:
         n = min(target_size - len(out), budget - k, o.batch_size)
-        jobs = [(recs[parents[(k + j) % len(parents)]], k + j) for j in range(n)]
+        picks = [parents[(k + j) % len(parents)] for j in range(n)]
+        jobs = [(recs[i], k + j) for j, i in enumerate(picks)]
         k += n
         jterms = [record_terms(p, o) if method in ('synonym', 'eda') else None for p, _ in jobs]
         flat = [(j, path) for j, (p, _) in enumerate(jobs) for path in _text_fields(p, o.fields)]
@@ -1004,7 +1034,7 @@ def augment_dataset(records, target_size: int, method: str | None = None, seed: 
         res = augment_texts(texts, method, seeds, o, engine, synonyms, variant, seed=seed, terms=[jterms[j] for j, _ in flat])
         by_job = defaultdict(list)
         for (j, path), r in zip(flat, res): by_job[j].append((path, r))
-        cands = []                                       # (job, new record, info, error, detail)
+        cands, barren = [], set()                        # (job, new record, info, error, detail); parents with nothing to change
         for j, (parent, n_job) in enumerate(jobs):
             new = copy.deepcopy(parent)
             info, err, detail, changed = {}, None, None, False
@@ -1016,6 +1046,7 @@ def augment_dataset(records, target_size: int, method: str | None = None, seed: 
                 if lost is not None: err, detail = 'protected span changed', f'lost {lost!r}'; break
                 _set(new, path, r['text']); info.update({k2: v for k2, v in r['info'].items() if v is not None})
             if err is None and not changed: err = 'unchanged'
+            if err == 'unchanged' and rule_based and method == 'synonym': barren.add(picks[j])   # nothing to replace, ever
             cands.append((j, new, info, err, detail))
         live = [c for c in cands if c[3] is None]
         scores = dict(zip([c[0] for c in live], sim.judge([_key_text(jobs[c[0]][0], o.fields) for c in live],
@@ -1043,6 +1074,9 @@ def augment_dataset(records, target_size: int, method: str | None = None, seed: 
             if 'id' in parent: new['id'] = f'{pid}-aug-{stable_id(_key_text(new, o.fields), 8)}'
             index.add_sketch(sketches[j])
             out.append(new); st.count(f'augmented: {method}')
+        if barren:                                       # leave them out of the next rounds (counted once each)
+            st.count('not augmented: nothing to replace', len(barren))
+            parents = [i for i in parents if i not in barren]
     if len(out) < target_size: st.count('short of target', target_size - len(out))
     st.kept(len(out))
     return out
