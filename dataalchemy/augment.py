@@ -897,9 +897,9 @@ class SimilarityCheck:
         return [round(float(x), 4) for x in (e[:n] * e[n:]).sum(1)]
 
     def judge(self, parents: list[str], children: list[str]) -> list[tuple[float, str, float]]:
-        "`(score, measure, threshold)` of each child: MiniLM for English, the lexical measure for text with CJK characters (the English MiniLM reads most of them as [UNK])."
+        "`(score, measure, threshold)` of each child: MiniLM for English, the lexical measure for text with CJK characters (the English MiniLM reads most of them as [UNK]; a `model` you pass is trusted with every language)."
         out = [None] * len(parents)
-        zh = [i for i, (a, b) in enumerate(zip(parents, children)) if has_cjk(a) or has_cjk(b)]
+        zh = [i for i, (a, b) in enumerate(zip(parents, children)) if has_cjk(a) or has_cjk(b)] if self.model is None else []
         rest = [i for i in range(len(parents)) if self.kind == 'minilm' and i not in set(zh)]
         for i in set(range(len(parents))) - set(rest):
             out[i] = (round(lexical_similarity(parents[i], children[i]), 4), 'lexical', self.lexical_threshold)
