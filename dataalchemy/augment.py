@@ -1,4 +1,4 @@
-"""Back-translation, WordNet and Chinese synonym replacement and EDA operations that grow a dataset to a target size offline, protect what must not change (code, numbers, URLs, placeholders, names) and drop augmented duplicates.
+"""LLM paraphrase, back-translation, WordNet and Chinese synonym replacement and EDA operations that grow a dataset to a target size, protect what must not change (quotes, code, numbers, URLs, placeholders, names, technical terms, the answer's words), reject candidates that drift from their parent, and drop augmented duplicates in linear time.
 
 Docs: https://dataalchemy.github.io/dataalchemy/augment.html.md"""
 
@@ -124,10 +124,20 @@ def _entity_spans(text: str, start: int, end: int) -> list[tuple[int, int]]:
         i = j + 1
     return spans
 
+@lru_cache(maxsize=1)
+def _re_cn_titled():
+    from dataalchemy.pii import CN_TITLES, _SUR
+    return re.compile(f'{_SUR}[\u4e00-\u9fff]{{1,2}}?(?=' + '|'.join(CN_TITLES) + ')')
+
 def _cn_name_spans(text: str, start: int, end: int) -> list[tuple[int, int]]:
-    "Chinese personal names in text[start:end] (the PII chapter's rules: a surname after a cue word or before a title)."
+    "Chinese personal names in text[start:end]: the PII chapter's rules (a surname after a cue word, or before a title), and a full name before a title (张伟老师)."
     from dataalchemy.pii import cn_names
-    return [(start + s, start + e) for s, e, _ in cn_names(text[start:end])]
+    part = text[start:end]
+    found = [(s, e) for s, e, _ in cn_names(part)] + [m.span() for m in _re_cn_titled().finditer(part)]
+    out = []
+    for s, e in sorted(found, key=lambda x: (x[0], -x[1])):
+        if not out or s >= out[-1][1]: out.append((s, e))
+    return [(start + s, start + e) for s, e in out]
 
 def _gaps(spans, n: int) -> list[tuple[int, int]]:
     out, pos = [], 0
