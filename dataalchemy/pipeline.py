@@ -450,7 +450,7 @@ def augment_step(records, stats, ctx, factor=None, target_size=None, seed=0, **o
     recs = list(records)
     n = int(target_size) if target_size else round(len(recs) * float(factor or 1.0))
     o = AugmentOpts(**opts)
-    llm = o.method == 'backtranslate' or o.zh_synonyms == 'llm'
+    llm = o.uses_llm                                  # auto/paraphrase with an endpoint, LLM translation or synonyms
     yield from augment_dataset(recs, n, seed=seed, engine=ctx.engine if llm else None, stats=stats, opts=o)
 
 def topk_step(records, stats, ctx, corpus='ingest', **opts):
@@ -651,10 +651,11 @@ def pipeline_from_config(cfg: dict, out: str | os.PathLike | None = None, progre
             steps.append(Step('semantic', semantic_step, {'fields': o['fields'], 'threshold': cfg['dedup']['semantic_threshold'],
                                                            'keep': o['keep'] if o['keep'] != 'score' else 'first'}))
     if cfg['augment']['enabled']:
+        from dataalchemy.augment import AugmentOpts
         o = resolve_options('augment', fields('augment'))
         a = cfg['augment']
         steps.append(Step('augment', augment_step, {**o, 'factor': a['factor'], 'target_size': a['target_size'], 'seed': a['seed']},
-                          engine=o['method'] == 'backtranslate' or o['zh_synonyms'] == 'llm'))
+                          engine=AugmentOpts(**o).uses_llm))
     if cfg['topk']['enabled']:
         o = resolve_options('topk', fields('topk'))
         corpus = ('safety' if pii or tox else 'ingest') if cfg['topk']['corpus'] else ''   # negatives from clean chunks
