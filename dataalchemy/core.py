@@ -207,7 +207,7 @@ class RecordReader:
         if self.n_read == 0 and self.n_bad == 0 and not self.allow_empty:
             where = self.path or 'the input'
             msg = "file is empty" if self.path and self.path.stat().st_size == 0 else "no records found"
-            raise EmptyInputError(f"{msg} (pass allow_empty=True if an empty dataset is expected)", where)
+            raise EmptyInputError(f"{msg}: there is nothing to work on", where)   # (Python: allow_empty=True reads it as empty)
 
     def _records(self):
         if not self.is_file: yield from self._from_memory(); return
