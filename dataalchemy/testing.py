@@ -198,6 +198,9 @@ class FakeOpenAI:
                 err.append(e); ready.set(); return
             ready.set()
             self._loop.run_forever()
+            pending = [t for t in asyncio.all_tasks(self._loop) if not t.done()]     # e.g. abandoned generations
+            for t in pending: t.cancel()
+            self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             self._loop.run_until_complete(self._runner.cleanup())
             self._loop.close()
         self._thread = threading.Thread(target=run, name='FakeOpenAI', daemon=True)
