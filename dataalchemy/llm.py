@@ -17,12 +17,12 @@ from .config import Settings, get_settings
 log = logging.getLogger('dataalchemy.llm')
 
 # %% auto #0
-__all__ = ['log', 'PARAMS', 'OFFLINE_MODEL', 'TASKS', 'QA_SCHEMA', 'DEFAULT_PRICING', 'REPAIR_PROMPT', 'Request', 'Result',
-           'Task', 'register_task', 'question_for', 'qa_prompt', 'offline_qa', 'extract_json', 'validate', 'cache_key',
-           'Cache', 'RateLimiter', 'run_sync', 'load_pricing', 'price_of', 'approx_tokens', 'TokenCounter', 'Estimate',
-           'LLMError', 'error_reason', 'redact', 'OfflineBackend', 'embedding_problem', 'OpenAIBackend',
+__all__ = ['log', 'PARAMS', 'OFFLINE_MODEL', 'TASKS', 'QA_SCHEMA', 'DEFAULT_PRICING', 'REPAIR_PROMPT', 'LLM_OPTIONS', 'Request',
+           'Result', 'Task', 'register_task', 'question_for', 'qa_prompt', 'offline_qa', 'extract_json', 'validate',
+           'cache_key', 'Cache', 'RateLimiter', 'run_sync', 'load_pricing', 'price_of', 'approx_tokens', 'TokenCounter',
+           'Estimate', 'LLMError', 'error_reason', 'redact', 'OfflineBackend', 'embedding_problem', 'OpenAIBackend',
            'OnePromptOnly', 'TransformersBackend', 'Usage', 'AdaptiveLimit', 'Engine', 'run_batch', 'parse_all',
-           'parse_json', 'generate_cmd', 'estimate_cmd']
+           'parse_json', 'llm_options', 'generate_cmd', 'estimate_cmd']
 
 # %% ../nbs/02_llm.ipynb #eb9b3979
 PARAMS = ('temperature', 'top_p', 'max_tokens', 'n', 'seed', 'response_format')
@@ -1318,35 +1318,54 @@ def parse_json(engine: Engine, result: Result, schema: dict | None = None, repai
     return parse_all(engine, [result], schema, repair)[0]
 
 # %% ../nbs/02_llm.ipynb #1682f9ef
-import typer
+import functools, inspect, typer
+from typing import Optional
 from .cli import app, fail
+
+LLM_OPTIONS = {   # the options every verb that calls a model takes: name -> (type, typer.Option)
+    'model': (Optional[str], typer.Option(None, '--model', help="Model name [llm] model.")),
+    'base_url': (Optional[str], typer.Option(None, '--base-url', help="OpenAI-compatible endpoint [llm] base_url.")),
+    'concurrency': (Optional[int], typer.Option(None, '--concurrency', help="Most requests in flight (the engine adapts below it) [llm] concurrency.")),
+    'timeout': (Optional[float], typer.Option(None, '--timeout', help="Seconds per request [llm] timeout.")),
+    'max_tokens': (Optional[int], typer.Option(None, '--max-tokens', help="Output tokens per reply [llm] max_tokens."))}
+
+def llm_options(fn):
+    "Give a verb the shared model options (`LLM_OPTIONS`); it gets the ones set as `llm`, a dict for `Engine(**llm)`."
+    sig = inspect.signature(fn)
+    if 'llm' not in sig.parameters: raise TypeError(f"{fn.__name__} needs a parameter `llm` to receive the model options")
+    if (clash := set(LLM_OPTIONS) & set(sig.parameters)): raise TypeError(f"{fn.__name__} declares {sorted(clash)} itself")
+    @functools.wraps(fn)
+    def verb(*args, **kw):
+        llm = {k: v for k in LLM_OPTIONS if (v := kw.pop(k, None)) is not None}
+        return fn(*args, llm=llm, **kw)
+    params = [p for p in sig.parameters.values() if p.name != 'llm']
+    params += [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=t) for k, (t, opt) in LLM_OPTIONS.items()]
+    verb.__signature__ = sig.replace(parameters=params)
+    verb.__annotations__ = {**{k: v for k, v in fn.__annotations__.items() if k != 'llm'}, **{k: t for k, (t, _) in LLM_OPTIONS.items()}}
+    return verb
 
 def _load_requests(path) -> list[Request]:
     return [Request.coerce(rec, path, i) for i, rec in enumerate(read_records(path), 1)]
 
 @app.command('generate')
+@llm_options
 def generate_cmd(inp: Path = typer.Argument(..., help="JSONL of requests: `messages` or `prompt`, optional `id` and parameters."),
                  out: Path = typer.Argument(..., help="JSONL of results (appended to; rerun to resume)."),
-                 model: str = typer.Option(None, help="Model name [llm] model."),
-                 base_url: str = typer.Option(None, '--base-url', help="OpenAI-compatible endpoint [llm] base_url."),
                  backend: str = typer.Option(None, help="openai, transformers, offline or auto."),
-                 concurrency: int = typer.Option(None, help="Requests in flight."),
                  rpm: float = typer.Option(None, help="Requests per minute (0: unlimited)."),
                  tpm: float = typer.Option(None, help="Tokens per minute (0: unlimited)."),
                  max_retries: int = typer.Option(None, '--max-retries', help="Retries of 429/5xx/timeouts."),
-                 timeout: float = typer.Option(None, help="Seconds per request."),
                  cache_dir: Path = typer.Option(None, '--cache-dir', help="Reply cache directory [cache] dir."),
                  no_cache: bool = typer.Option(False, '--no-cache', help="Neither read nor write the cache."),
                  temperature: float = typer.Option(None, help="Default temperature for requests that set none."),
-                 max_tokens: int = typer.Option(None, '--max-tokens', help="Default max_tokens for requests that set none."),
-                 progress: bool = typer.Option(True, '--progress/--no-progress', help="Show a progress bar.")):
+                 progress: bool = typer.Option(True, '--progress/--no-progress', help="Show a progress bar."),
+                 llm: dict | None = None):
     "Send every request of IN to the model and stream the results to OUT (resumable)."
     try: reqs = _load_requests(inp)
     except (RecordError, FileNotFoundError) as e:
         fail(e, 2)
-    eng = Engine(backend=backend, model=model, base_url=base_url, concurrency=concurrency, rpm=rpm, tpm=tpm,
-                 max_retries=max_retries, timeout=timeout, cache_dir=cache_dir, use_cache=not no_cache,
-                 temperature=temperature, max_tokens=max_tokens, progress=progress)
+    eng = Engine(backend=backend, rpm=rpm, tpm=tpm, max_retries=max_retries, cache_dir=cache_dir, use_cache=not no_cache,
+                 temperature=temperature, progress=progress, **llm)
     res = eng.generate(reqs, out=out)
     n_bad = sum(not r.ok for r in res)
     c = eng.cost()
@@ -1355,7 +1374,7 @@ def generate_cmd(inp: Path = typer.Argument(..., help="JSONL of requests: `messa
                f'[{eng.backend.name}:{eng.backend.model}] -> {out}', err=True)
     if n_bad:
         first = next(r for r in res if not r.ok)
-        typer.echo(f'first error ({first.id}): {first.error}', err=True)
+        typer.echo(f'stopped: {eng.stopped}' if eng.stopped else f'first error ({first.id}): {first.error}', err=True)
         raise typer.Exit(1)
 
 @app.command('estimate')
