@@ -975,8 +975,10 @@ class Engine:
                 self.usage.not_sent += 1
                 return None, attempts, f'not sent: the run stopped ({self.stopped})'
             await self._rpm.acquire(); await self._tpm.acquire(est_tokens)
-            attempts += 1; self.usage.attempts += 1
             t0, outcome = await self.limit.acquire(), 'other'
+            if self.stopped:                                  # it stopped while this request waited for its turn
+                await self.limit.release(t0, outcome); continue
+            attempts += 1; self.usage.attempts += 1
             try:
                 try:                                                  # the HTTP client's own timeout should fire first
                     async with asyncio.timeout(self.timeout + 5 if isinstance(self.backend, OpenAIBackend) else None):
