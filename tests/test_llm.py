@@ -314,3 +314,18 @@ def test_loglik_without_logprobs_says_what_is_missing(tmp_path):
         msg = str(ex.value)
         assert "no prompt logprobs" in msg and "vLLM" in msg and "echo" in msg and "--lm-backend hf" in msg
         assert s.n_requests <= 3
+
+
+def test_qa_takes_the_shared_model_options(tmp_path):
+    docs = tmp_path / "docs"; docs.mkdir()
+    (docs / "a.txt").write_text("Machine learning is a subset of artificial intelligence. " * 3 + "\n\n"
+                                + "过拟合是指模型记住了训练数据。" * 5)
+    from dataalchemy.testing import task_responder
+    with FakeOpenAI(latency=0.05, quirks={"single_stream"}, responder=task_responder) as s:
+        r = subprocess.run([EXE, "qa", str(docs), str(tmp_path / "qa.jsonl"), "--chunk-size", "80", "--overlap", "0",
+                            "--base-url", s.url, "--model", "local-model", "--concurrency", "2", "--timeout", "7",
+                            "--max-tokens", "50"], capture_output=True, text=True, env=cli_env(), cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        bodies = [q["body"] for q in s.requests]
+        assert len(bodies) >= 2 and all(b["max_tokens"] == 50 and b["model"] == "local-model" for b in bodies)
+        assert s.stats()["max_in_flight"] <= 2
