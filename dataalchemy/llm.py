@@ -973,7 +973,7 @@ class Engine:
             if self.stopped:
                 if attempts: return None, attempts, f'{msg} (not retried: the run stopped)'
                 self.usage.not_sent += 1
-                return None, attempts, f'not sent: the run stopped ({self.stopped})'
+                return None, attempts, f'{self.stopped} (not sent: the run stopped)'
             await self._rpm.acquire(); await self._tpm.acquire(est_tokens)
             t0, outcome = await self.limit.acquire(), 'other'
             if self.stopped:                                  # it stopped while this request waited for its turn
@@ -1098,7 +1098,7 @@ class Engine:
         async def worker():
             for r in it:
                 if self.stopped:
-                    res = Result(r.id, error=f'not sent: the run stopped ({self.stopped})', backend=self.backend.name,
+                    res = Result(r.id, error=f'{self.stopped} (not sent: the run stopped)', backend=self.backend.name,
                                  model=self.backend.model, request=r)
                     self.usage.not_sent += 1; self.usage.failed += 1
                 else: res = await self._one(r)
