@@ -689,7 +689,7 @@ class OpenAIBackend:
                 raise LLMError(f'{self.endpoint} returned no prompt logprobs (model {self.model!r}): scoring needs '
                                '/v1/completions that honours echo=true with logprobs; vLLM serves them (llama.cpp, Ollama '
                                'and transformers serve do not, or not for the prompt). Or score with a local model: '
-                               '`retrieval-scores --lm-backend hf --lm PATH` (HFScorer).')
+                               "Engine(backend='transformers', model=PATH), or `retrieval-scores --lm-backend hf --lm PATH`.")
             if not (ch.get('text') or '').startswith(p + c[:1]) and sum(len(t) for t in toks) < len(p) + len(c):
                 raise LLMError(f'{self.endpoint} did not echo the prompt (model {self.model!r}): scoring needs /v1/completions '
                                'with echo=true and logprobs, as vLLM serves them')
@@ -766,6 +766,14 @@ class TransformersBackend:
         async with self._lock:
             try: return await asyncio.to_thread(self._generate, req, params)
             except Exception as e: raise LLMError(f'local generation failed: {type(e).__name__}: {e}') from None
+
+    async def loglik(self, pairs: list[tuple[str, str]]) -> tuple[list[float], dict]:
+        "log P(continuation | prefix) per pair under the local model (the retrieval chapter's `HFScorer`): no server needed."
+        from dataalchemy.retrieval import HFScorer
+        async with self._lock:
+            try: vals = await asyncio.to_thread(HFScorer(self._model, self._tok, batch_size=len(pairs)).loglik, pairs)
+            except Exception as e: raise LLMError(f'local scoring failed: {type(e).__name__}: {e}') from None
+        return vals, {'prompt_tokens': 0}
 
 # %% ../nbs/02_llm.ipynb #ac68bca1
 @dataclass
@@ -1136,10 +1144,12 @@ class Engine:
             raise ValueError(f"{what} needs an OpenAI-compatible endpoint (backend is {self.backend.name!r}): set "
                              f"DATAALCHEMY_BASE_URL, {alternative}")
 
-    async def _abatched(self, keys: list[str], call: Callable, batch_size: int, tokens: Callable, what: str) -> list:
+    async def _abatched(self, keys: list[str], call: Callable, batch_size: int, tokens: Callable, what: str,
+                        cache: bool = True) -> list:
         "One value per cache key: hits from the cache, the rest from `await call(indices) -> (values, usage)` in concurrent batches."
         vals: list = [None] * len(keys)
-        if self.use_cache:
+        cache = cache and self.use_cache
+        if cache:
             for i, k in enumerate(keys):
                 if (hit := self.cache.get(k)) is not None: vals[i] = hit['v']; self.usage.cached += 1
         todo = [i for i, v in enumerate(vals) if v is None]
@@ -1164,7 +1174,7 @@ class Engine:
             self.usage.requests += 1; self.usage.prompt_tokens += u.get('prompt_tokens', 0)
             for i, v in zip(batch, vs):
                 vals[i] = v
-                if self.use_cache: self.cache.put(keys[i], {'v': v})
+                if cache: self.cache.put(keys[i], {'v': v})
         if batches:
             await self.backend.open()
             try:
@@ -1200,15 +1210,17 @@ class Engine:
         return np.asarray(vecs, dtype=np.float32).reshape(len(texts), -1)
 
     async def aloglik(self, pairs, batch_size: int = 8) -> list[float]:
-        "log P(continuation | prefix) for each `(prefix, continuation)` (openai backend, `/v1/completions` with prompt logprobs); cached per pair."
-        self._need_endpoint('loglik()', 'to an endpoint that serves prompt logprobs (e.g. vLLM), or score with a local model')
+        "log P(continuation | prefix) for each `(prefix, continuation)`: `/v1/completions` with prompt logprobs (openai backend), or the local model (transformers); cached per pair."
+        if not isinstance(self.backend, TransformersBackend):
+            self._need_endpoint('loglik()', "to an endpoint that serves prompt logprobs (e.g. vLLM), or use backend='transformers' with a local model")
         pairs = [(str(p), str(c)) for p, c in pairs]
         keys = [cache_key(self.backend.endpoint, self.backend.model, {'loglik': list(pc)}) for pc in pairs]
         async def call(b):
             if len(b) > 1 and self._one_prompt: raise OnePromptOnly('known from an earlier request')
             return await self.backend.loglik([pairs[i] for i in b])
         return await self._abatched(keys, call, batch_size,
-                                    lambda b: sum(approx_tokens(pairs[i][0] + pairs[i][1]) for i in b), 'log-likelihood scoring')
+                                    lambda b: sum(approx_tokens(pairs[i][0] + pairs[i][1]) for i in b), 'log-likelihood scoring',
+                                    cache=self.backend.cacheable)
 
     def loglik(self, pairs, batch_size: int = 8) -> list[float]:
         "Sync `aloglik`."
