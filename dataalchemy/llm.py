@@ -799,18 +799,22 @@ class Usage:
     def __repr__(self): return ', '.join(f'{k}={v:.2f}' if isinstance(v, float) else f'{k}={v}' for k, v in self.as_dict().items())
 
 class AdaptiveLimit:
-    """How many requests may be in flight: AIMD. Starts at `start`, grows by one per reply while replies come back in
-    under a quarter of the `timeout` (slow start), then by 1/limit per reply while under half of it; halves on a timeout,
-    429, 5xx or lost connection (once per overload: requests sent before the last cut do not cut again)."""
+    """How many requests may be in flight: AIMD, with TCP Vegas's signal of queueing. Starts at `start`. A reply grows the
+    limit by one (slow start, until the first reply that does not grow it) or else by 1/limit when it came back in under
+    a quarter of the `timeout`, or showed no queueing (its seconds per unit of work within 1.25 x the fastest seen)
+    inside half the timeout; any other reply in under half the timeout grows it by 1/limit. A timeout, 429, 5xx or lost
+    connection halves it, once per overload (requests sent before the last cut do not cut again); a timeout also caps
+    it, for the run, one below the limit that timed out."""
     def __init__(self, maximum: int, timeout: float, adaptive: bool = True, start: int = 1):
         self.maximum, self.timeout, self.adaptive = max(1, int(maximum)), float(timeout), adaptive
         self.limit = float(min(self.maximum, start) if adaptive else self.maximum)
         self.slow_start, self.in_flight, self.cuts, self.peak = True, 0, 0, self.limit
+        self.base, self.ceiling, self.warned = math.inf, self.maximum, False
         self._last_cut, self._cond = -math.inf, None
 
     def open(self):
         "Start a run (in the current event loop); the limit learned by earlier runs is kept."
-        self._cond, self.in_flight = asyncio.Condition(), 0
+        self._cond, self.in_flight, self.ceiling = asyncio.Condition(), 0, self.maximum
 
     async def acquire(self) -> float:
         async with self._cond:
@@ -818,19 +822,29 @@ class AdaptiveLimit:
             self.in_flight += 1
         return time.monotonic()
 
-    async def release(self, t0: float, outcome: str):
-        "`outcome`: 'ok', 'overload' (cut) or 'other' (no change)."
+    async def release(self, t0: float, outcome: str, work: float = 1.0, timed_out: bool = False):
+        "`outcome`: 'ok' (with its `work`, e.g. output tokens), 'overload' (cut; `timed_out` caps too) or 'other' (no change)."
         now = time.monotonic()
         if self.adaptive:
             if outcome == 'overload' and t0 > self._last_cut:
-                self.limit, self.slow_start, self._last_cut = max(1.0, self.limit / 2), False, now
+                if timed_out: self.ceiling = max(1, min(self.ceiling, math.ceil(self.limit) - 1))
+                self.limit, self.slow_start, self._last_cut = max(1.0, min(self.limit / 2, self.ceiling)), False, now
                 self.cuts += 1
             elif outcome == 'ok':
                 latency = now - t0
-                if self.slow_start and latency < self.timeout / 4: self.limit += 1
+                rate = latency / max(work, 1e-9)
+                self.base = min(self.base, rate)
+                if latency < self.timeout / 4 or (rate <= 1.25 * self.base and latency < self.timeout / 2):
+                    self.limit += 1 if self.slow_start else 1 / self.limit
                 elif latency < self.timeout / 2: self.slow_start = False; self.limit += 1 / self.limit
-                else: self.slow_start = False
-                self.limit = min(float(self.maximum), self.limit)
+                else:
+                    self.slow_start = False
+                    if not self.warned:
+                        self.warned = True
+                        log.warning('a reply took %.0f s, more than half the timeout (%g s): no more requests are added in '
+                                    'flight; raise the timeout (--timeout) or lower max_tokens if the server can take more',
+                                    latency, self.timeout)
+                self.limit = max(1.0, min(self.limit, float(self.maximum), float(self.ceiling)))
                 self.peak = max(self.peak, self.limit)
         async with self._cond:
             self.in_flight -= 1
@@ -983,7 +997,7 @@ class Engine:
                 self.usage.not_sent += 1
                 return None, attempts, f'{self.stopped} (not sent: the run stopped)'
             await self._rpm.acquire(); await self._tpm.acquire(est_tokens)
-            t0, outcome = await self.limit.acquire(), 'other'
+            t0, outcome, work = await self.limit.acquire(), 'other', 16.0
             if self.stopped:                                  # it stopped while this request waited for its turn
                 await self.limit.release(t0, outcome); continue
             attempts += 1; self.usage.attempts += 1
@@ -993,6 +1007,7 @@ class Engine:
                         value = await fn()
                 except TimeoutError: raise LLMError(f'timed out after {self.timeout:g} s', retryable=True) from None
                 outcome = 'ok'; self._run_ok += 1; self._gave_up = 0
+                if isinstance(value, dict): work += (value.get('usage') or {}).get('completion_tokens') or 0
                 self._budget = min(float(self.retry_budget), self._budget + 0.1)
                 return value, attempts, None
             except LLMError as e:
@@ -1001,7 +1016,8 @@ class Engine:
             except (asyncio.CancelledError, KeyboardInterrupt, OnePromptOnly): raise
             except Exception as e:
                 return None, attempts, self.redact(f'{type(e).__name__}: {e}')
-            finally: await self.limit.release(t0, outcome)     # a timed-out request is closed before any retry
+            finally:                                          # a timed-out request is closed before any retry
+                await self.limit.release(t0, outcome, work, outcome == 'overload' and str(err).startswith('timed out'))
             msg = self.redact(str(err))
             if not err.retryable:
                 if err.status in (401, 403, 404): self._stop(msg)        # a wrong key, model or URL: no request can succeed

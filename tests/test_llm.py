@@ -329,3 +329,13 @@ def test_qa_takes_the_shared_model_options(tmp_path):
         bodies = [q["body"] for q in s.requests]
         assert len(bodies) >= 2 and all(b["max_tokens"] == 50 and b["model"] == "local-model" for b in bodies)
         assert s.stats()["max_in_flight"] <= 2
+
+
+def test_batching_server_with_slow_replies_gets_full_concurrency(tmp_path):
+    # replies take 0.3 of the timeout whatever the load (a batching server generating long replies): no queueing shows,
+    # so the limit climbs to the ceiling instead of creeping up by 1/limit
+    with FakeOpenAI(latency=0.3) as s:
+        e = engine(s, tmp_path, timeout=1, concurrency=16, use_cache=False)
+        t0 = time.monotonic(); res = e.generate([f"q{i}" for i in range(80)]); dt = time.monotonic() - t0
+        assert all(r.ok for r in res) and e.limit.peak == 16 and s.stats()["max_in_flight"] == 16
+        assert dt < 80 / 16 * 0.3 + 6 * 0.3 + 1, dt                # about 5 rounds of slow start, then 16 at a time
