@@ -9,7 +9,15 @@ The server (dataalchemy.testing.FakeOpenAI) runs in its own process so it does n
 Goals (issue 3): engine >= 0.9 x bare, engine >= 50 x sequential. Client CPU time per request is measured with
 time.process_time() in this (client) process.
 
+Single-stream case (issue 23): the server answers one request at a time and queues the others, and finishes the
+generations of clients that gave up (as `transformers serve` does). The Engine with its defaults (adaptive in-flight
+limit up to 16, 6 retries, retry budget) against the same Engine at fixed concurrencies 1, 2, 4, 8 and 16
+(adaptive=False), each against a fresh server; the timeout is scaled with the reply time (--single-timeout) the way
+60 s relates to a local model's reply. Useful replies per minute = successful results / wall minutes.
+Goal: defaults >= 0.8 x the best fixed setting, no abandoned generations.
+
     python bench/llm_throughput.py [--n 2000] [--latency 0.1] [--concurrency 64] [--seq-n 60] [--rounds 2]
+    python bench/llm_throughput.py --only single [--single-n 40] [--single-latency 0.2] [--single-timeout 1]
 """
 import argparse, asyncio, os, sys, tempfile, time
 from pathlib import Path
@@ -71,6 +79,36 @@ def proc_cpu(pid):
     return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def single_stream_case(n, latency, timeout, workdir):
+    "(label, seconds, ok, server stats) per client setting, each against its own single-stream server."
+    rows = []
+    for label, kw in [("defaults (adaptive, up to 16)", {}), *((f"fixed {c}", {"concurrency": c, "adaptive": False})
+                                                               for c in (1, 2, 4, 8, 16))]:
+        with FakeOpenAIProcess(latency=latency, extra_args=["--single-stream", "--echo"]) as srv:
+            e = Engine(base_url=srv.url, api_key="bench-key", model="fake-model", progress=False, use_cache=False,
+                       timeout=timeout, **kw)
+            t0 = time.perf_counter()
+            res = e.generate([{"id": f"s{i}", "messages": msgs("single", i)} for i in range(n)])
+            dt = time.perf_counter() - t0
+            time.sleep(min(2.0, latency * 4))                          # let abandoned generations finish and be counted
+            rows.append((label, dt, sum(r.ok for r in res), srv.stats(), e.stopped))
+    return rows
+
+
+def print_single(rows, n, latency, timeout):
+    print(f"\nsingle-stream server: {latency * 1000:.0f} ms per reply, one at a time; {n} requests; timeout {timeout:g} s")
+    print(f"{'client':<32} {'seconds':>8} {'ok':>4} {'useful/min':>10} {'sent':>5} {'cancelled':>9} {'abandoned':>9}")
+    for label, dt, ok, st, stopped in rows:
+        print(f"{label:<32} {dt:>8.2f} {ok:>4} {ok / dt * 60:>10.1f} {st['n_requests']:>5} {st['cancelled']:>9} "
+              f"{st['abandoned']:>9}" + ("  (run stopped)" if stopped else ""))
+    upm = {label: ok / dt * 60 for label, dt, ok, _, _ in rows}
+    best = max((k for k in upm if k.startswith("fixed")), key=upm.get)
+    r = upm[rows[0][0]] / upm[best]
+    ab = rows[0][3]["abandoned"]
+    print(f"defaults / best fixed ({best}) = {r:.2f}  (goal >= 0.8)  {'OK' if r >= 0.8 else 'BELOW GOAL'}; "
+          f"abandoned generations with the defaults: {ab}  {'OK' if ab == 0 else 'NOT ZERO'}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=2000)
@@ -78,8 +116,16 @@ def main():
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--seq-n", type=int, default=60, help="requests for the sequential baseline (extrapolated)")
     ap.add_argument("--rounds", type=int, default=2, help="bare/engine rounds, interleaved; the best of each is reported")
+    ap.add_argument("--only", choices=["throughput", "single"], default=None, help="run one of the two cases")
+    ap.add_argument("--single-n", type=int, default=40)
+    ap.add_argument("--single-latency", type=float, default=0.2, help="seconds per reply of the single-stream server")
+    ap.add_argument("--single-timeout", type=float, default=1.0, help="client timeout in the single-stream case")
     a = ap.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="llm-bench-"))
+    if a.only != "throughput":
+        print_single(single_stream_case(a.single_n, a.single_latency, a.single_timeout, workdir), a.single_n,
+                     a.single_latency, a.single_timeout)
+        if a.only == "single": return
     print(f"server: FakeOpenAI in a separate process, {a.latency * 1000:.0f} ms per reply; client: this process; "
           f"{os.cpu_count()} CPUs; load average before the run {os.getloadavg()[0]:.1f}")
     with FakeOpenAIProcess(latency=a.latency) as srv:

@@ -6,7 +6,7 @@ Docs: https://dataalchemy.github.io/dataalchemy/llm.html.md"""
 
 # %% ../nbs/02_llm.ipynb #5046d000
 from __future__ import annotations
-import asyncio, concurrent.futures, email.utils, hashlib, json, logging, math, os, random, re, sqlite3, threading, time
+import asyncio, base64, concurrent.futures, email.utils, hashlib, json, logging, math, os, random, re, sqlite3, threading, time
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -17,11 +17,12 @@ from .config import Settings, get_settings
 log = logging.getLogger('dataalchemy.llm')
 
 # %% auto #0
-__all__ = ['log', 'PARAMS', 'OFFLINE_MODEL', 'TASKS', 'QA_SCHEMA', 'DEFAULT_PRICING', 'REPAIR_PROMPT', 'Request', 'Result',
-           'Task', 'register_task', 'question_for', 'passage_question', 'qa_prompt', 'offline_qa', 'extract_json',
-           'validate', 'cache_key', 'Cache', 'RateLimiter', 'run_sync', 'load_pricing', 'price_of', 'approx_tokens',
-           'TokenCounter', 'Estimate', 'LLMError', 'redact', 'OfflineBackend', 'OpenAIBackend', 'TransformersBackend',
-           'Usage', 'Engine', 'run_batch', 'parse_all', 'parse_json', 'generate_cmd', 'estimate_cmd']
+__all__ = ['log', 'PARAMS', 'OFFLINE_MODEL', 'TASKS', 'QA_SCHEMA', 'DEFAULT_PRICING', 'REPAIR_PROMPT', 'LLM_OPTIONS', 'Request',
+           'Result', 'Task', 'register_task', 'question_for', 'passage_question', 'qa_prompt', 'offline_qa',
+           'extract_json', 'validate', 'cache_key', 'Cache', 'RateLimiter', 'run_sync', 'load_pricing', 'price_of',
+           'approx_tokens', 'TokenCounter', 'Estimate', 'LLMError', 'error_reason', 'redact', 'OfflineBackend',
+           'embedding_problem', 'OpenAIBackend', 'OnePromptOnly', 'TransformersBackend', 'Usage', 'AdaptiveLimit',
+           'Engine', 'run_batch', 'parse_all', 'parse_json', 'llm_options', 'generate_cmd', 'estimate_cmd']
 
 # %% ../nbs/02_llm.ipynb #eb9b3979
 PARAMS = ('temperature', 'top_p', 'max_tokens', 'n', 'seed', 'response_format', 'presence_penalty', 'frequency_penalty',
@@ -577,10 +578,28 @@ class Estimate:
 
 # %% ../nbs/02_llm.ipynb #408db191
 class LLMError(Exception):
-    "A failed model call: `retryable` says whether to try again, `retry_after` how long the server asked us to wait."
-    def __init__(self, message: str, retryable: bool = False, retry_after: float | None = None, status: int | None = None):
+    "A failed model call: `retryable` says whether to try again, `retry_after` how long the server asked us to wait, `overload` whether it says the server is busy (timeout, 429, 5xx, no connection)."
+    def __init__(self, message: str, retryable: bool = False, retry_after: float | None = None, status: int | None = None,
+                 overload: bool | None = None):
         super().__init__(message)
         self.retryable, self.retry_after, self.status = retryable, retry_after, status
+        self.overload = retryable if overload is None else overload
+
+def error_reason(body, text: str | None = None) -> str:
+    "The reason in an error body: OpenAI's `error.message` (or `error` as a string, Ollama), FastAPI's `detail`, a `message`, else the raw text."
+    if isinstance(body, dict):
+        err = body.get('error')
+        if isinstance(err, dict) and err.get('message'): return str(err['message'])
+        if isinstance(err, str) and err.strip(): return err.strip()
+        d = body.get('detail')
+        if isinstance(d, list):                                # FastAPI validation errors: [{'loc': [...], 'msg': ...}]
+            return '; '.join(f"{'.'.join(map(str, x.get('loc', [])[1:]))}: {x.get('msg')}".lstrip(': ') if isinstance(x, dict)
+                             else str(x) for x in d)
+        if d: return str(d)
+        if body.get('message'): return str(body['message'])
+    elif isinstance(body, str) and body.strip(): return body.strip()[:500]
+    text = (text or '').strip()
+    return text[:500] if text else '(empty response body)'
 
 _re_keylike = re.compile(r'\b(sk-[A-Za-z0-9_\-]{2})[A-Za-z0-9_\-]{6,}')
 
@@ -633,6 +652,33 @@ def _ssl_context():
         _SSL.append(ssl.create_default_context(cafile=ca))
     return _SSL[0]
 
+def _as_vector(v):
+    "An embedding as sent: a list (possibly nested) or a base64 string of float32 (decoded)."
+    if isinstance(v, str):
+        import numpy as np
+        try: return np.frombuffer(base64.b64decode(v), dtype='<f4').tolist()
+        except ValueError: return v
+    return v
+
+def _shape(v) -> tuple:
+    if not isinstance(v, list): return (type(v).__name__,)
+    if v and isinstance(v[0], list): return (len(v), *_shape(v[0]))
+    return (len(v),)
+
+def embedding_problem(vecs: list, n: int, dim: int | None = None) -> str | None:
+    "What is wrong with `vecs` as `n` embeddings (of dimension `dim`, if known): None when they are `n` flat numeric vectors of one length."
+    if len(vecs) != n: return f'{len(vecs)} embeddings'
+    shapes = [_shape(v) for v in vecs]
+    if any(len(s) != 1 or not isinstance(s[0], int) for s in shapes):
+        shown = ', '.join(str(s).replace(',)', ')') for s in shapes[:3]) + (', ...' if n > 3 else '')
+        return f'nested vectors (one per token?) of shapes {shown}'
+    if any(not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v) for v in vecs): return 'non-numeric vectors'
+    dims = sorted({s[0] for s in shapes})
+    if len(dims) > 1: return f'vectors of different lengths {dims[:4]}'
+    if dims[0] == 0: return 'empty vectors'
+    if dim is not None and dims[0] != dim: return f'{dims[0]}-dimensional vectors after {dim}-dimensional ones'
+    return None
+
 class OpenAIBackend:
     "Any OpenAI-compatible endpoint through `openai.AsyncOpenAI` (one client per run, connection pool sized to the concurrency)."
     name, cacheable = 'openai', True
@@ -656,7 +702,8 @@ class OpenAIBackend:
         if self.client is not None: await self.client.close()
         self.client = None
 
-    def _error(self, e: Exception) -> LLMError:
+    def _error(self, e: Exception, model: str | None = None, setting: str = 'model') -> LLMError:
+        "An `LLMError` for a client exception; a 404 names `setting` (the chat `model` or the `embed_model`) and its value."
         import openai
         red = lambda s: redact(str(s), self._key)
         if isinstance(e, openai.APITimeoutError):
@@ -664,17 +711,20 @@ class OpenAIBackend:
         if isinstance(e, openai.APIConnectionError):
             return LLMError(red(f'cannot connect to {self.endpoint}: {e.__cause__ or e}'), retryable=True)
         if isinstance(e, openai.APIStatusError):
-            st, body = e.status_code, e.body if isinstance(e.body, dict) else {}
-            msg = red((body.get('error') or body).get('message') if isinstance(body.get('error', body), dict) else e.message)
+            st = e.status_code
+            try: raw = e.response.text
+            except Exception: raw = ''
+            msg = red(error_reason({'error': e.body} if isinstance(e.body, (dict, str)) and not (isinstance(e.body, dict) and 'detail' in e.body)
+                                   else e.body, raw))
             if st == 429: return LLMError(f'rate limited (429): {msg}', True, _retry_after(e.response.headers), st)
             if st >= 500 or st in (408, 409): return LLMError(f'server error ({st}): {msg}', True, _retry_after(e.response.headers), st)
             hint = {401: f'authentication failed: check the API key in the {self.api_key_env} environment variable',
                     403: 'permission denied: this key may not use this model or endpoint',
-                    404: f'not found: check the model name {self.model!r} and the base_url {self.endpoint}',
+                    404: f'not found: check the {setting} {model or self.model!r} and the base_url {self.endpoint}',
                     400: 'bad request: check the parameters'}.get(st, 'client error')
             return LLMError(f'{hint} ({st}, not retried): {msg}', False, None, st)
         if isinstance(e, (ValueError, openai.APIResponseValidationError)):   # json.JSONDecodeError is a ValueError
-            return LLMError(red(f'malformed response from {self.endpoint}: {type(e).__name__}: {e}'), retryable=True)
+            return LLMError(red(f'malformed response from {self.endpoint}: {type(e).__name__}: {e}'), retryable=True, overload=False)
         return LLMError(red(f'{type(e).__name__}: {e}'), retryable=False)
 
     async def complete(self, req: Request, params: dict) -> dict:
@@ -686,7 +736,7 @@ class OpenAIBackend:
         except (openai.OpenAIError, ValueError) as e: raise self._error(e) from None
         choices = d.get('choices') if isinstance(d, dict) else None
         if not choices or not isinstance(choices, list):
-            raise LLMError(f'malformed response from {self.endpoint}: no choices', retryable=True)
+            raise LLMError(f'malformed response from {self.endpoint}: no choices', retryable=True, overload=False)
         choices = sorted(choices, key=lambda c: c.get('index', 0))
         u = d.get('usage') or {}
         p, c = u.get('prompt_tokens') or 0, u.get('completion_tokens') or 0
@@ -695,33 +745,55 @@ class OpenAIBackend:
                 'usage': {'prompt_tokens': p, 'completion_tokens': c, 'total_tokens': p + c}}
 
     async def embed(self, texts: list[str], model: str) -> tuple[list[list[float]], dict]:
-        import openai
-        try: r = await self.client.embeddings.create(model=model, input=texts)
-        except (openai.OpenAIError, ValueError) as e: raise self._error(e) from None
-        u = getattr(r, 'usage', None)
-        return [d.embedding for d in sorted(r.data, key=lambda d: d.index)], {'prompt_tokens': getattr(u, 'prompt_tokens', 0) or 0}
+        "One flat vector per text from `/embeddings`, or a non-retryable `LLMError` saying what the server returned instead."
+        import openai, httpx
+        body = {'model': model, 'input': texts, 'encoding_format': 'float'}
+        try: d = (await self.client.post('/embeddings', body=body, cast_to=httpx.Response)).json()
+        except (openai.OpenAIError, ValueError) as e: raise self._error(e, model, 'embed_model') from None
+        data = d.get('data') if isinstance(d, dict) else None
+        if not isinstance(data, list) or not all(isinstance(x, dict) for x in data):
+            raise LLMError(f'malformed response from {self.endpoint}: no embedding data', retryable=True, overload=False)
+        vecs = [_as_vector(x.get('embedding')) for x in sorted(data, key=lambda x: x.get('index', 0))]
+        if (problem := embedding_problem(vecs, len(texts))):
+            raise LLMError(f'{self.endpoint} returned {problem} for {len(texts)} input(s) of embed_model {model!r}: expected one '
+                           'flat vector per input (a llama.cpp server pools per token unless started with --pooling mean)')
+        return vecs, {'prompt_tokens': (d.get('usage') or {}).get('prompt_tokens') or 0}
 
     async def loglik(self, pairs: list[tuple[str, str]], tokens: bool = False) -> tuple[list, dict]:
         "log P(continuation | prefix) per pair (with `tokens`, the list of the continuation's token log-probs), from `/completions` with `echo` and `logprobs` (as vLLM serves them)."
         import openai, httpx
-        body = {'model': self.model, 'prompt': [p + c for p, c in pairs], 'echo': True, 'max_tokens': 1, 'logprobs': 1,
-                'temperature': 0}
+        prompts = [p + c for p, c in pairs]
+        body = {'model': self.model, 'prompt': prompts if len(prompts) > 1 else prompts[0], 'echo': True, 'max_tokens': 1,
+                'logprobs': 1, 'temperature': 0}
         try: d = (await self.client.post('/completions', body=body, cast_to=httpx.Response)).json()
-        except (openai.OpenAIError, ValueError) as e: raise self._error(e) from None
+        except (openai.OpenAIError, ValueError) as e:
+            err = self._error(e)
+            if len(pairs) > 1 and err.status in (400, 422, 500, 501): raise OnePromptOnly(str(err)) from None
+            raise err from None
         choices = sorted((d.get('choices') if isinstance(d, dict) else None) or [], key=lambda c: c.get('index', 0))
         if len(choices) != len(pairs):
-            raise LLMError(f'malformed response from {self.endpoint}: {len(choices)} choices for {len(pairs)} prompts', retryable=True)
+            if len(pairs) > 1 and len(choices) < len(pairs): raise OnePromptOnly(f'{len(choices)} choices for {len(pairs)} prompts')
+            raise LLMError(f'malformed response from {self.endpoint}: {len(choices)} choices for {len(pairs)} prompts',
+                           retryable=True, overload=False)
         out = []
         for (p, c), ch in zip(pairs, choices):
             lp = ch.get('logprobs') or {}
             toks, offs, lps = lp.get('tokens'), lp.get('text_offset'), lp.get('token_logprobs')
             if not toks or offs is None or lps is None:
-                raise LLMError(f'{self.endpoint} returned no prompt logprobs: scoring needs /v1/completions with echo=True '
-                               'and logprobs (e.g. vLLM)')
+                raise LLMError(f'{self.endpoint} returned no prompt logprobs (model {self.model!r}): scoring needs '
+                               '/v1/completions that honours echo=true with logprobs; vLLM serves them (llama.cpp, Ollama '
+                               'and transformers serve do not, or not for the prompt). Or score with a local model: '
+                               "Engine(backend='transformers', model=PATH), or `retrieval-scores --lm-backend hf --lm PATH`.")
+            if not (ch.get('text') or '').startswith(p + c[:1]) and sum(len(t) for t in toks) < len(p) + len(c):
+                raise LLMError(f'{self.endpoint} did not echo the prompt (model {self.model!r}): scoring needs /v1/completions '
+                               'with echo=true and logprobs, as vLLM serves them')
             lo, hi = len(p), len(p) + len(c)          # the tokens that overlap the continuation's characters
             xs = [float(x) for t, off, x in zip(toks, offs, lps) if x is not None and off < hi and off + len(t) > lo]
             out.append(xs if tokens else float(sum(xs)))
         return out, {'prompt_tokens': (d.get('usage') or {}).get('prompt_tokens') or 0}
+
+class OnePromptOnly(Exception):
+    "A `/completions` server that failed a request with several prompts: ask again one prompt per request."
 
 class TransformersBackend:
     "A local Hugging Face causal LM (a name/path, or a model object with its `tokenizer`); one generation at a time."
@@ -792,6 +864,14 @@ class TransformersBackend:
             try: return await asyncio.to_thread(self._generate, req, params)
             except Exception as e: raise LLMError(f'local generation failed: {type(e).__name__}: {e}') from None
 
+    async def loglik(self, pairs: list[tuple[str, str]]) -> tuple[list[float], dict]:
+        "log P(continuation | prefix) per pair under the local model (the retrieval chapter's `HFScorer`): no server needed."
+        from dataalchemy.retrieval import HFScorer
+        async with self._lock:
+            try: vals = await asyncio.to_thread(HFScorer(self._model, self._tok, batch_size=len(pairs)).loglik, pairs)
+            except Exception as e: raise LLMError(f'local scoring failed: {type(e).__name__}: {e}') from None
+        return vals, {'prompt_tokens': 0}
+
 # %% ../nbs/02_llm.ipynb #ac68bca1
 @dataclass
 class Usage:
@@ -806,11 +886,68 @@ class Usage:
     seconds: float = 0.0
     parse_failures: int = 0
     repaired: int = 0
+    short_choices: int = 0          # replies with fewer choices than the request's n
+    missing_choices: int = 0        # ...and how many choices were missing in all
+    not_sent: int = 0               # requests left unsent when a run stopped (retry budget spent)
 
     @property
     def total_tokens(self) -> int: return self.prompt_tokens + self.completion_tokens
     def as_dict(self) -> dict: return {**asdict(self), 'total_tokens': self.total_tokens}
     def __repr__(self): return ', '.join(f'{k}={v:.2f}' if isinstance(v, float) else f'{k}={v}' for k, v in self.as_dict().items())
+
+class AdaptiveLimit:
+    """How many requests may be in flight: AIMD, with TCP Vegas's signal of queueing. Starts at `start`. A reply grows the
+    limit by one (slow start, until the first reply that does not grow it) or else by 1/limit when it came back in under
+    a quarter of the `timeout`, or showed no queueing (its seconds per unit of work within 1.25 x the fastest seen)
+    inside half the timeout; any other reply in under half the timeout grows it by 1/limit. A timeout, 429, 5xx or lost
+    connection halves it, once per overload (requests sent before the last cut do not cut again); a timeout also caps
+    it, for the run, one below the limit that timed out."""
+    def __init__(self, maximum: int, timeout: float, adaptive: bool = True, start: int = 1):
+        self.maximum, self.timeout, self.adaptive = max(1, int(maximum)), float(timeout), adaptive
+        self.limit = float(min(self.maximum, start) if adaptive else self.maximum)
+        self.slow_start, self.in_flight, self.cuts, self.peak = True, 0, 0, self.limit
+        self.base, self.ceiling, self.warned = math.inf, self.maximum, False
+        self._last_cut, self._cond = -math.inf, None
+
+    def open(self):
+        "Start a run (in the current event loop); the limit learned by earlier runs is kept."
+        self._cond, self.in_flight, self.ceiling = asyncio.Condition(), 0, self.maximum
+
+    async def acquire(self) -> float:
+        async with self._cond:
+            await self._cond.wait_for(lambda: self.in_flight < int(self.limit))
+            self.in_flight += 1
+        return time.monotonic()
+
+    async def release(self, t0: float, outcome: str, work: float = 1.0, timed_out: bool = False):
+        "`outcome`: 'ok' (with its `work`, e.g. output tokens), 'overload' (cut; `timed_out` caps too) or 'other' (no change)."
+        now = time.monotonic()
+        if self.adaptive:
+            if outcome == 'overload' and t0 > self._last_cut:
+                if timed_out: self.ceiling = max(1, min(self.ceiling, math.ceil(self.limit) - 1))
+                self.limit, self.slow_start, self._last_cut = max(1.0, min(self.limit / 2, self.ceiling)), False, now
+                self.cuts += 1
+            elif outcome == 'ok':
+                latency = now - t0
+                rate = latency / max(work, 1e-9)
+                self.base = min(self.base, rate)
+                if latency < self.timeout / 4 or (rate <= 1.25 * self.base and latency < self.timeout / 2):
+                    self.limit += 1 if self.slow_start else 1 / self.limit
+                elif latency < self.timeout / 2: self.slow_start = False; self.limit += 1 / self.limit
+                else:
+                    self.slow_start = False
+                    if not self.warned:
+                        self.warned = True
+                        log.warning('a reply took %.0f s, more than half the timeout (%g s): no more requests are added in '
+                                    'flight; raise the timeout (--timeout) or lower max_tokens if the server can take more',
+                                    latency, self.timeout)
+                self.limit = max(1.0, min(self.limit, float(self.maximum), float(self.ceiling)))
+                self.peak = max(self.peak, self.limit)
+        async with self._cond:
+            self.in_flight -= 1
+            self._cond.notify_all()
+
+    def __repr__(self): return f'AdaptiveLimit({self.limit:.1f} of {self.maximum}, {self.in_flight} in flight, {self.cuts} cuts)'
 
 class _Progress:
     def __init__(self, total: int, initial: int, enabled: bool, desc: str):
@@ -877,7 +1014,8 @@ class Engine:
                  timeout: float | None = None, max_retries: int | None = None, cache_dir: str | os.PathLike | None = None,
                  use_cache: bool = True, progress: bool = True, pricing: dict | None = None, tokenizer=None,
                  temperature: float | None = None, max_tokens: int | None = None, backoff: float | None = None,
-                 embed_model: str | None = None, settings: Settings | None = None):
+                 embed_model: str | None = None, adaptive: bool | None = None, retry_budget: int | None = None,
+                 settings: Settings | None = None):
         s = settings or get_settings()
         g = lambda k, v=None, d=None: s.get('llm', k, d, v)
         self.base_url = g('base_url', base_url)
@@ -892,6 +1030,10 @@ class Engine:
         self.rpm, self.tpm = float(g('rpm', rpm, 0) or 0), float(g('tpm', tpm, 0) or 0)
         self.timeout, self.max_retries = float(g('timeout', timeout, 60)), int(g('max_retries', max_retries, 6))
         self.backoff = float(g('backoff', backoff, 0.5))
+        self.adaptive = str(g('adaptive', adaptive, True)).lower() not in ('false', '0', 'no', 'off')
+        self.retry_budget = max(0, int(g('retry_budget', retry_budget, 20)))
+        self.limit = AdaptiveLimit(self.concurrency, self.timeout, self.adaptive)
+        self.stopped: str | None = None
         self.temperature, self.max_tokens = g('temperature', temperature), g('max_tokens', max_tokens)
         self.embed_model = str(g('embed_model', embed_model, 'text-embedding-3-small'))
         self.use_cache, self.progress = use_cache, progress
@@ -908,6 +1050,7 @@ class Engine:
         self.usage = Usage()
         self._cache: Cache | None = None
         self._inflight: dict[str, asyncio.Future] = {}
+        self._one_prompt, self._embed_dims = False, {}
 
     # -- helpers -------------------------------------------------------------------------------------------------
     @property
@@ -930,25 +1073,68 @@ class Engine:
                 f"concurrency={self.concurrency}, rpm={self.rpm:g}, tpm={self.tpm:g}, api_key={'set' if self._api_key else 'not set'})")
 
     # -- one request ---------------------------------------------------------------------------------------------
+    def _start_run(self):
+        "Fresh per-run state: limiters, the in-flight gate, the retry budget (spent per retry, refilled 0.1 per reply)."
+        self._rpm, self._tpm = RateLimiter(self.rpm), RateLimiter(self.tpm)
+        self.limit.open()
+        self.stopped, self._budget, self._run_ok, self._run_retries, self._gave_up = None, float(self.retry_budget), 0, 0, 0
+
+    def _stop(self, why: str, quiet: bool = False):
+        "End the run: requests not yet sent are not sent (their results say why); logged once unless `quiet`."
+        if self.stopped is None:
+            self.stopped = why
+            if not quiet: log.error('stopping the run: %s', why)
+
     async def _call(self, fn: Callable, est_tokens: float = 0) -> tuple[Any, int, str | None]:
-        "Run `await fn()` with limits and retries: (value, attempts, error)."
-        attempts = 0
+        "Run `await fn()` with limits, the adaptive in-flight limit, a client-side deadline and retries: (value, attempts, error)."
+        attempts, msg = 0, None
         while True:
+            if self.stopped:
+                if attempts: return None, attempts, f'{msg} (not retried: the run stopped)'
+                self.usage.not_sent += 1
+                return None, attempts, f'{self.stopped} (not sent: the run stopped)'
             await self._rpm.acquire(); await self._tpm.acquire(est_tokens)
+            t0, outcome, work = await self.limit.acquire(), 'other', 16.0
+            if self.stopped:                                  # it stopped while this request waited for its turn
+                await self.limit.release(t0, outcome); continue
             attempts += 1; self.usage.attempts += 1
-            try: return await fn(), attempts, None
+            try:
+                try:                                                  # the HTTP client's own timeout should fire first
+                    async with asyncio.timeout(self.timeout + 5 if isinstance(self.backend, OpenAIBackend) else None):
+                        value = await fn()
+                except TimeoutError: raise LLMError(f'timed out after {self.timeout:g} s', retryable=True) from None
+                outcome = 'ok'; self._run_ok += 1; self._gave_up = 0
+                if isinstance(value, dict): work += (value.get('usage') or {}).get('completion_tokens') or 0
+                self._budget = min(float(self.retry_budget), self._budget + 0.1)
+                return value, attempts, None
             except LLMError as e:
-                if not e.retryable or attempts > self.max_retries:
-                    tail = f' (gave up after {attempts} attempts)' if e.retryable else ''
-                    return None, attempts, self.redact(str(e)) + tail
-                delay = e.retry_after if e.retry_after is not None else self.backoff * 2 ** (attempts - 1)
-                delay = min(delay, 300.0) * (1 if e.retry_after is not None else random.uniform(0.5, 1.5))
-                self.usage.retries += 1
-                log.info('%s; retry %d/%d in %.2fs', self.redact(str(e)), attempts, self.max_retries, delay)
-                await asyncio.sleep(delay)
-            except (asyncio.CancelledError, KeyboardInterrupt): raise
+                outcome = 'overload' if e.overload else 'other'
+                err = e
+            except (asyncio.CancelledError, KeyboardInterrupt, OnePromptOnly): raise
             except Exception as e:
                 return None, attempts, self.redact(f'{type(e).__name__}: {e}')
+            finally:                                          # a timed-out request is closed before any retry
+                await self.limit.release(t0, outcome, work, outcome == 'overload' and str(err).startswith('timed out'))
+            msg = self.redact(str(err))
+            if not err.retryable:
+                if err.status in (401, 403, 404): self._stop(msg)        # a wrong key, model or URL: no request can succeed
+                return None, attempts, msg
+            if attempts > self.max_retries:
+                self._gave_up += 1
+                if self._run_ok == 0 or self._gave_up >= 2:
+                    self._stop(f'{self.backend.endpoint} is not answering: {self._gave_up} request(s) in a row failed '
+                               f'{attempts} attempts each, {self._run_ok} replies this run; last error: {msg}')
+                return None, attempts, f'{msg} (gave up after {attempts} attempts)'
+            if self._budget < 1:
+                self._stop(f'retry budget spent ({self._run_retries} retries, {self._run_ok} replies) against '
+                           f'{self.backend.endpoint}; last error: {msg}. Check the server, or lower --concurrency / raise --timeout')
+                return None, attempts, f'{msg} (not retried: the run stopped)'
+            self._budget -= 1; self._run_retries += 1
+            delay = err.retry_after if err.retry_after is not None else self.backoff * 2 ** (attempts - 1)
+            delay = min(delay, 300.0) * (1 if err.retry_after is not None else random.uniform(0.5, 1.5))
+            self.usage.retries += 1
+            log.info('%s; retry %d/%d in %.2fs (in-flight limit %.1f)', msg, attempts, self.max_retries, delay, self.limit.limit)
+            await asyncio.sleep(delay)
 
     async def _one(self, req: Request) -> Result:
         b, t0 = self.backend, time.perf_counter()
@@ -991,6 +1177,11 @@ class Engine:
         if out is not None:
             res.texts, res.finish_reason, res.usage, res.model = out['texts'], out['finish_reason'], out['usage'], out.get('model') or b.model
             res.text = res.texts[0] if res.texts else ''
+            if len(res.texts) < req.n:
+                self.usage.short_choices += 1; self.usage.missing_choices += req.n - len(res.texts)
+                if self.usage.short_choices == 1:
+                    log.warning('%s returned %d of n=%d choices (request %s): the server may ignore n; counted in '
+                                'usage.short_choices', b.endpoint, len(res.texts), req.n, req.id)
             self.usage.requests += 1
             self.usage.prompt_tokens += res.usage.get('prompt_tokens', 0)
             self.usage.completion_tokens += res.usage.get('completion_tokens', 0)
@@ -1019,14 +1210,19 @@ class Engine:
                 if rid in first:
                     done[rid] = Result.from_record(rec); done[rid].cached = True; done[rid].request = first[rid]
         todo = [r for rid, r in first.items() if rid not in done]
-        self._rpm, self._tpm, self._inflight = RateLimiter(self.rpm), RateLimiter(self.tpm), {}
+        self._start_run(); self._inflight = {}
+        short0 = self.usage.short_choices
         n_workers = 1 if isinstance(self.backend, (OfflineBackend, TransformersBackend)) else min(self.concurrency, len(todo))
         bar = _Progress(len(first), len(done), self.progress, desc or f'{self.backend.name}:{self.backend.model}')
         t0 = time.perf_counter()
         it = iter(todo)
         async def worker():
             for r in it:
-                res = await self._one(r)
+                if self.stopped:
+                    res = Result(r.id, error=f'{self.stopped} (not sent: the run stopped)', backend=self.backend.name,
+                                 model=self.backend.model, request=r)
+                    self.usage.not_sent += 1; self.usage.failed += 1
+                else: res = await self._one(r)
                 done[r.id] = res
                 if writer: writer.write(res)
                 bar.update(res)
@@ -1039,6 +1235,8 @@ class Engine:
         finally:
             self.usage.seconds += time.perf_counter() - t0
             bar.close()
+            if (k := self.usage.short_choices - short0) > 1:
+                log.warning('%d replies had fewer choices than n (%d choices missing in all)', k, self.usage.missing_choices)
             if writer: writer.close()
             if self._cache is not None: self._cache.flush()
         return [done[r.id] for r in reqs]
@@ -1059,24 +1257,37 @@ class Engine:
             raise ValueError(f"{what} needs an OpenAI-compatible endpoint (backend is {self.backend.name!r}): set "
                              f"DATAALCHEMY_BASE_URL, {alternative}")
 
-    async def _abatched(self, keys: list[str], call: Callable, batch_size: int, tokens: Callable, what: str) -> list:
+    async def _abatched(self, keys: list[str], call: Callable, batch_size: int, tokens: Callable, what: str,
+                        cache: bool = True) -> list:
         "One value per cache key: hits from the cache, the rest from `await call(indices) -> (values, usage)` in concurrent batches."
         vals: list = [None] * len(keys)
-        if self.use_cache:
+        cache = cache and self.use_cache
+        if cache:
             for i, k in enumerate(keys):
                 if (hit := self.cache.get(k)) is not None: vals[i] = hit['v']; self.usage.cached += 1
         todo = [i for i, v in enumerate(vals) if v is None]
         batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
-        self._rpm, self._tpm = RateLimiter(self.rpm), RateLimiter(self.tpm)
+        self._start_run()
         errors = []
         async def run(batch):
-            val, _, err = await self._call(lambda: call(batch), tokens(batch) if self._tpm.interval else 0)
-            if err: errors.append(err); return
+            if errors and self.stopped: return
+            try: val, _, err = await self._call(lambda: call(batch), tokens(batch) if self._tpm.interval else 0)
+            except OnePromptOnly as e:                          # the server takes one prompt per request
+                if not self._one_prompt:
+                    self._one_prompt = True
+                    log.warning('%s failed a request of %d prompts (%s): sending one prompt per request', self.backend.endpoint,
+                                len(batch), e)
+                for i in batch: await run([i])
+                return
+            if err:
+                errors.append(err)
+                if not err.endswith(('attempts)', 'stopped)')): self._stop(f'{what} failed: {err}', quiet=True)
+                return
             vs, u = val
             self.usage.requests += 1; self.usage.prompt_tokens += u.get('prompt_tokens', 0)
             for i, v in zip(batch, vs):
                 vals[i] = v
-                if self.use_cache: self.cache.put(keys[i], {'v': v})
+                if cache: self.cache.put(keys[i], {'v': v})
         if batches:
             await self.backend.open()
             try:
@@ -1087,7 +1298,9 @@ class Engine:
             finally:
                 await self.backend.close()
                 if self._cache is not None: self._cache.flush()
-        if errors: raise RuntimeError(f'{what} failed for {len(errors)} batch(es): {errors[0]}')
+        if errors or self.stopped:
+            n_left = sum(v is None for v in vals)
+            raise RuntimeError(f'{what} failed for {n_left} of {len(keys)} inputs: {errors[0] if errors else self.stopped}')
         return vals
 
     async def aembed(self, texts: list[str], model: str | None = None, batch_size: int = 128):
@@ -1096,18 +1309,33 @@ class Engine:
         self._need_endpoint('embed()', 'or use a local sentence-transformers model for embeddings')
         model, texts = model or self.embed_model, list(texts)
         keys = [cache_key(self.backend.endpoint, model, {'embed': t}) for t in texts]
-        vecs = await self._abatched(keys, lambda b: self.backend.embed([texts[i] for i in b], model), batch_size,
-                                    lambda b: sum(approx_tokens(texts[i]) for i in b), 'embedding')
+        where = (self.backend.endpoint, model)
+        async def call(b):
+            vs, u = await self.backend.embed([texts[i] for i in b], model)
+            if (problem := embedding_problem(vs, len(b), self._embed_dims.get(where))):
+                raise LLMError(f'{self.backend.endpoint} returned {problem} (embed_model {model!r}): one model gives one dimension')
+            self._embed_dims.setdefault(where, len(vs[0]) if vs else None)
+            return vs, u
+        vecs = await self._abatched(keys, call, batch_size, lambda b: sum(approx_tokens(texts[i]) for i in b), 'embedding')
+        if vecs and (problem := embedding_problem(vecs, len(texts))):
+            raise RuntimeError(f'embedding failed: the cached and new vectors of embed_model {model!r} at {self.backend.endpoint} '
+                               f'disagree ({problem}): clear the cache ({self.cache_dir}) or use another embed_model')
         return np.asarray(vecs, dtype=np.float32).reshape(len(texts), -1)
 
     async def aloglik(self, pairs, batch_size: int = 8, tokens: bool = False) -> list:
-        "log P(continuation | prefix) for each `(prefix, continuation)` (openai backend, `/v1/completions` with prompt logprobs); with `tokens`, the continuation's token log-probs; cached per pair."
-        self._need_endpoint('loglik()', 'to an endpoint that serves prompt logprobs (e.g. vLLM), or score with a local model')
+        "log P(continuation | prefix) for each `(prefix, continuation)`: `/v1/completions` with prompt logprobs (openai backend), or the local model (transformers); with `tokens`, the continuation's token log-probs; cached per pair."
+        if not isinstance(self.backend, TransformersBackend):
+            self._need_endpoint('loglik()', "to an endpoint that serves prompt logprobs (e.g. vLLM), or use backend='transformers' with a local model")
         pairs = [(str(p), str(c)) for p, c in pairs]
         keys = [cache_key(self.backend.endpoint, self.backend.model, {'loglik': list(pc), **({'tokens': True} if tokens else {})})
                 for pc in pairs]
-        return await self._abatched(keys, lambda b: self.backend.loglik([pairs[i] for i in b], tokens), batch_size,
-                                    lambda b: sum(approx_tokens(pairs[i][0] + pairs[i][1]) for i in b), 'log-likelihood scoring')
+        async def call(b):
+            if len(b) > 1 and self._one_prompt: raise OnePromptOnly('known from an earlier request')
+            batch = [pairs[i] for i in b]
+            return await (self.backend.loglik(batch, tokens) if tokens else self.backend.loglik(batch))
+        return await self._abatched(keys, call, batch_size,
+                                    lambda b: sum(approx_tokens(pairs[i][0] + pairs[i][1]) for i in b), 'log-likelihood scoring',
+                                    cache=self.backend.cacheable)
 
     def loglik(self, pairs, batch_size: int = 8, tokens: bool = False) -> list:
         "Sync `aloglik`."
@@ -1219,35 +1447,54 @@ def parse_json(engine: Engine, result: Result, schema: dict | None = None, repai
     return parse_all(engine, [result], schema, repair)[0]
 
 # %% ../nbs/02_llm.ipynb #1682f9ef
-import typer
+import functools, inspect, typer
+from typing import Optional
 from .cli import app, fail
+
+LLM_OPTIONS = {   # the options every verb that calls a model takes: name -> (type, typer.Option)
+    'model': (Optional[str], typer.Option(None, '--model', help="Model name [llm] model.")),
+    'base_url': (Optional[str], typer.Option(None, '--base-url', help="OpenAI-compatible endpoint [llm] base_url.")),
+    'concurrency': (Optional[int], typer.Option(None, '--concurrency', help="Most requests in flight (the engine adapts below it) [llm] concurrency.")),
+    'timeout': (Optional[float], typer.Option(None, '--timeout', help="Seconds per request [llm] timeout.")),
+    'max_tokens': (Optional[int], typer.Option(None, '--max-tokens', help="Output tokens per reply [llm] max_tokens."))}
+
+def llm_options(fn):
+    "Give a verb the shared model options (`LLM_OPTIONS`); it gets the ones set as `llm`, a dict for `Engine(**llm)`."
+    sig = inspect.signature(fn)
+    if 'llm' not in sig.parameters: raise TypeError(f"{fn.__name__} needs a parameter `llm` to receive the model options")
+    if (clash := set(LLM_OPTIONS) & set(sig.parameters)): raise TypeError(f"{fn.__name__} declares {sorted(clash)} itself")
+    @functools.wraps(fn)
+    def verb(*args, **kw):
+        llm = {k: v for k in LLM_OPTIONS if (v := kw.pop(k, None)) is not None}
+        return fn(*args, llm=llm, **kw)
+    params = [p for p in sig.parameters.values() if p.name != 'llm']
+    params += [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=t) for k, (t, opt) in LLM_OPTIONS.items()]
+    verb.__signature__ = sig.replace(parameters=params)
+    verb.__annotations__ = {**{k: v for k, v in fn.__annotations__.items() if k != 'llm'}, **{k: t for k, (t, _) in LLM_OPTIONS.items()}}
+    return verb
 
 def _load_requests(path) -> list[Request]:
     return [Request.coerce(rec, path, i) for i, rec in enumerate(read_records(path), 1)]
 
 @app.command('generate')
+@llm_options
 def generate_cmd(inp: Path = typer.Argument(..., help="JSONL of requests: `messages` or `prompt`, optional `id` and parameters."),
                  out: Path = typer.Argument(..., help="JSONL of results (appended to; rerun to resume)."),
-                 model: str = typer.Option(None, help="Model name [llm] model."),
-                 base_url: str = typer.Option(None, '--base-url', help="OpenAI-compatible endpoint [llm] base_url."),
                  backend: str = typer.Option(None, help="openai, transformers, offline or auto."),
-                 concurrency: int = typer.Option(None, help="Requests in flight."),
                  rpm: float = typer.Option(None, help="Requests per minute (0: unlimited)."),
                  tpm: float = typer.Option(None, help="Tokens per minute (0: unlimited)."),
                  max_retries: int = typer.Option(None, '--max-retries', help="Retries of 429/5xx/timeouts."),
-                 timeout: float = typer.Option(None, help="Seconds per request."),
                  cache_dir: Path = typer.Option(None, '--cache-dir', help="Reply cache directory [cache] dir."),
                  no_cache: bool = typer.Option(False, '--no-cache', help="Neither read nor write the cache."),
                  temperature: float = typer.Option(None, help="Default temperature for requests that set none."),
-                 max_tokens: int = typer.Option(None, '--max-tokens', help="Default max_tokens for requests that set none."),
-                 progress: bool = typer.Option(True, '--progress/--no-progress', help="Show a progress bar.")):
+                 progress: bool = typer.Option(True, '--progress/--no-progress', help="Show a progress bar."),
+                 llm: dict | None = None):
     "Send every request of IN to the model and stream the results to OUT (resumable)."
     try: reqs = _load_requests(inp)
     except (RecordError, FileNotFoundError) as e:
         fail(e, 2)
-    eng = Engine(backend=backend, model=model, base_url=base_url, concurrency=concurrency, rpm=rpm, tpm=tpm,
-                 max_retries=max_retries, timeout=timeout, cache_dir=cache_dir, use_cache=not no_cache,
-                 temperature=temperature, max_tokens=max_tokens, progress=progress)
+    eng = Engine(backend=backend, rpm=rpm, tpm=tpm, max_retries=max_retries, cache_dir=cache_dir, use_cache=not no_cache,
+                 temperature=temperature, progress=progress, **llm)
     res = eng.generate(reqs, out=out)
     n_bad = sum(not r.ok for r in res)
     c = eng.cost()
@@ -1256,7 +1503,7 @@ def generate_cmd(inp: Path = typer.Argument(..., help="JSONL of requests: `messa
                f'[{eng.backend.name}:{eng.backend.model}] -> {out}', err=True)
     if n_bad:
         first = next(r for r in res if not r.ok)
-        typer.echo(f'first error ({first.id}): {first.error}', err=True)
+        typer.echo(f'stopped: {eng.stopped}' if eng.stopped else f'first error ({first.id}): {first.error}', err=True)
         raise typer.Exit(1)
 
 @app.command('estimate')

@@ -353,7 +353,10 @@ def build_qa(paths, out: str | os.PathLike, opts: QAOpts | None = None, engine: 
     return st
 
 # %% ../nbs/09_qa.ipynb #a0a27149
+from .llm import llm_options
+
 @app.command('qa')
+@llm_options
 def qa_cmd(docs: list[Path] = typer.Argument(..., help="Documents or folders (.txt .md .jsonl .json .parquet .pdf .pptx)."),
            out: Path = typer.Argument(..., help="Output: Alpaca JSONL with meta (doc_id, chunk_id, span, backend, model)."),
            chunk_by: str = typer.Option(None, '--chunk-by', help="chars, tokens or sentences."),
@@ -365,15 +368,15 @@ def qa_cmd(docs: list[Path] = typer.Argument(..., help="Documents or folders (.t
            chunks_out: Path = typer.Option(None, '--chunks-out', help="Also write the chunks (the retrieval corpus) here."),
            rejected: Path = typer.Option(None, help="Write dropped pairs with their reason here."),
            backend: str = typer.Option(None, help="openai, transformers, offline or auto [llm]."),
-           model: str = typer.Option(None, help="Model name [llm] model."),
-           base_url: str = typer.Option(None, '--base-url', help="OpenAI-compatible endpoint [llm] base_url.")):
+           llm: dict | None = None):
     "Documents -> summary + grounded QA pairs per chunk -> Alpaca JSONL."
     try:
         o = qa_options(chunk_by=chunk_by, chunk_size=chunk_size, chunk_overlap=overlap, pairs_per_chunk=pairs,
-                       text_field=text_field, min_support=min_support)
-        eng = Engine(backend=backend, model=model, base_url=base_url)
+                       text_field=text_field, min_support=min_support, max_tokens=llm.get('max_tokens'))
+        eng = Engine(backend=backend, **llm)
         st = build_qa(docs, out, o, eng, chunks_out=chunks_out, rejected=rejected)
     except (RecordError, FileNotFoundError, ValueError, ImportError) as e:
         fail(e, 2)
     typer.echo(st.table())
     typer.echo(f'{st.n_out} QA records [{eng.backend.name}:{eng.backend.model}] -> {out}', err=True)
+    if eng.stopped: fail(f'the model run stopped: {eng.stopped}', 1)

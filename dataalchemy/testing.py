@@ -12,8 +12,9 @@ from typing import Any, Callable
 from .core import CJK_RANGES, has_cjk, normalize
 
 # %% auto #0
-__all__ = ['FAULT_KINDS', 'Fault', 'pieces', 'count_tokens', 'message_text', 'last_user', 'echo_responder', 'truncate_tokens',
-           'hash_embedding', 'token_logprob', 'FakeOpenAI', 'task_responder', 'FakeOpenAIProcess', 'serve']
+__all__ = ['FAULT_KINDS', 'QUIRKS', 'Fault', 'pieces', 'count_tokens', 'message_text', 'last_user', 'echo_responder',
+           'truncate_tokens', 'hash_embedding', 'token_logprob', 'FakeOpenAI', 'task_responder', 'FakeOpenAIProcess',
+           'serve']
 
 # %% ../nbs/02a_testserver.ipynb #572705e0
 FAULT_KINDS = {'400', '401', '403', '404', '429', '500', '502', '503', 'slow', 'malformed', 'drop', 'fenced', 'invalid_json'}
@@ -113,12 +114,20 @@ _FAULT_ERRORS = {'400': ('Bad request (injected fault)', 'invalid_request_error'
                  '502': ('Bad gateway (injected fault)', 'server_error', None),
                  '503': ('The engine is currently overloaded (injected fault)', 'server_error', None)}
 
+QUIRKS = {'single_stream', 'per_token_embeddings', 'one_prompt', 'no_logprobs', 'one_choice', 'fastapi_errors'}
+
+class _Raw(Exception):
+    "A reply that is not an OpenAI JSON body: `status` and raw `text` (e.g. an empty 500, as llama.cpp sends)."
+    def __init__(self, status: int, text: str = ''): self.status, self.text = status, text
+
 class FakeOpenAI:
     "A local OpenAI-compatible HTTP server with deterministic replies, injectable latency and faults, and request counting."
     def __init__(self, latency: float = 0.0, responder: Callable[[list, dict], str] | None = None,
                  faults=(), rule: Callable[[str, dict], Any] | None = None, api_key: str | None = None,
                  models: list[str] | None = None, slow_seconds: float = 30.0, embed_dim: int = 256,
-                 host: str = '127.0.0.1', port: int = 0, keep_bodies: bool = True):
+                 host: str = '127.0.0.1', port: int = 0, keep_bodies: bool = True, quirks=()):
+        self.quirks = set(quirks)
+        if bad := self.quirks - QUIRKS: raise ValueError(f"unknown quirks {sorted(bad)}: use some of {sorted(QUIRKS)}")
         self.latency, self.responder, self.rule = latency, responder or echo_responder, rule
         self.api_key, self.models, self.slow_seconds, self.embed_dim = api_key, models, slow_seconds, embed_dim
         self.host, self.port, self.keep_bodies = host, port, keep_bodies
@@ -135,6 +144,7 @@ class FakeOpenAI:
             self.requests: list[dict] = []
             self.prompt_counts: collections.Counter = collections.Counter()
             self.in_flight = self.max_in_flight = 0
+            self.cancelled = self.abandoned = 0
 
     @property
     def n_requests(self) -> int: return len(self.requests)
@@ -146,7 +156,7 @@ class FakeOpenAI:
     def stats(self) -> dict:
         with self._lock:
             return {'n_requests': len(self.requests), 'max_in_flight': self.max_in_flight,
-                    'prompt_counts': dict(self.prompt_counts),
+                    'prompt_counts': dict(self.prompt_counts), 'cancelled': self.cancelled, 'abandoned': self.abandoned,
                     'status_counts': dict(collections.Counter(r['status'] for r in self.requests))}
 
     # -- faults -------------------------------------------------------------------------------------------------
@@ -188,6 +198,9 @@ class FakeOpenAI:
                 err.append(e); ready.set(); return
             ready.set()
             self._loop.run_forever()
+            pending = [t for t in asyncio.all_tasks(self._loop) if not t.done()]     # e.g. abandoned generations
+            for t in pending: t.cancel()
+            self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             self._loop.run_until_complete(self._runner.cleanup())
             self._loop.close()
         self._thread = threading.Thread(target=run, name='FakeOpenAI', daemon=True)
@@ -198,6 +211,7 @@ class FakeOpenAI:
 
     async def _startup(self):
         from aiohttp import web
+        self._stream = asyncio.Semaphore(1)
         app = web.Application(client_max_size=64 * 2**20)
         app.router.add_post('/v1/chat/completions', self._chat)
         app.router.add_post('/v1/completions', self._completions)
@@ -237,39 +251,64 @@ class FakeOpenAI:
         with self._lock:
             self.requests.append(rec); self.prompt_counts[prompt] += 1
             self.in_flight += 1; self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        work = asyncio.ensure_future(self._work(request, rec, auth, body, prompt, path, reply))
         try:
-            status, payload, headers = 200, None, {}
-            fault = self._next_fault(path, prompt, body or {}) if isinstance(body, dict) else None
-            rec['fault'] = fault and fault.kind
-            if self.latency: await asyncio.sleep(self.latency)
-            if not auth.startswith('Bearer ') or not auth[7:].strip():
-                status, payload = _err(401, 'You did not provide an API key (Authorization: Bearer ...).', code='invalid_api_key')
-            elif self.api_key is not None and auth[7:] != self.api_key:
-                status, payload = _err(401, f'Incorrect API key provided: {auth[7:]}.', code='invalid_api_key')
-            elif not isinstance(body, dict):
-                status, payload = _err(400, 'The request body is not a JSON object.')
-            elif self.models is not None and body.get('model') not in self.models:
-                status, payload = _err(404, f"The model `{body.get('model')}` does not exist or you do not have access to it.",
-                                       code='model_not_found')
-            elif fault and fault.kind in _FAULT_ERRORS:
-                status, payload = _err(int(fault.kind), *_FAULT_ERRORS[fault.kind])
-                if fault.kind == '429': headers['Retry-After'] = f'{fault.arg if fault.arg is not None else 1:g}'
-            elif fault and fault.kind == 'slow':
-                await asyncio.sleep(fault.arg if fault.arg is not None else self.slow_seconds)
-            elif fault and fault.kind == 'drop':
-                rec['status'] = 0
-                request.transport.close()
-                return web.Response(status=500)
-            elif fault and fault.kind == 'malformed':
-                rec['status'] = 200
-                return web.Response(status=200, text='{"id": "chatcmpl-broken", "choices": [', content_type='application/json')
-            if payload is None:
-                try: payload = reply(body, fault)
-                except Exception as e: status, payload = _err(500, f'responder failed: {type(e).__name__}: {e}', 'server_error')
-            rec['status'] = status
-            return web.json_response(payload, status=status, headers=headers, dumps=lambda o: json.dumps(o, ensure_ascii=False))
+            # a single-stream server (transformers serve) keeps generating for a client that hung up: `shield`
+            return await (asyncio.shield(work) if 'single_stream' in self.quirks else work)
+        except asyncio.CancelledError:                     # the client closed the connection (e.g. it timed out)
+            with self._lock: self.cancelled += 1
+            rec['status'] = 'cancelled'
+            if 'single_stream' in self.quirks and not work.done():
+                def _abandoned(t):
+                    if not t.cancelled():
+                        with self._lock: self.abandoned += 1
+                work.add_done_callback(_abandoned)
+            else: work.cancel()
+            raise
         finally:
             with self._lock: self.in_flight -= 1
+
+    async def _work(self, request, rec, auth, body, prompt, path, reply):
+        "Answer one request (one at a time, the others queued, with the `single_stream` quirk)."
+        if 'single_stream' not in self.quirks: return await self._answer(request, rec, auth, body, prompt, path, reply)
+        async with self._stream: return await self._answer(request, rec, auth, body, prompt, path, reply)
+
+    async def _answer(self, request, rec, auth, body, prompt, path, reply):
+        from aiohttp import web
+        status, payload, headers = 200, None, {}
+        fault = self._next_fault(path, prompt, body or {}) if isinstance(body, dict) else None
+        rec['fault'] = fault and fault.kind
+        if self.latency: await asyncio.sleep(self.latency)
+        if not auth.startswith('Bearer ') or not auth[7:].strip():
+            status, payload = _err(401, 'You did not provide an API key (Authorization: Bearer ...).', code='invalid_api_key')
+        elif self.api_key is not None and auth[7:] != self.api_key:
+            status, payload = _err(401, f'Incorrect API key provided: {auth[7:]}.', code='invalid_api_key')
+        elif not isinstance(body, dict):
+            status, payload = _err(400, 'The request body is not a JSON object.')
+        elif self.models is not None and body.get('model') not in self.models:
+            status, payload = _err(404, f"The model `{body.get('model')}` does not exist or you do not have access to it.",
+                                   code='model_not_found')
+        elif fault and fault.kind in _FAULT_ERRORS:
+            status, payload = _err(int(fault.kind), *_FAULT_ERRORS[fault.kind])
+            if fault.kind == '429': headers['Retry-After'] = f'{fault.arg if fault.arg is not None else 1:g}'
+        elif fault and fault.kind == 'slow':
+            await asyncio.sleep(fault.arg if fault.arg is not None else self.slow_seconds)
+        elif fault and fault.kind == 'drop':
+            rec['status'] = 0
+            request.transport.close()
+            return web.Response(status=500)
+        elif fault and fault.kind == 'malformed':
+            rec['status'] = 200
+            return web.Response(status=200, text='{"id": "chatcmpl-broken", "choices": [', content_type='application/json')
+        if payload is None:
+            try: payload = reply(body, fault)
+            except _Raw as e:
+                rec['status'] = e.status
+                return web.Response(status=e.status, text=e.text)
+            except Exception as e: status, payload = _err(500, f'responder failed: {type(e).__name__}: {e}', 'server_error')
+        if status != 200 and 'fastapi_errors' in self.quirks: payload = {'detail': payload['error']['message']}
+        rec['status'] = status
+        return web.json_response(payload, status=status, headers=headers, dumps=lambda o: json.dumps(o, ensure_ascii=False))
 
     def _texts(self, messages, params, fault) -> tuple[list[str], list[str]]:
         texts, reasons = [], []
@@ -290,6 +329,7 @@ class FakeOpenAI:
             msgs = body.get('messages') or []
             if not isinstance(msgs, list) or not msgs: raise ValueError('messages must be a non-empty list')
             params = {k: v for k, v in body.items() if k != 'messages'}
+            if 'one_choice' in self.quirks: params['n'] = 1          # llama.cpp, transformers serve: n is ignored
             texts, reasons = self._texts(msgs, params, fault)
             p = sum(count_tokens(message_text(m.get('content'))) + 4 for m in msgs) + 3
             return {'id': 'chatcmpl-' + hashlib.sha1(json.dumps(body, sort_keys=True).encode()).hexdigest()[:24],
@@ -307,6 +347,10 @@ class FakeOpenAI:
             choices, ptoks, ctoks = [], 0, 0
             params = {k: v for k, v in body.items() if k != 'prompt'}
             params.setdefault('max_tokens', 16)
+            if 'one_prompt' in self.quirks and len(prompts(body)) > 1:
+                if 'fastapi_errors' in self.quirks: raise _Raw(400, json.dumps({'detail': 'prompt: Input should be a valid string'}))
+                raise _Raw(500)                                    # llama.cpp: an empty 500
+            if 'no_logprobs' in self.quirks: body = {k: v for k, v in body.items() if k not in ('echo', 'logprobs')}
             for prompt in prompts(body):
                 texts, reasons = self._texts([{'role': 'user', 'content': prompt}], params, fault)
                 if params['max_tokens'] == 0: reasons = ['length'] * len(texts)
@@ -340,6 +384,8 @@ class FakeOpenAI:
             dim = int(body.get('dimensions') or self.embed_dim)
             for i, t in enumerate(inputs(body)):
                 v = hash_embedding(t, dim)
+                if 'per_token_embeddings' in self.quirks:              # llama.cpp without pooling: one vector per token
+                    v = [hash_embedding(p, dim) for p in pieces(t) if p.strip()] or [v]
                 if body.get('encoding_format') == 'base64': v = base64.b64encode(struct.pack(f'<{len(v)}f', *v)).decode()
                 data.append({'object': 'embedding', 'index': i, 'embedding': v})
             n = sum(count_tokens(t) for t in inputs(body))
@@ -412,10 +458,13 @@ def serve(argv: list[str] | None = None):
     ap.add_argument('--api-key', default=None, help='accept only this key (default: any Bearer key)')
     ap.add_argument('--models', default=None, help='comma-separated model names to accept (default: any)')
     ap.add_argument('--echo', action='store_true', help="reply with the echo only (default: answer the chapters' prompts)")
+    ap.add_argument('--single-stream', action='store_true',
+                    help='answer one request at a time, queueing the others, and finish abandoned ones (like transformers serve)')
     a = ap.parse_args(argv)
     srv = FakeOpenAI(latency=a.latency, host=a.host, port=a.port, api_key=a.api_key, keep_bodies=False,
                      responder=echo_responder if a.echo else task_responder,
-                     models=a.models.split(',') if a.models else None).start()
+                     models=a.models.split(',') if a.models else None,
+                     quirks={'single_stream'} if a.single_stream else ()).start()
     print(f'FakeOpenAI listening on {srv.url}', flush=True)
     try:
         while True: time.sleep(3600)

@@ -187,3 +187,155 @@ def test_resume_after_sigkill(tmp_path, cache):
         # everything not finished before the kill was sent in the rerun (or answered from the cache)
         assert sum(second_run.values()) <= n - len(finished)
         assert sum(first_run.values()) + sum(second_run.values()) >= n
+
+
+# -- real local servers (issue 23): single-stream, per-token embeddings, one-prompt completions, FastAPI errors ----
+
+def test_single_stream_server_defaults_leave_nothing_abandoned(tmp_path):
+    # 30 requests, 0.1 s each, one at a time; a 1 s timeout. Fixed at 16 in flight, the queue outgrows the timeout:
+    # requests time out, the server finishes them anyway (abandoned) and the run stops; the defaults adapt instead.
+    with FakeOpenAI(latency=0.1, quirks={"single_stream"}) as s:
+        e = engine(s, tmp_path, timeout=1, use_cache=False)
+        t0 = time.monotonic(); res = e.generate([f"q{i}" for i in range(30)]); dt = time.monotonic() - t0
+        time.sleep(0.2)
+        st = s.stats()
+        assert all(r.ok for r in res) and st["n_requests"] == 30
+        assert st["cancelled"] == 0 and st["abandoned"] == 0
+        assert dt < 30 * 0.1 * 1.6, dt                          # about the time of one request after another
+        s.reset()
+        fixed = engine(s, tmp_path, timeout=1, use_cache=False, adaptive=False)
+        res = fixed.generate([f"p{i}" for i in range(30)])
+        time.sleep(0.3)
+        assert s.stats()["abandoned"] > 0 and not all(r.ok for r in res)
+
+
+def test_backs_off_on_503_and_grows_back(tmp_path):
+    with FakeOpenAI(latency=0.05) as s:
+        s.rule = lambda path, body: "503" if s.in_flight > 3 else None     # overloaded beyond 3 in flight
+        e = engine(s, tmp_path, concurrency=16, use_cache=False)
+        res = e.generate([f"q{i}" for i in range(80)])
+        assert all(r.ok for r in res)
+        assert e.limit.cuts >= 1 and e.limit.limit < 16
+        assert e.usage.retries < 40                               # a fixed 16 in flight would see ~13 503s per round
+
+
+def test_timed_out_request_is_cancelled_before_the_retry(srv, tmp_path):
+    srv.fail("slow:5")
+    r = engine(srv, tmp_path, timeout=0.5).chat("cancel me")
+    assert r.ok and r.attempts == 2
+    time.sleep(0.1)
+    assert srv.stats()["cancelled"] == 1 and srv.requests[0]["status"] == "cancelled"
+
+
+def test_dead_server_ends_the_run_with_one_line(tmp_path, caplog):
+    dead = FakeOpenAI().start(); url = dead.url; dead.stop()
+    caplog.set_level(logging.INFO)
+    e = Engine(base_url=url, api_key=KEY, model="m", progress=False, cache_dir=tmp_path, backoff=0.05)
+    t0 = time.monotonic(); res = e.generate([f"q{i}" for i in range(200)])
+    assert time.monotonic() - t0 < 15
+    assert not any(r.ok for r in res) and e.stopped and "cannot connect" in e.stopped
+    assert sum("stopping the run" in m for m in caplog.messages) == 1
+    assert e.usage.not_sent > 150 and all("run stopped" in r.error or "gave up" in r.error for r in res)
+
+
+def test_overloaded_server_spends_the_retry_budget(tmp_path):
+    with FakeOpenAI(rule=lambda path, body: "503") as s:
+        e = engine(s, tmp_path, retry_budget=10)
+        res = e.generate([f"q{i}" for i in range(100)])
+        assert not any(r.ok for r in res) and e.stopped
+        assert s.n_requests <= 10 + 16                           # the budget, plus what was in flight
+    r = subprocess.run([EXE, "generate", str(write_inputs(tmp_path / "in.jsonl", 3)), str(tmp_path / "o.jsonl"),
+                        "--base-url", s.url, "--model", "m", "--no-progress"], capture_output=True, text=True,
+                       env=cli_env(DATAALCHEMY_LLM_BACKOFF="0.01"), cwd=tmp_path)     # now a dead server
+    assert r.returncode == 1 and "stopped: " in r.stderr and "cannot connect" in r.stderr
+
+
+def test_wrong_key_stops_after_one_request(srv, tmp_path):
+    res = engine(srv, tmp_path, api_key="sk-wrong-0000000000").generate([f"q{i}" for i in range(20)])
+    assert srv.n_requests == 1 and all("authentication failed" in r.error for r in res)
+
+
+def test_per_token_embeddings_are_rejected_and_not_cached(tmp_path):
+    with FakeOpenAI(quirks={"per_token_embeddings"}, embed_dim=64) as s:
+        e = engine(s, tmp_path)
+        with pytest.raises(RuntimeError) as ex: e.embed(["machine learning", "x"])
+        msg = str(ex.value)
+        assert s.url in msg and "nested vectors" in msg and "(2, 64), (1, 64)" in msg and "--pooling mean" in msg
+        assert len(e.cache) == 0
+
+
+def test_embedding_dimension_must_not_change(srv, tmp_path):
+    e = engine(srv, tmp_path)
+    assert e.embed(["a"]).shape == (1, 256)
+    srv.embed_dim = 64
+    with pytest.raises(RuntimeError, match="64-dimensional vectors after 256-dimensional ones"): e.embed(["b"])
+    assert e.cache.get(__import__("dataalchemy.llm").llm.cache_key(srv.url, e.embed_model, {"embed": "b"})) is None
+
+
+def test_embedding_404_names_embed_model(tmp_path):
+    with FakeOpenAI(models=["chat-model"]) as s:
+        e = Engine(base_url=s.url, api_key="k", model="chat-model", embed_model="no-such-embedder", progress=False,
+                   cache_dir=tmp_path)
+        with pytest.raises(RuntimeError) as ex: e.embed(["x"])
+        assert "embed_model 'no-such-embedder'" in str(ex.value) and "chat-model" not in str(ex.value)
+
+
+def test_fastapi_error_bodies_give_the_reason(tmp_path):
+    with FakeOpenAI(quirks={"fastapi_errors"}, models=["x"]) as s:
+        r = Engine(base_url=s.url, api_key="k", model="m", progress=False, cache_dir=tmp_path).chat("hi")
+        assert "(404, not retried): The model `m` does not exist" in r.error and "None" not in r.error
+
+
+def test_fewer_choices_than_n_are_counted_and_warned(tmp_path, caplog):
+    with FakeOpenAI(quirks={"one_choice"}) as s:
+        e = engine(s, tmp_path)
+        res = e.generate([{"prompt": f"q{i}", "n": 3} for i in range(4)])
+        assert [len(r.texts) for r in res] == [1] * 4
+        assert (e.usage.short_choices, e.usage.missing_choices) == (4, 8)
+        assert any("1 of n=3 choices" in m for m in caplog.messages)
+
+
+def test_loglik_falls_back_to_one_prompt_per_request(tmp_path):
+    pairs = [(f"Question {i}: what is ML?\nAnswer:", " a field of AI") for i in range(10)]
+    with FakeOpenAI() as ok:
+        want = engine(ok, tmp_path / "a").loglik(pairs)
+    with FakeOpenAI(quirks={"one_prompt"}) as s:                        # llama.cpp: an empty 500 for a list
+        e = engine(s, tmp_path / "b")
+        assert e.loglik(pairs) == want
+        st = s.stats()["status_counts"]
+        assert st == {500: 1, 200: 10}                                  # one failed batch, no retries of it
+        e.loglik([(p + "!", c) for p, c in pairs[:4]])
+        assert s.stats()["status_counts"] == {500: 1, 200: 14}          # known now: no more batches
+
+
+def test_loglik_without_logprobs_says_what_is_missing(tmp_path):
+    with FakeOpenAI(quirks={"one_prompt", "fastapi_errors", "no_logprobs"}) as s:   # transformers serve
+        with pytest.raises(RuntimeError) as ex: engine(s, tmp_path).loglik([("a", " b"), ("c", " d")] * 20)
+        msg = str(ex.value)
+        assert "no prompt logprobs" in msg and "vLLM" in msg and "echo" in msg and "--lm-backend hf" in msg
+        assert s.n_requests <= 3
+
+
+def test_qa_takes_the_shared_model_options(tmp_path):
+    docs = tmp_path / "docs"; docs.mkdir()
+    (docs / "a.txt").write_text("Machine learning is a subset of artificial intelligence. " * 3 + "\n\n"
+                                + "过拟合是指模型记住了训练数据。" * 5)
+    from dataalchemy.testing import task_responder
+    with FakeOpenAI(latency=0.05, quirks={"single_stream"}, responder=task_responder) as s:
+        r = subprocess.run([EXE, "qa", str(docs), str(tmp_path / "qa.jsonl"), "--chunk-size", "80", "--overlap", "0",
+                            "--base-url", s.url, "--model", "local-model", "--concurrency", "2", "--timeout", "7",
+                            "--max-tokens", "50"], capture_output=True, text=True, env=cli_env(), cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        bodies = [q["body"] for q in s.requests]
+        assert len(bodies) >= 2 and all(b["max_tokens"] == 50 and b["model"] == "local-model" for b in bodies)
+        assert s.stats()["max_in_flight"] <= 2
+
+
+def test_batching_server_with_slow_replies_gets_full_concurrency(tmp_path):
+    # replies take 0.3 of the timeout whatever the load (a batching server generating long replies): no queueing shows,
+    # so the limit climbs to the ceiling instead of creeping up by 1/limit
+    with FakeOpenAI(latency=0.3) as s:
+        e = engine(s, tmp_path, timeout=1, concurrency=16, use_cache=False)
+        t0 = time.monotonic(); res = e.generate([f"q{i}" for i in range(80)]); dt = time.monotonic() - t0
+        assert all(r.ok for r in res) and e.limit.peak == 16 and s.stats()["max_in_flight"] == 16
+        assert dt < 80 / 16 * 0.3 + 6 * 0.3 + 1, dt                # about 5 rounds of slow start, then 16 at a time
