@@ -19,8 +19,8 @@ from .cli import app, fail
 # %% auto #0
 __all__ = ['SCORES', 'RetrievalOpts', 'retrieval_options', 'bm25_tokens', 'Bm25Index', 'EmbedIndex', 'lm_prompt',
            'lm_continuation', 'HFScorer', 'CompletionsScorer', 'softmax', 'doc_score', 'query_answer', 'corpus_texts',
-           'warn_test_split', 'retrieval_scores', 'cross_encoder_triple', 'cross_encoder_triples',
-           'tokenize_cross_encoder', 'retrieval_scores_cmd', 'cross_encoder_cmd']
+           'warn_test_split', 'retrieval_scores', 'parse_long_data_collections', 'cross_encoder_triple',
+           'cross_encoder_triples', 'tokenize_cross_encoder', 'retrieval_scores_cmd', 'cross_encoder_cmd']
 
 # %% ../nbs/09b_retrieval.ipynb #fee0b2ad
 SCORES = ('mean_prob', 'seq_logprob', 'mean_logprob')
@@ -267,10 +267,45 @@ def _gold_index(gold, docs: list) -> int | None:
     except (TypeError, ValueError): return None
     return g if 0 <= g < len(docs) else None
 
+_re_ldc_doc = re.compile(r'^Document \[(\d+)\]', re.M)
+_re_ldc_field = re.compile(r'^(Question|Answer|Long Answer|Gold Document ID):[ \t]?', re.M)
+
+def _title(s: str) -> tuple[str | None, str]:
+    "`(title, rest)` of `(Title: ...) rest` (parentheses inside the title balanced), or `(None, s)`."
+    if not s.startswith('(Title:'): return None, s
+    depth = 0
+    for i, ch in enumerate(s):
+        depth += (ch == '(') - (ch == ')')
+        if depth == 0: return s[len('(Title:'):i].strip(), s[i + 1:]
+    return None, s
+
+def parse_long_data_collections(text: str) -> tuple[dict | None, str | None]:
+    "`(record, None)` or `(None, reason)` from one Long-Data-Collections `natural_questions_10_200_docs` text (Document [i] ... Gold Document ID: k)."
+    if not isinstance(text, str): return None, 'no text'
+    starts = list(_re_ldc_doc.finditer(text))
+    if not starts: return None, 'no "Document [i]" in the text'
+    fields = list(_re_ldc_field.finditer(text, starts[-1].end()))
+    if not fields or fields[0].group(1) != 'Question': return None, 'no "Question:" after the documents'
+    docs = []
+    for m, nxt in zip(starts, starts[1:] + [fields[0]]):
+        title, body = _title(text[m.end():nxt.start()].strip())
+        docs.append({'id': m.group(1), 'title': title, 'text': body.strip()})
+    vals = {m.group(1): text[m.end():(fields[k + 1].start() if k + 1 < len(fields) else len(text))].strip()
+            for k, m in enumerate(fields)}
+    gold = vals.get('Gold Document ID', '')
+    if not re.fullmatch(r'\d+', gold): return None, 'no "Gold Document ID:" number'
+    return {'question': vals['Question'], 'answer': vals.get('Answer'), 'long_answer': vals.get('Long Answer'),
+            'documents': docs, 'gold_document_id': gold}, None
+
 def cross_encoder_triple(rec: dict, negative: str = 'least', question_field: str = 'question',
                          documents_field: str = 'documents', gold_fields: Sequence[str] = ('gold_document_id', 'gold_id', 'gold_index'),
                          answer_field: str = 'answer', long_answer_field: str = 'long_answer') -> tuple[dict | None, str | None]:
     "`(triple, None)` or `(None, reason)`: question, answer, long_answer, positive (gold) and a BM25-chosen negative."
+    if question_field not in rec and isinstance(rec.get('text'), str) and 'Gold Document ID' in rec['text']:
+        rec, why = parse_long_data_collections(rec['text'])           # a Long-Data-Collections line: {"text": "Document [1]..."}
+        if rec is None: return None, why
+        question_field, documents_field, gold_fields = 'question', 'documents', ('gold_document_id',)
+        answer_field, long_answer_field = 'answer', 'long_answer'
     q, docs = rec.get(question_field), rec.get(documents_field)
     if not isinstance(q, str) or not q.strip(): return None, 'no question'
     if not isinstance(docs, list) or len(docs) < 2: return None, 'fewer than two documents'
@@ -290,15 +325,36 @@ def cross_encoder_triple(rec: dict, negative: str = 'least', question_field: str
             'meta': {'negative_rule': negative, 'gold_index': g, 'negative_index': j,
                      'bm25': [round(float(sc[g]), 4), round(float(sc[j]), 4)], 'n_documents': len(texts)}}, None
 
-def cross_encoder_triples(records: Iterable[dict], negative: str = 'least', stats: Stats | None = None, **fields) -> Iterable[dict]:
-    "Yield cross-encoder triples; unusable records are dropped with their reason (and written to `stats.rejected`)."
+def _triple_or_reason(r, negative: str = 'least', **fields):
+    if not isinstance(r, dict): return None, 'not a record'
+    return cross_encoder_triple(r, negative, **fields)
+
+def _batches(it: Iterable, n: int):
+    batch = []
+    for x in it:
+        batch.append(x)
+        if len(batch) >= n: yield batch; batch = []
+    if batch: yield batch
+
+def cross_encoder_triples(records: Iterable[dict], negative: str = 'least', stats: Stats | None = None, num_proc: int = 1,
+                          **fields) -> Iterable[dict]:
+    "Yield cross-encoder triples (streaming; `num_proc` processes); unusable records are dropped with their reason (and written to `stats.rejected`)."
     st = stats if stats is not None else Stats('cross-encoder')
-    for i, r in enumerate(records):
-        st.seen()
-        if not isinstance(r, dict): st.drop({'value': repr(r)[:2000]}, 'not a record', index=i); continue
-        t, why = cross_encoder_triple(r, negative, **fields)
-        if t is None: st.drop(r, why, index=i); continue
-        st.kept(); yield t
+    fn = functools.partial(_triple_or_reason, negative=negative, **fields)
+    pool = None
+    if num_proc > 1:
+        import multiprocessing as mp
+        pool = mp.get_context('fork' if 'fork' in mp.get_all_start_methods() else 'spawn').Pool(num_proc)
+    try:
+        i = 0
+        for batch in _batches(records, 64 * max(1, num_proc)):          # a bounded window: the input is never all in memory
+            for r, (t, why) in zip(batch, pool.map(fn, batch, chunksize=16) if pool else map(fn, batch)):
+                st.seen()
+                if t is None: st.drop(r if isinstance(r, dict) else {'value': repr(r)[:2000]}, why, index=i)
+                else: st.kept(); yield t
+                i += 1
+    finally:
+        if pool is not None: pool.terminate()
 
 # %% ../nbs/09b_retrieval.ipynb #f27879e6
 def _special(tok, name: str, given: int | None, default: int) -> int:
@@ -325,7 +381,7 @@ def _encode_batch(batch: dict, tokenizer=None, max_length: int = 512, sep: int =
 
 def tokenize_cross_encoder(triples: Iterable[dict], tokenizer, out: str | os.PathLike | None = None,
                            opts: RetrievalOpts | None = None, stats: Stats | None = None, **overrides):
-    "Two padded `[query SEP document CLS]` rows per triple (label 1 positive, 0 negative) as a `datasets.Dataset`; Parquet at `out`."
+    "Two padded `[query SEP document CLS]` rows per triple (`labels` 1 positive, 0 negative) as a `datasets.Dataset`; Parquet at `out`."
     o = opts or retrieval_options(**overrides)
     try: import datasets
     except ImportError: raise ImportError('the tokenized dataset needs datasets: pip install "dataalchemy[train]"') from None
@@ -335,8 +391,8 @@ def tokenize_cross_encoder(triples: Iterable[dict], tokenizer, out: str | os.Pat
         tokenizer = AutoTokenizer.from_pretrained(str(tokenizer))
     st = stats if stats is not None else Stats('cross-encoder-tokenize')
     sep, cls, pad = _special(tokenizer, 'sep', o.sep_id, 2), _special(tokenizer, 'cls', o.cls_id, 1), _special(tokenizer, 'pad', o.pad_id, 0)
-    rows = [{'query': t['question'], 'document': doc, 'label': lab}
-            for t in triples for doc, lab in ((t['positive'], 1), (t['negative'], 0))]
+    rows = [{'query': t['question'], 'document': doc, 'labels': lab, 'pair': k}
+            for k, t in enumerate(triples) for doc, lab in ((t['positive'], 1), (t['negative'], 0))]
     if not rows: raise RecordError("no triples to tokenize")
     ds = datasets.Dataset.from_list(rows)
     nproc = max(1, min(int(o.num_proc or 1), len(rows) // 64 or 1, os.cpu_count() or 1))
@@ -344,12 +400,15 @@ def tokenize_cross_encoder(triples: Iterable[dict], tokenizer, out: str | os.Pat
                            truncate=bool(o.truncate))
     ds = ds.map(fn, batched=True, batch_size=256, num_proc=nproc if nproc > 1 else None, desc='tokenize')
     st.seen(len(ds)); st.count('truncated', int(sum(ds['truncated'])))
-    too_long = len(ds) - int(sum(ds['keep']))
-    if too_long:
+    keep = ds['keep']
+    bad = {p for p, k in zip(ds['pair'], keep) if not k}                 # a pair goes whole, as in the original
+    if bad:
+        too_long = len(keep) - int(sum(keep))
         st.reasons['longer than max_length'] += too_long
-        ds = ds.filter(lambda k: k, input_columns='keep', num_proc=nproc if nproc > 1 else None)
+        st.reasons['pair partner longer than max_length'] += 2 * len(bad) - too_long
+        ds = ds.filter(lambda p: p not in bad, input_columns='pair', num_proc=nproc if nproc > 1 else None)
     st.kept(len(ds))
-    ds = ds.remove_columns(['keep'])
+    ds = ds.remove_columns(['keep', 'pair'])
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         ds.to_parquet(str(out))
@@ -404,7 +463,7 @@ def cross_encoder_cmd(src: Path = typer.Argument(..., help="Records with questio
         rej = rejected or out.with_name(out.name.split('.')[0] + '.rejected.jsonl')
         with Stats('cross-encoder', rejected=rej) as st:
             triples = list(cross_encoder_triples(read_records(src, strict=False, errors=rej.with_name(rej.stem + '.badlines.jsonl')),
-                                                 o.negative, st))
+                                                 o.negative, st, num_proc=int(o.num_proc or 1)))
             write_records(triples, out)
         typer.echo(st.table())
         if st.n_dropped: typer.echo(f'{st.n_dropped} malformed records written to {rej}', err=True)

@@ -167,7 +167,7 @@ def test_tokenized_parquet_layout(wordtok, tmp_path, num_proc):
                                    num_proc=num_proc, stats=st)
     rows = pq.read_table(tmp_path / 'x.parquet').to_pylist()
     assert len(rows) == ds.num_rows == 2 * len(triples) and st.n_out == len(rows)
-    assert [r['label'] for r in rows[:4]] == [1, 0, 1, 0]
+    assert [r['labels'] for r in rows[:4]] == [1, 0, 1, 0]
     for r, t in zip(rows[:4], [triples[0]['positive'], triples[0]['negative'], triples[1]['positive'], triples[1]['negative']]):
         q = tok(triples[0 if r is rows[0] or r is rows[1] else 1]['question'], add_special_tokens=False)['input_ids']
         d = tok(t, add_special_tokens=False)['input_ids']
@@ -183,7 +183,9 @@ def test_drop_instead_of_truncate(wordtok):
     ds = rt.tokenize_cross_encoder(triples, tok, max_length=9, truncate=False, num_proc=1, stats=st)
     lens = [len(tok(t['question'], add_special_tokens=False)['input_ids']) + len(tok(d, add_special_tokens=False)['input_ids']) + 2
             for t in triples for d in (t['positive'], t['negative'])]
-    assert ds.num_rows == sum(n <= 9 for n in lens) and st.reasons['longer than max_length'] == sum(n > 9 for n in lens) > 0
+    pairs_ok = [a <= 9 and b <= 9 for a, b in zip(lens[::2], lens[1::2])]       # a pair goes whole
+    assert ds.num_rows == 2 * sum(pairs_ok) and st.reasons['longer than max_length'] == sum(n > 9 for n in lens) > 0
+    assert ds['labels'] == [1, 0] * sum(pairs_ok)
     assert all(r['input_ids'][r['length'] - 1] == tok.cls_token_id for r in ds)
 
 
