@@ -454,10 +454,13 @@ def filter_cmd(src: str = typer.Argument(..., help="Input records (jsonl/json/pa
                checkpoint: str = typer.Option(None, help="detoxify checkpoint file (local path)."),
                pii: str = typer.Option('off', help="PII action: replace, mask, hash, drop or off."),
                lenient: bool = typer.Option(False, help="Skip bad input lines (written to --errors) instead of stopping."),
-               errors: str = typer.Option(None, help="With --lenient: where bad input lines go.")):
+               errors: str = typer.Option(None, help="With --lenient: where bad input lines go (default: DST's name + .errors.jsonl).")):
     "Drop low-quality records (rules, optional toxicity and PII) and report why."
+    if lenient and not errors:                                # nothing dropped without being written somewhere
+        errors = str(Path(dst).with_name(Path(dst).name.split('.')[0] + '.errors.jsonl'))
     rep = run_filter(src, dst, preset, rejected=rejected, report=report, toxicity=toxicity, pii=pii,
                      checkpoint=checkpoint, strict=not lenient, errors=errors)
     typer.echo(rep['table'])
+    if rep.get('bad_lines'): typer.echo(f"bad input lines skipped: {rep['bad_lines']:,} (in {errors})")
     for k in ('toxicity_backend', 'pii_action'):
         if k in rep: typer.echo(f"{k}: {rep[k]}")

@@ -129,3 +129,13 @@ def test_self_instruct_user_eval_davinci_vs_003():
         recs = [{**r, 'output': r['response'].strip()} for r in read_records(corpus / f'{m}_predictions.jsonl.gz')]
         kept[m] = sum(1 for _ in F.filter_records(recs, 'sft-default'))
     assert kept['davinci'] < 30 and kept['text-davinci-003'] > 200, kept
+
+
+def test_lenient_without_errors_file_still_writes_bad_lines(tmp_path):
+    "filter --lenient with no --errors: the bad line is counted and written beside the output, and the summary names it."
+    good = json.dumps({'instruction': 'Explain overfitting in two sentences, please.', 'output': 'Overfitting is when a model memorises noise in its training data instead of the pattern.'})
+    (tmp_path / 'in.jsonl').write_text(good + '\n{broken\n', encoding='utf-8')
+    r = CliRunner().invoke(load_commands(), ['filter', str(tmp_path / 'in.jsonl'), str(tmp_path / 'out.jsonl'), '--lenient'])
+    assert r.exit_code == 0, r.output
+    assert 'bad input lines skipped: 1' in r.output and str(tmp_path / 'out.errors.jsonl') in r.output
+    assert [e['line'] for e in read_records(tmp_path / 'out.errors.jsonl')] == [2]
