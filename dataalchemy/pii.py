@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
-from fastcore.basics import patch
+from fastcore.basics import chunked, patch
 from .core import Stats, read_records, RecordWriter, RecordError, record_texts
 from .config import options
 
@@ -524,7 +524,7 @@ def scrub_records(records, scrubber: PIIScrubber | None = None, stats: Stats | N
     stats = stats if stats is not None else Stats('pii')
     src = read_records(records) if isinstance(records, (str, os.PathLike)) else records
     n = 0
-    for batch in _batches(src, batch_size):
+    for batch in chunked(src, batch_size):
         stats.seen(len(batch)); n += len(batch)
         before = Counter(sc.counts)
         res = sc.scrub_batch(batch)
@@ -533,13 +533,6 @@ def scrub_records(records, scrubber: PIIScrubber | None = None, stats: Stats | N
             if keep: stats.kept(); yield rec
             else: stats.drop(rec, reason)
     sc.check_fields(n)
-
-def _batches(it, n: int):
-    buf = []
-    for x in it:
-        buf.append(x)
-        if len(buf) >= n: yield buf; buf = []
-    if buf: yield buf
 
 # %% ../nbs/05b_pii.ipynb #72d91aa1
 class Auditor:
@@ -555,7 +548,7 @@ class Auditor:
     def scan(self, records: Iterable[dict], file: str | None = None, batch_size: int = 256) -> Iterator[dict]:
         "One finding dict per hit: file, line, field path, kind (pii or toxicity), entity or category, score. No PII text."
         line = 0
-        for batch in _batches(records, batch_size):
+        for batch in chunked(records, batch_size):
             where = [(line + j + 1, p, c[k]) for j, r in enumerate(batch) for p, c, k in record_texts(r)]
             line += len(batch)
             texts = [t for _, _, t in where]

@@ -411,11 +411,12 @@ def pii_step(records, stats, ctx, **opts):
 def safety_step(records, stats, ctx, pii: dict | None = None, toxicity: dict | None = None, batch_size: int = 64):
     "Document chunks: PII scrubbed (`PIIOptions`) and toxic chunks dropped (`ToxicityOptions`) before a model or a branch reads them."
     from collections import Counter
-    from dataalchemy.pii import PIIScrubber, _batches
+    from fastcore.basics import chunked
+    from dataalchemy.pii import PIIScrubber
     from dataalchemy.toxicity import ToxicityFilter
     sc = PIIScrubber(**pii) if pii is not None else None
     tf = ToxicityFilter(**toxicity) if toxicity is not None else None
-    for batch in _batches(records, batch_size):
+    for batch in chunked(records, batch_size):
         stats.seen(len(batch))
         res = [(True, None)] * len(batch)
         if sc is not None:

@@ -251,6 +251,7 @@ def retrieval_scores(queries: Iterable[dict], corpus: Iterable[dict] | Sequence[
     return out
 
 # %% ../nbs/09b_retrieval.ipynb #291ee383
+from fastcore.basics import chunked
 def _doc_text(d) -> str | None:
     if isinstance(d, str): return d
     if isinstance(d, dict):
@@ -329,13 +330,6 @@ def _triple_or_reason(r, negative: str = 'least', **fields):
     if not isinstance(r, dict): return None, 'not a record'
     return cross_encoder_triple(r, negative, **fields)
 
-def _batches(it: Iterable, n: int):
-    batch = []
-    for x in it:
-        batch.append(x)
-        if len(batch) >= n: yield batch; batch = []
-    if batch: yield batch
-
 def cross_encoder_triples(records: Iterable[dict], negative: str = 'least', stats: Stats | None = None, num_proc: int = 1,
                           **fields) -> Iterable[dict]:
     "Yield cross-encoder triples (streaming; `num_proc` processes); unusable records are dropped with their reason (and written to `stats.rejected`)."
@@ -347,7 +341,7 @@ def cross_encoder_triples(records: Iterable[dict], negative: str = 'least', stat
         pool = mp.get_context('fork' if 'fork' in mp.get_all_start_methods() else 'spawn').Pool(num_proc)
     try:
         i = 0
-        for batch in _batches(records, 64 * max(1, num_proc)):          # a bounded window: the input is never all in memory
+        for batch in chunked(records, 64 * max(1, num_proc)):          # a bounded window: the input is never all in memory
             for r, (t, why) in zip(batch, pool.map(fn, batch, chunksize=16) if pool else map(fn, batch)):
                 st.seen()
                 if t is None: st.drop(r if isinstance(r, dict) else {'value': repr(r)[:2000]}, why, index=i)
