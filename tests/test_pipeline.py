@@ -82,9 +82,9 @@ def test_course_offline(clean_env):
     assert any('\u4e00' <= ch <= '\u9fff' for ch in alltext)                                      # Chinese made it through
     st = json.loads((out / 'stats.json').read_text())
     stages = {s['stage']: s for s in st['stages']}
-    assert list(stages) == ['ingest', 'safety', 'qa', 'alpaca', 'filters', 'pii', 'toxicity', 'dedup', 'augment', 'topk']
+    assert list(stages) == ['ingest', 'safety', 'qa', 'alpaca', 'filters', 'exact', 'pii', 'toxicity', 'dedup', 'augment', 'topk']
     assert st['audit']['findings'] == 0 and (out / 'audit.jsonl').exists()
-    assert stages['dedup']['reasons'].get('exact_duplicate', 0) >= 2 and st['clusters']['n'] >= 1
+    assert stages['exact']['reasons'].get('exact_duplicate', 0) >= 2 and st['clusters']['n'] >= 1
     assert stages['augment']['records_out'] > stages['augment']['records_in']
     assert {d.split(':')[0] for d in stages['ingest']['counts']} == {'chunks'} and stages['ingest']['records_out'] >= 30
     assert st['lengths']['zh']['output']['n'] > 10 and st['lengths']['en']['output']['n'] > 10
@@ -101,7 +101,7 @@ def test_course_offline(clean_env):
     # a second run skips every stage and writes the same files
     before = {f.name: f.read_bytes() for f in out.glob('*.jsonl')}
     r = CliRunner().invoke(load_commands(), ['build', str(COURSE), '--out', str(out), '--quiet'])
-    assert r.exit_code == 0 and r.output.count('finished earlier, skipped') == 10, r.output
+    assert r.exit_code == 0 and r.output.count('finished earlier, skipped') == 11, r.output
     assert before == {f.name: f.read_bytes() for f in out.glob('*.jsonl')}
 
 
@@ -307,3 +307,23 @@ def test_build_against_the_test_server(clean_env):
         env = {**os.environ, 'DATAALCHEMY_BASE_URL': srv.url, 'OPENAI_API_KEY': 'sk-x', 'DATAALCHEMY_MODEL': 'echo'}
         r = subprocess.run(_build_args(cfg, clean_env / 'echo'), env=env, capture_output=True, text=True)
         assert r.returncode == 1 and 'error: qa: all ' in r.stderr and 'none kept' in r.stderr and 'Traceback' not in r.stderr, r.stderr
+
+
+def test_early_exact_same_deliverables(clean_env):
+    "Exact copies leave before PII and toxicity (`exact` stage): fewer records scrubbed, byte-identical deliverables."
+    docs = clean_env / 'docs'
+    for k in range(3):                                  # every document three times: the QA pairs repeat
+        shutil.copytree(DOCS, docs / f'copy{k}')
+    outs = {}
+    for early in (True, False):
+        cfg = write_config(clean_env / f'early{early}.toml', [docs], **{**SMALL, 'dedup': {'workers': 1, 'early_exact': early}})
+        res = pl.build(cfg, out=clean_env / f'run{early}', progress=False, log=lambda m: None)
+        outs[early] = {s['stage']: s for s in res['stages']}
+    on, off = outs[True], outs[False]
+    assert 'exact' in on and 'exact' not in off
+    assert on['exact']['reasons']['exact_duplicate'] >= 2 * on['exact']['records_out'] * 0.9   # two of three copies go
+    assert on['pii']['records_in'] < off['pii']['records_in'] / 2                               # PII scrubs a third
+    for f in sorted((clean_env / 'runFalse').glob('*.jsonl')):
+        if f.name == 'audit.jsonl': continue
+        assert f.read_bytes() == (clean_env / 'runTrue' / f.name).read_bytes(), f.name
+    assert len(list((clean_env / 'runTrue').glob('sft.*.jsonl'))) == 4

@@ -1,0 +1,126 @@
+"""How `dataalchemy build` grows with its input: time and peak memory (offline) at several sizes, and the cost order.
+
+    python bench/scale.py [--sizes 2000,10000,50000] [--corpus ../shared/corpora/t0_train_50k.jsonl.gz] [--order]
+
+For each size N, the first N T0 records (prompt + completion, real English text with many natural repeats: the same
+passage appears under several prompt templates) are written as N/50 plain-text documents of 50 records each, and
+`dataalchemy build` runs on them in a fresh process (offline engine, filters, safety + PII + toxicity, exact stage,
+dedup, top-k; no augmentation). Printed per size: wall seconds, peak RSS of the build process (from `wait4`), records
+after QA and in the SFT files, and the growth ratios between consecutive sizes (time ratio / size ratio ~ 1 means
+linear time; a memory ratio near 1 means memory does not grow with the input).
+
+With --order the same build also runs with `[dedup] early_exact = false` (exact copies removed only by the dedup stage,
+after PII and toxicity): the SFT files must be byte-identical and the PII stage's time is printed for both.
+Ray: `build --engine ray` does not exist yet (only dedup has a Ray engine), so there is no Ray column.
+"""
+from __future__ import annotations
+import argparse, gzip, json, os, shutil, subprocess, sys, tempfile, time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT = ROOT.parent / 'shared' / 'corpora' / 't0_train_50k.jsonl.gz'
+
+CONFIG = """[build]
+documents = ["{docs}"]
+out = "{out}"
+formats = ["alpaca", "sharegpt", "messages", "prompt-completion"]
+report = "none"
+[qa]
+chunk_by = "sentences"
+chunk_size = 80
+chunk_overlap = 20
+pairs_per_chunk = 3
+[toxicity]
+backend = "offline"
+[dedup]
+workers = 1
+early_exact = {early}
+[augment]
+enabled = false
+[topk]
+k = 3
+"""
+
+
+def make_docs(corpus: Path, n: int, folder: Path, per_doc: int = 50) -> int:
+    "The first `n` records of `corpus` as plain-text documents of `per_doc` records each; returns the characters written."
+    folder.mkdir(parents=True)
+    chars, buf, k = 0, [], 0
+    with gzip.open(corpus, 'rt', encoding='utf-8') as f:
+        for i, line in enumerate(f):
+            if i >= n: break
+            r = json.loads(line)
+            buf.append(f"{r['prompt'].strip()}\n\n{r['completion'].strip()}\n")
+            if len(buf) == per_doc:
+                t = '\n'.join(buf); (folder / f'doc{k:05d}.txt').write_text(t, encoding='utf-8'); chars += len(t); buf, k = [], k + 1
+    if buf: t = '\n'.join(buf); (folder / f'doc{k:05d}.txt').write_text(t, encoding='utf-8'); chars += len(t)
+    return chars
+
+
+def run_build(cfg: Path) -> tuple[float, int, int]:
+    "Run `dataalchemy build` in a fresh process: (seconds, peak RSS in bytes, exit status)."
+    env = {**os.environ, 'DATAALCHEMY_CACHE_DIR': str(cfg.parent / 'cache')}
+    for k in ('DATAALCHEMY_BASE_URL', 'OPENAI_API_KEY', 'DATAALCHEMY_MODEL'): env.pop(k, None)
+    t = time.perf_counter()
+    p = subprocess.Popen([sys.executable, '-c', 'from dataalchemy.cli import main; main()', 'build', str(cfg), '--quiet'], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=cfg.parent)
+    out = p.stdout.read()
+    _, status, ru = os.wait4(p.pid, 0)
+    secs = time.perf_counter() - t
+    rc = os.waitstatus_to_exitcode(status)
+    if rc not in (0, 1): sys.stderr.write(out.decode(errors='replace')[-3000:])
+    return secs, ru.ru_maxrss * 1024, rc
+
+
+def stage(out: Path, name: str) -> dict:
+    st = json.loads((out / 'stats.json').read_text())
+    return next((s for s in st['stages'] if s['stage'] == name), {})
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--corpus', default=str(DEFAULT))
+    ap.add_argument('--sizes', default='2000,10000,50000', help='comma-separated record counts')
+    ap.add_argument('--order', action='store_true', help='also run without the early exact stage and compare')
+    ap.add_argument('--keep', action='store_true', help='keep the temporary folder')
+    a = ap.parse_args()
+    if not Path(a.corpus).exists(): sys.exit(f'error: {a.corpus}: no such file (see ../shared/corpora/README.md)')
+    sizes = [int(s) for s in a.sizes.split(',')]
+    tmp = Path(tempfile.mkdtemp(prefix='dataalchemy_scale_'))
+    rows = []
+    try:
+        for n in sizes:
+            docs = tmp / f'docs{n}'
+            chars = make_docs(Path(a.corpus), n, docs)
+            row = {'n': n, 'mb': chars / 1e6}
+            for early in ((True, False) if a.order else (True,)):
+                d = tmp / f'run{n}_{early}'; d.mkdir()
+                cfg = d / 'build.toml'
+                cfg.write_text(CONFIG.format(docs=docs, out=d / 'out', early=str(early).lower()), encoding='utf-8')
+                secs, rss, rc = run_build(cfg)
+                out = d / 'out'
+                key = 'early' if early else 'late'
+                row[key] = {'seconds': secs, 'rss': rss, 'rc': rc, 'qa': stage(out, 'qa').get('records_out'),
+                            'pii_s': stage(out, 'pii').get('seconds'), 'pii_in': stage(out, 'pii').get('records_in'),
+                            'sft': sum(1 for _ in open(out / 'sft.alpaca.jsonl', encoding='utf-8')) if (out / 'sft.alpaca.jsonl').exists() else None}
+                print(f"n={n:>7,} ({row['mb']:.1f} MB text) {key:5}: {secs:7.1f} s  peak {rss / 2**20:7.0f} MiB  "
+                      f"QA {row[key]['qa']}  PII stage {row[key]['pii_in']} records {row[key]['pii_s']} s  SFT {row[key]['sft']}  rc {rc}", flush=True)
+            if a.order:
+                same = all((tmp / f'run{n}_True' / 'out' / f).read_bytes() == (tmp / f'run{n}_False' / 'out' / f).read_bytes()
+                           for f in ('sft.alpaca.jsonl', 'sft.sharegpt.jsonl', 'sft.messages.jsonl', 'sft.prompt-completion.jsonl', 'topk.jsonl'))
+                e, l = row['early'], row['late']
+                print(f"    order: identical deliverables {same}; PII stage {l['pii_s']} s -> {e['pii_s']} s; "
+                      f"build {l['seconds']:.1f} s -> {e['seconds']:.1f} s ({l['seconds'] / e['seconds']:.2f}x)")
+            rows.append(row)
+        print('\ngrowth between consecutive sizes (ratio of records, of time, of peak memory):')
+        for a0, a1 in zip(rows, rows[1:]):
+            e0, e1 = a0['early'], a1['early']
+            print(f"  {a0['n']:>7,} -> {a1['n']:>7,}: records x{a1['n'] / a0['n']:.1f}  time x{e1['seconds'] / e0['seconds']:.2f}  "
+                  f"memory x{e1['rss'] / e0['rss']:.2f}")
+    finally:
+        if a.keep: print('kept', tmp)
+        else: shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == '__main__':
+    main()
