@@ -11,19 +11,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 import typer
+from fastcore.basics import patch
 from .core import (RecordError, RecordWriter, Stats, dumps, has_cjk, plot_label, read_records, stable_id,
                               text_len, use_cjk_font, write_records)
 from .cli import app, fail
 
 # %% auto #0
-__all__ = ['MARKER', 'OUTPUT', 'REJECTED', 'INGEST_KEYS', 'QA_KEYS', 'UNWRAP_SUFFIXES', 'BUILD_DEFAULTS', 'AUDIT_MODES',
-           'REPORT_KINDS', 'LLM_KEYS', 'STAGE_ORDER', 'STAGE_EXTRA', 'OUTPUT_NOTES', 'PLOTS', 'file_sha1', 'Step',
-           'as_step', 'Context', 'StageError', 'EmptyStageError', 'Pipeline', 'unwrap_lines', 'strip_headings',
-           'ingest_step', 'qa_step', 'alpaca_step', 'filters_step', 'pii_step', 'safety_step', 'toxicity_step',
-           'exact_step', 'dedup_step', 'semantic_step', 'augment_step', 'topk_step', 'ConfigError', 'load_config',
-           'resolve_options', 'pipeline_from_config', 'requirement_problems', 'generator_of', 'export', 'collect_stats',
-           'plot_stages', 'plot_drops', 'plot_lengths', 'plot_clusters', 'render_html', 'render_markdown',
-           'write_report', 'AuditError', 'audit_build', 'build', 'BusyError', 'out_lock', 'build_cmd']
+__all__ = ['MARKER', 'OUTPUT', 'REJECTED', 'INGEST_KEYS', 'QA_KEYS', 'UNWRAP_SUFFIXES', 'BUILD_DEFAULTS', 'ENGINES',
+           'AUDIT_MODES', 'REPORT_KINDS', 'LLM_KEYS', 'STAGE_ORDER', 'STAGE_EXTRA', 'OUTPUT_NOTES', 'PLOTS',
+           'file_sha1', 'Step', 'as_step', 'Context', 'StageError', 'EmptyStageError', 'Pipeline', 'unwrap_lines',
+           'strip_headings', 'ingest_step', 'qa_step', 'alpaca_step', 'filters_step', 'pii_step', 'safety_step',
+           'toxicity_step', 'exact_step', 'dedup_step', 'semantic_step', 'augment_step', 'topk_step', 'ConfigError',
+           'load_config', 'resolve_options', 'pipeline_from_config', 'requirement_problems', 'generator_of', 'export',
+           'collect_stats', 'plot_stages', 'plot_drops', 'plot_lengths', 'plot_clusters', 'render_html',
+           'render_markdown', 'write_report', 'AuditError', 'audit_build', 'build', 'BusyError', 'out_lock',
+           'build_cmd', 'shard_ranges', 'run_shard']
 
 # %% ../nbs/12_pipeline.ipynb #8e37afc3
 MARKER, OUTPUT, REJECTED = 'done.json', 'records.jsonl', 'rejected.jsonl'
@@ -45,6 +47,7 @@ class Step:
     source: bool = False       # ignores the incoming stream (reads the files its options name)
     engine: bool = False       # calls the LLM engine: its backend/model/endpoint are part of the stage's identity
     uses: tuple = ()           # earlier stages whose outputs it reads (part of its input hash)
+    per_record: bool = False   # each record on its own, order kept: shards of its input may run in parallel (executor='ray')
 
     def __post_init__(self):
         if not re.fullmatch(r'[A-Za-z0-9][A-Za-z0-9_\-]*', self.name or ''):
@@ -129,7 +132,11 @@ def _empty_message(name: str, n_in: int, reasons: dict, rejected: Path) -> str:
 class Pipeline:
     "Steps run in order over a record stream, each stage's output and `done.json` marker under `out/stages/`; resumable."
     def __init__(self, steps: Iterable, out: str | os.PathLike | None = None, engine=None, progress: bool = True,
-                 log: Callable[[str], None] | None = None, engine_options: dict | None = None, stop_when_empty: bool = True):
+                 log: Callable[[str], None] | None = None, engine_options: dict | None = None, stop_when_empty: bool = True,
+                 executor: str = 'local', shard_size: int = 50_000, ray_address: str = ''):
+        if executor not in ('local', 'ray'): raise ValueError(f"executor must be local or ray, got {executor!r}")
+        if int(shard_size) < 1: raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+        self.executor, self.shard_size, self.ray_address = executor, int(shard_size), ray_address
         self.steps = [as_step(s) for s in steps]
         names = [s.name for s in self.steps]
         if dup := sorted({n for n in names if names.count(n) > 1}): raise ValueError(f"duplicate step names: {dup}")
@@ -261,8 +268,11 @@ class Pipeline:
                 and out.stat().st_size == m.get('output_size')):
             self.log(f"{tag}: finished earlier, skipped ({m['records_out']:,} records)")
             return {**m, 'skipped': True}
-        if d.exists(): shutil.rmtree(d)
-        d.mkdir(parents=True)
+        sharded = self.executor == 'ray' and step.per_record and src is not None
+        if d.exists():                                  # a sharded stage keeps the shards that finished (their markers say so)
+            for f in d.iterdir():
+                if not (sharded and f.name == 'shards'): shutil.rmtree(f) if f.is_dir() else f.unlink()
+        d.mkdir(parents=True, exist_ok=True)
         st = Stats(step.name, rejected=d / REJECTED)
         ctx = Context(self, step.name, None if step.source else src)
         prev = self.results.get(self.steps[i - 1].name) if i else None
@@ -279,10 +289,12 @@ class Pipeline:
         t0 = time.perf_counter()
         n_out = 0
         try:
-            with RecordWriter(out) as w:
-                for rec in step.fn(stream, st, ctx, **step.options):
-                    w.write(rec); n_out += 1
-                    if bar is not None: bar.update(1)
+            if sharded: n_out = self._run_shards(step, src, d, {'config_hash': cfg, 'input_hash': inp}, st, counter)
+            else:
+                with RecordWriter(out) as w:
+                    for rec in step.fn(stream, st, ctx, **step.options):
+                        w.write(rec); n_out += 1
+                        if bar is not None: bar.update(1)
         except Exception as e:
             raise StageError(f"stage {step.name!r} failed: {type(e).__name__}: {e}") from e
         finally:
@@ -487,7 +499,8 @@ class ConfigError(ValueError):
         super().__init__(': '.join(x for x in (self.file, key, problem) if x))
 
 BUILD_DEFAULTS = {'name': 'build', 'documents': None, 'out': 'out/build', 'formats': ['alpaca'], 'report': 'html',
-                  'keep_meta': False, 'audit': 'fail'}
+                  'keep_meta': False, 'audit': 'fail', 'engine': 'local', 'shard_size': 50_000, 'ray_address': ''}
+ENGINES = ('local', 'ray')
 AUDIT_MODES = ('fail', 'warn', 'off')
 REPORT_KINDS = ('html', 'markdown', 'both', 'none')
 LLM_KEYS = {'backend': str, 'model': str, 'base_url': str, 'concurrency': int, 'rpm': float, 'tpm': float,
@@ -571,6 +584,8 @@ def load_config(src: str | os.PathLike | dict, base: str | os.PathLike | None = 
     try: b['formats'] = list(dict.fromkeys(format_name(f) for f in b['formats']))
     except ValueError as e: raise ConfigError(str(e), file, 'build.formats') from None
     if b['audit'] not in AUDIT_MODES: raise ConfigError(f"expected one of {', '.join(AUDIT_MODES)}, got {b['audit']!r}", file, 'build.audit')
+    if b['engine'] not in ENGINES: raise ConfigError(f"expected local or ray, got {b['engine']!r}", file, 'build.engine')
+    if b['shard_size'] < 1: raise ConfigError(f"expected a number >= 1, got {b['shard_size']}", file, 'build.shard_size')
     if b['report'] not in REPORT_KINDS: raise ConfigError(f"expected one of {', '.join(REPORT_KINDS)}, got {b['report']!r}", file, 'build.report')
     cfg['build'] = b
     # [llm]
@@ -656,15 +671,16 @@ def pipeline_from_config(cfg: dict, out: str | os.PathLike | None = None, progre
     pii = resolve_options('pii', fields('pii')) if cfg['pii']['enabled'] else None
     tox = resolve_options('toxicity', fields('toxicity')) if cfg['toxicity']['enabled'] else None
     if pii or tox:              # the documents themselves are scrubbed: QA, top-k and every format read clean chunks
-        steps.append(Step('safety', safety_step, {'pii': pii, 'toxicity': tox}, engine=bool(tox and tox['backend'] == 'llm')))
+        steps.append(Step('safety', safety_step, {'pii': pii, 'toxicity': tox}, engine=bool(tox and tox['backend'] == 'llm'),
+                          per_record=not (tox and tox['backend'] == 'llm')))
     steps += [Step('qa', qa_step, {k: qa_all[k] for k in QA_KEYS}, engine=True),
-              Step('alpaca', alpaca_step)]
-    if cfg['filters']['enabled']: steps.append(Step('filters', filters_step, resolve_options('filters', fields('filters'))))
+              Step('alpaca', alpaca_step, per_record=True)]
+    if cfg['filters']['enabled']: steps.append(Step('filters', filters_step, resolve_options('filters', fields('filters')), per_record=True))
     dd = resolve_options('dedup', fields('dedup')) if cfg['dedup']['enabled'] else None
     if dd and cfg['dedup']['early_exact'] and dd['keep'] != 'score' and (pii or tox):   # exact copies go before the costly stages; the result is the same
         steps.append(Step('exact', exact_step, {'fields': dd['fields'], 'lower': dd['lower']}))
-    if pii: steps.append(Step('pii', pii_step, pii))
-    if tox: steps.append(Step('toxicity', toxicity_step, tox, engine=tox['backend'] == 'llm'))
+    if pii: steps.append(Step('pii', pii_step, pii, per_record=True))
+    if tox: steps.append(Step('toxicity', toxicity_step, tox, engine=tox['backend'] == 'llm', per_record=tox['backend'] != 'llm'))
     if dd:
         o = dd
         steps.append(Step('dedup', dedup_step, o))
@@ -682,7 +698,8 @@ def pipeline_from_config(cfg: dict, out: str | os.PathLike | None = None, progre
         corpus = ('safety' if pii or tox else 'ingest') if cfg['topk']['corpus'] else ''   # negatives from clean chunks
         steps.append(Step('topk', topk_step, {**o, 'corpus': corpus}, branch=True, uses=(corpus,) if corpus else (),
                           engine=o['negatives'] != 'random' and o['embedder'] == 'engine'))
-    return Pipeline(steps, out=out or b['out'], progress=progress, log=log, engine_options=cfg['llm'])
+    return Pipeline(steps, out=out or b['out'], progress=progress, log=log, engine_options=cfg['llm'],
+                    executor=b['engine'], shard_size=b['shard_size'], ray_address=b['ray_address'])
 
 # %% ../nbs/12_pipeline.ipynb #f31e4d31
 def _have(module: str) -> bool:
@@ -1020,7 +1037,15 @@ def _audit_html(a: dict | None, base) -> str:
     rows = "".join(f"<tr><td><code>{e(_rel(f, base))}</code></td><td class='n'>{d['records']:,}</td><td class='n'>{d['findings']:,}</td>"
                    f"<td>{e(', '.join(f'{k} {v}' for k, v in d['by_type'].items()))}</td></tr>" for f, d in a['files'].items())
     return (head + "<table><tr><th>file</th><th>records</th><th>findings</th><th>types</th></tr>" + rows + "</table>"
-            f"<p class='muted'>Names: {e(a['names'])}. Toxicity backend: {e(str(a['toxicity_backend'] or 'none'))}.</p>")
+            f"<p class='muted'>Names: {e(a['names'])}. Toxicity backend: {e(str(a['toxicity_backend'] or 'none'))}.</p>" + _inter_html(a, base))
+
+def _inter_html(a: dict, base) -> str:
+    "A line on the stage outputs written before the record-level checks ran (scanned, not failing the build)."
+    m = a.get('intermediate')
+    if not m: return ''
+    return (f"<p class='muted'>Stage outputs written before the record-level PII and toxicity checks ran "
+            f"({html.escape(', '.join(_rel(f, base) for f in m['files']))}) hold {m['findings']:,} findings: what those checks then "
+            f"scrubbed or dropped (listed in <code>{html.escape(_rel(m['findings_file'], base))}</code>; not counted above).</p>")
 
 def render_markdown(stats: dict, pipeline: Pipeline, image_dir: str) -> str:
     "The same report as Markdown, with the plots as PNG files in `image_dir` (relative to the report)."
@@ -1070,7 +1095,7 @@ class AuditError(RuntimeError):
     def __init__(self, msg: str, result: dict): super().__init__(msg); self.result = result
 
 def audit_build(pipeline: Pipeline, outputs: dict) -> dict:
-    "Scan every deliverable (format files, branch files, stage outputs from the safety stage on) whole, for PII and toxic text."
+    "Scan every deliverable (format files, branch files, the safety stage's output and stage outputs from the last record-level check on) whole, for PII and toxic text; stage outputs in between are scanned apart (`intermediate`)."
     from dataalchemy.pii import Auditor, PIIScrubber
     opts = pipeline['safety'].options if 'safety' in pipeline.names else {}
     pii = {**resolve_options('pii', {}), **(opts.get('pii') or {}), 'action': 'replace', 'fields': 'auto'}
@@ -1078,15 +1103,26 @@ def audit_build(pipeline: Pipeline, outputs: dict) -> dict:
     if tox is None: tox = {**resolve_options('toxicity', {}), 'backend': 'offline'} if _have('profanity_check') else None
     from dataalchemy.toxicity import ToxicityFilter
     aud = Auditor(PIIScrubber(**pii), ToxicityFilter(**{**tox, 'fields': 'auto'}) if tox else None)
-    first = next((i for i, s in enumerate(pipeline.steps) if s.name in ('safety', 'pii', 'toxicity')), len(pipeline.steps))
+    names = pipeline.names
+    first = next((i for i, n in enumerate(names) if n in ('safety', 'pii', 'toxicity')), len(names))
+    last = max((i for i, n in enumerate(names) if n in ('pii', 'toxicity')), default=first)
+    done = lambda s: pipeline.marker(s.name) is not None
     files = [o['path'] for o in outputs.values()]
-    files += [str(pipeline.output(s.name)) for s in pipeline.steps[first:] if pipeline.marker(s.name)]
-    return aud.audit_files(files, pipeline.out / 'audit.jsonl')
+    files += [str(pipeline.output(s.name)) for i, s in enumerate(pipeline.steps) if i >= first and not first < i < last and done(s)]
+    res = aud.audit_files(files, pipeline.out / 'audit.jsonl')
+    # stage outputs written before the record-level checks ran (QA, Alpaca, filters ... before pii/toxicity): what those
+    # stages then drop or scrub is in them by design; listed, not failing the build
+    inter = [str(pipeline.output(s.name)) for i, s in enumerate(pipeline.steps) if first < i < last and done(s)]
+    res['intermediate'] = aud.audit_files(inter, pipeline.out / 'audit.intermediate.jsonl') if inter else None
+    return res
 
 def build(config: str | os.PathLike | dict, out: str | os.PathLike | None = None, fresh: bool = False,
-          report: str | None = None, progress: bool = True, log=None) -> dict:
-    "Run the pipeline a TOML file (or dict) describes; returns the stats (as in `stats.json`) plus `report` paths."
+          report: str | None = None, progress: bool = True, log=None, engine: str | None = None) -> dict:
+    "Run the pipeline a TOML file (or dict) describes (`engine`: local or ray, instead of `build.engine`); returns the stats (as in `stats.json`) plus `report` paths."
     cfg = load_config(config)
+    if engine is not None:
+        if engine not in ENGINES: raise ConfigError(f"expected local or ray, got {engine!r}", None, '--engine')
+        cfg['build']['engine'] = engine
     if problems := requirement_problems(cfg): raise ConfigError(problems[0][1], cfg['file'], problems[0][0])
     if report is not None and report not in REPORT_KINDS: raise ConfigError(f"expected one of {', '.join(REPORT_KINDS)}", None, '--report')
     p = pipeline_from_config(cfg, out=out, progress=progress, log=log)
@@ -1146,11 +1182,12 @@ def build_cmd(config: Path = typer.Argument(..., help="TOML file describing the 
               out: Path = typer.Option(None, '--out', help="Output folder (default: build.out of the config file)."),
               fresh: bool = typer.Option(False, '--fresh', help="Run every stage again, ignoring finished ones."),
               report: str = typer.Option(None, help="html, markdown, both or none (default: build.report of the config file)."),
-              quiet: bool = typer.Option(False, '--quiet', '-q', help="No progress bars.")):
+              quiet: bool = typer.Option(False, '--quiet', '-q', help="No progress bars."),
+              engine: str = typer.Option(None, '--engine', help="local, or ray: the per-record stages run as Ray tasks over shards (default: build.engine).")):
     "Documents -> safety (PII, toxicity) -> QA -> Alpaca -> filters -> PII -> toxicity -> dedup -> (augment) -> top-k, every format, a safety audit and a report."
     leak = None
     try:
-        res = build(config, out=out, fresh=fresh, report=report, progress=not quiet)
+        res = build(config, out=out, fresh=fresh, report=report, progress=not quiet, engine=engine)
     except (ConfigError, FileNotFoundError) as e:
         fail(e, 2)
     except AuditError as e: res, leak = e.result, e
@@ -1166,4 +1203,84 @@ def build_cmd(config: Path = typer.Argument(..., help="TOML file describing the 
     typer.echo(f"report: {res['report'].get('html') or res['report'].get('markdown') or res['report']['stats']}")
     a = res.get('audit')
     if a is not None: typer.echo(f"audit: {a['findings']:,} findings of personal data or toxic text in {len(a['files'])} files" + (f" (see {a['findings_file']})" if a['findings'] else ''))
+    if a is not None and (m := a.get('intermediate')) and m['findings']:
+        typer.echo(f"       {m['findings']:,} more in stage outputs written before the record-level checks (what they then dropped or scrubbed; see {m['findings_file']})")
     if leak is not None: fail(leak, 1)
+
+# %% ../nbs/12_pipeline.ipynb #73102e9a
+def shard_ranges(path: str | os.PathLike, size: int) -> list[tuple[int, int, int]]:
+    "`(start byte, end byte, lines)` of consecutive pieces of `size` lines of the JSONL file `path`."
+    out, start, pos, n = [], 0, 0, 0
+    with open(path, 'rb') as f:
+        for line in f:
+            pos += len(line); n += 1
+            if n == size: out.append((start, pos, n)); start, n = pos, 0
+    if n: out.append((start, pos, n))
+    return out
+
+# %% ../nbs/12_pipeline.ipynb #68ac93a0
+def run_shard(fn: Callable, options: dict, name: str, src: str, start: int, end: int, shard_dir: str, key: str,
+              ident: dict, cwd: str | None = None, env: dict | None = None) -> dict:
+    "Run the per-record step `fn` on bytes `start:end` of `src`; writes `{key}.jsonl`, `{key}.rejected.jsonl` and `{key}.done.json` in `shard_dir`."
+    if cwd: os.chdir(cwd)
+    if env: os.environ.update(env)
+    sd = Path(shard_dir)
+    st = Stats(name, rejected=sd / f'{key}.rejected.jsonl')
+    with open(src, 'rb') as f: f.seek(start); data = f.read(end - start)
+    recs = (json.loads(l) for l in data.splitlines() if l.strip())
+    n = 0
+    try:
+        with RecordWriter(sd / f'{key}.jsonl') as w:
+            for r in fn(recs, st, Context(None, name), **options): w.write(r); n += 1
+    finally: st.close()
+    mk = {'key': key, 'ident': ident, 'start': start, 'end': end, 'records_out': n,
+          'reasons': dict(st.reasons), 'counts': dict(st.counts)}
+    _write_json(sd / f'{key}.done.json', mk)
+    return mk
+
+# %% ../nbs/12_pipeline.ipynb #219f4715
+def _ray_map(fn: Callable, calls: list[tuple], address: str = '') -> list:
+    "`fn(*args)` for each of `calls` as Ray tasks (a local Ray unless `address`); results in order."
+    if not calls: return []
+    try: import ray
+    except ImportError: raise ImportError('executor="ray" needs Ray: pip install "dataalchemy[ray]"') from None
+    if not ray.is_initialized():
+        kw = dict(address=address) if address else dict(include_dashboard=False)
+        ray.init(ignore_reinit_error=True, log_to_driver=False, **kw)
+    task = ray.remote(fn)
+    refs = [task.remote(*c) for c in calls]
+    ray.wait(refs, num_returns=len(refs))      # every shard that can finish does (its marker saves it), then a failure is raised
+    return ray.get(refs)
+
+def _join(parts: list[Path], dst: Path):
+    "Concatenate files `parts` into `dst` (atomically: a temporary file, then a rename)."
+    tmp = dst.with_name(f'.{dst.name}.join.tmp')
+    with open(tmp, 'wb') as w:
+        for p in parts:
+            with open(p, 'rb') as f: shutil.copyfileobj(f, w, 1 << 20)
+    os.replace(tmp, dst)
+
+# %% ../nbs/12_pipeline.ipynb #39732961
+@patch
+def _run_shards(self: Pipeline, step: Step, src: Path, d: Path, ident: dict, st: Stats, counter: dict) -> int:
+    "Run per-record `step` over shards of `src` on Ray; shards with a matching marker are not run again. Returns records out."
+    sd = d / 'shards'; sd.mkdir(exist_ok=True)
+    ranges, todo, marks = shard_ranges(src, self.shard_size), [], {}
+    for i, (a, b, _) in enumerate(ranges):
+        key = f'{i:05d}'
+        m = json.loads((sd / f'{key}.done.json').read_text()) if (sd / f'{key}.done.json').exists() else None
+        if m and m['ident'] == ident and (m['start'], m['end']) == (a, b) and (sd / f'{key}.jsonl').exists(): marks[key] = m
+        else: todo.append((step.fn, step.options, step.name, str(src), a, b, str(sd), key, ident, os.getcwd(),
+                           {k: v for k, v in os.environ.items() if k.startswith('DATAALCHEMY_')}))
+    if marks: self.log(f"  {step.name}: {len(marks)} of {len(ranges)} shards finished earlier")
+    for m in _ray_map(run_shard, todo, self.ray_address): marks[m['key']] = m
+    keys = sorted(marks)
+    _join([sd / f'{k}.jsonl' for k in keys], d / OUTPUT)
+    rej = [sd / f'{k}.rejected.jsonl' for k in keys if (sd / f'{k}.rejected.jsonl').exists()]
+    if rej: _join(rej, d / REJECTED)
+    for k in keys: st.reasons.update(marks[k]['reasons']); st.counts.update(marks[k]['counts'])
+    counter['in'] = sum(n for _, _, n in ranges)
+    n_out = sum(marks[k]['records_out'] for k in keys)
+    st.seen(counter['in']); st.kept(n_out)
+    shutil.rmtree(sd)
+    return n_out

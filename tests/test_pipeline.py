@@ -327,3 +327,31 @@ def test_early_exact_same_deliverables(clean_env):
         if f.name == 'audit.jsonl': continue
         assert f.read_bytes() == (clean_env / 'runTrue' / f.name).read_bytes(), f.name
     assert len(list((clean_env / 'runTrue').glob('sft.*.jsonl'))) == 4
+
+
+def test_ray_engine_same_outputs(clean_env):
+    "`build --engine ray`: the per-record stages run as Ray tasks over shards; every stage output and deliverable is byte-identical."
+    ray = pytest.importorskip('ray')
+    os.environ.setdefault('RAY_raylet_start_wait_time_s', '300')   # a loaded CI machine starts Ray slowly
+    cfg = write_config(clean_env / 'b.toml', [DOCS], **{**SMALL, 'build': {'shard_size': 7}})
+    local = pl.build(cfg, out=clean_env / 'local', progress=False, log=lambda m: None)
+    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
+    try:
+        r = CliRunner().invoke(load_commands(), ['build', str(cfg), '--out', str(clean_env / 'ray'), '--engine', 'ray', '--quiet'])
+    finally:
+        ray.shutdown()
+    assert r.exit_code == 0, r.output
+    st = json.loads((clean_env / 'ray' / 'stats.json').read_text())
+    stages = {s['stage']: s for s in st['stages']}
+    assert stages['pii']['records_in'] > 7                                           # more than one shard
+    for s in local['stages']:
+        assert (s['records_in'], s['records_out'], s['reasons']) == (stages[s['stage']]['records_in'],
+                stages[s['stage']]['records_out'], stages[s['stage']]['reasons']), s['stage']
+    for f in sorted((clean_env / 'local').rglob('*.jsonl')):
+        rel = f.relative_to(clean_env / 'local')
+        if rel.name == 'audit.jsonl': continue
+        g = clean_env / 'ray' / rel
+        assert f.read_bytes() == g.read_bytes(), rel
+    assert not list((clean_env / 'ray').rglob('shards'))                             # joined and removed
+    bad = CliRunner().invoke(load_commands(), ['build', str(cfg), '--engine', 'spark', '--quiet'])
+    assert bad.exit_code == 2 and '--engine' in bad.output and 'Traceback' not in bad.output
