@@ -556,21 +556,34 @@ class Auditor:
             self.tox = toxicity if hasattr(toxicity, 'check_batch') else ToxicityFilter(
                 None if toxicity is True else toxicity, threshold=threshold, thresholds=thresholds, fields='auto')
 
+    memo_size = 1_000_000      # texts whose verdict is remembered: the same answer in four formats and five stage files is scanned once
+
+    def _verdicts(self, texts: list[str]) -> list[tuple]:
+        "`(pii hits, toxicity hits)` per text; a text seen before (by a 12-byte digest) is not analysed again."
+        memo = self.__dict__.setdefault('_memo', {})
+        keys = [hashlib.blake2b(t.encode('utf-8', 'surrogatepass'), digest_size=12).digest() for t in texts]
+        new = {k: t for k, t in zip(keys, texts) if k not in memo}
+        nk, nt = list(new), list(new.values())
+        pii = self.scrubber.analyze_many(nt) if nt else []
+        tox = self.tox.score_texts(nt) if self.tox is not None and nt else [{}] * len(nt)
+        got = {}
+        for k, fs, sc in zip(nk, pii, tox):
+            hits = tuple((cat, round(v, 3)) for cat, v in sc.items() if v >= self.tox.limit(cat)) if self.tox is not None else ()
+            got[k] = (tuple((f.entity, f.start, f.end, round(f.score, 3)) for f in fs), hits)
+            if len(memo) < self.memo_size: memo[k] = got[k]
+        return [got[k] if k in got else memo[k] for k in keys]
+
     def scan(self, records: Iterable[dict], file: str | None = None, batch_size: int = 256) -> Iterator[dict]:
         "One finding dict per hit: file, line, field path, kind (pii or toxicity), entity or category, score. No PII text."
         line = 0
         for batch in chunked(records, batch_size):
             where = [(line + j + 1, p, c[k]) for j, r in enumerate(batch) for p, c, k in record_texts(r)]
             line += len(batch)
-            texts = [t for _, _, t in where]
-            for (ln, p, _), fs in zip(where, self.scrubber.analyze_many(texts)):
-                for f in fs: yield {'file': file, 'line': ln, 'field': p, 'kind': 'pii', 'entity': f.entity,
-                                    'start': f.start, 'end': f.end, 'score': round(f.score, 3)}
-            if self.tox is not None and texts:
-                for (ln, p, _), s in zip(where, self.tox.score_texts(texts)):
-                    for cat, v in s.items():
-                        if v >= self.tox.limit(cat):
-                            yield {'file': file, 'line': ln, 'field': p, 'kind': 'toxicity', 'entity': cat, 'score': round(v, 3)}
+            verdicts = self._verdicts([t for _, _, t in where])
+            for (ln, p, _), (fs, _) in zip(where, verdicts):
+                for e, s, x, v in fs: yield {'file': file, 'line': ln, 'field': p, 'kind': 'pii', 'entity': e, 'start': s, 'end': x, 'score': v}
+            for (ln, p, _), (_, hits) in zip(where, verdicts):
+                for cat, v in hits: yield {'file': file, 'line': ln, 'field': p, 'kind': 'toxicity', 'entity': cat, 'score': v}
 
     def audit_files(self, paths: Iterable[str | os.PathLike], findings: str | os.PathLike | None = None) -> dict:
         "Scan every file of `paths`; findings go to the JSONL file `findings`; returns counts per file and kind."
