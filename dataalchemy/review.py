@@ -368,7 +368,9 @@ class _Handler(BaseHTTPRequestHandler):
             except (UnicodeDecodeError, json.JSONDecodeError) as e: raise ValueError(f'the label is not JSON: {e}') from None
             self._send(200, {'label': self.review.label(body)})
         except ValueError as e: self._send(400, {'error': str(e)})
-        except OSError as e: self._send(500, {'error': f'could not write the label: {e}'})
+        except Exception as e:                                    # a bug or a full disk: the page and the terminal say so, once
+            sys.stderr.write(f"error: the review server could not take a label: {type(e).__name__}: {e}\n")
+            self._send(500, {'error': f'{type(e).__name__}: {e}'})
 
 # %% ../nbs/14a_review.ipynb #d3c12dbf
 def _user() -> str:

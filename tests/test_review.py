@@ -3,7 +3,7 @@ with SIGKILL and loses nothing, a restart resumes at the right record, and --sum
 import json, os, queue, re, shutil, signal, subprocess, sys, threading, time, urllib.error, urllib.request
 from pathlib import Path
 import pytest
-from dataalchemy.core import read_records, write_records
+from dataalchemy.core import has_cjk, read_records, write_records
 from dataalchemy.review import ReviewServer, draw_sample
 
 REQUIRE = os.environ.get('DATAALCHEMY_REQUIRE_BROWSER') == '1'   # set by .ci/run: a missing browser fails there
@@ -165,6 +165,7 @@ def test_review_in_a_real_browser_survives_kill_and_resumes(tmp_path, chromium):
     assert len(items) == 9 and {it['stratum'] for it in items} == {'self-instruct', 'evol-instruct', 'qa', 'scraped'}
     first_text = lambda it: (it['record'].get('instruction') or (it['record'].get('conversations') or it['record'].get('messages'))[0].get('value')
                              or it['record']['messages'][0]['content'])
+    assert {has_cjk(first_text(items[i])) for i in range(6)} == {True, False}     # the records labelled below: zh and en
     page = chromium.new_page()
     page.goto(srv.url)
     prog = lambda n: page.wait_for_function(f"document.getElementById('progress').textContent.startsWith('{n} / 9 labelled')", timeout=10_000)
