@@ -18,6 +18,7 @@ from .core import RecordError, RecordWriter, cjk_ratio, dumps, read_records, rec
 from .config import options
 from .cli import app, fail
 from .formats import detect_format, parse, role_class, _text
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['DEFAULT_REASONS', 'STRATA_FIELDS', 'VERDICTS', 'PAGE', 'Z95', 'ReviewOptions', 'review_options', 'field_value',
@@ -398,30 +399,6 @@ class ReviewServer:
     def n_labelled(self) -> int: return sum(k in self.labels.latest for k in self.by_key)
     def first_unlabelled(self) -> int: return self.labels.first_unlabelled([it['key'] for it in self.items])
 
-    def state(self) -> dict:
-        "What the page needs: the items (escaped HTML), reasons, labels so far."
-        lab = {k: {f: v.get(f) for f in ('verdict', 'reason', 'note')} for k, v in self.labels.latest.items() if k in self.by_key}
-        return {'items': [{'key': it['key'], 'line': it.get('line'), 'stratum': it.get('stratum', ''), 'html': self._html[it['key']]}
-                          for it in self.items],
-                'labels': lab, 'reasons': self.reasons, 'by': self.items[0].get('by', ''), 'data': self.data,
-                'labels_path': str(self.labels.path)}
-
-    def label(self, body) -> dict:
-        "Check a label from the page and append it (ValueError for a bad one)."
-        if not isinstance(body, dict): raise ValueError('a label is a JSON object')
-        it = self.by_key.get(body.get('key')) if isinstance(body.get('key'), str) else None
-        if it is None: raise ValueError(f"key {body.get('key')!r} is not in this sample")
-        verdict, reason, note = body.get('verdict'), body.get('reason') or None, body.get('note') or ''
-        if verdict not in VERDICTS: raise ValueError(f'verdict must be pass or fail, got {verdict!r}')
-        if verdict == 'fail' and reason not in self.reasons: raise ValueError(f'a fail needs one of the reasons {self.reasons}, got {reason!r}')
-        if verdict == 'pass' and reason is not None: raise ValueError('a pass has no reason')
-        if not isinstance(note, str) or len(note) > 10_000: raise ValueError('the note must be text of at most 10,000 characters')
-        lab = self.labels.add({'key': it['key'], 'index': it.get('index'), 'line': it.get('line'), 'id': it.get('id'),
-                               'stratum': it.get('stratum'), 'by': it.get('by'), 'stratum_size': it.get('stratum_size'),
-                               'population': it.get('population'), 'verdict': verdict, 'reason': reason, 'note': note.strip(),
-                               'reviewer': self.reviewer, 'data': self.data, 'sample': self.sample})
-        return {f: lab[f] for f in ('verdict', 'reason', 'note', 'time')}
-
     def start(self) -> 'ReviewServer':
         "Serve in a background thread (notebooks, tests)."
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True); self.thread.start()
@@ -434,6 +411,39 @@ class ReviewServer:
         self.httpd.server_close(); self.labels.close()
     def __enter__(self): return self
     def __exit__(self, *_): self.close()
+
+# %% ../nbs/14a_review.ipynb #0d3fc803
+@patch
+def state(self: ReviewServer) -> dict:
+    "What the page needs: the items (escaped HTML), reasons, labels so far."
+    lab = {k: {f: v.get(f) for f in ('verdict', 'reason', 'note')} for k, v in self.labels.latest.items() if k in self.by_key}
+    return {'items': [{'key': it['key'], 'line': it.get('line'), 'stratum': it.get('stratum', ''), 'html': self._html[it['key']]}
+                      for it in self.items],
+            'labels': lab, 'reasons': self.reasons, 'by': self.items[0].get('by', ''), 'data': self.data,
+            'labels_path': str(self.labels.path)}
+
+@patch
+def label(self: ReviewServer, body) -> dict:
+    "Check a label from the page and append it (ValueError for a bad one)."
+    if not isinstance(body, dict): raise ValueError('a label is a JSON object')
+    it = self.by_key.get(body.get('key')) if isinstance(body.get('key'), str) else None
+    if it is None: raise ValueError(f"key {body.get('key')!r} is not in this sample")
+    verdict, reason, note = body.get('verdict'), body.get('reason') or None, body.get('note') or ''
+    if verdict not in VERDICTS: raise ValueError(f'verdict must be pass or fail, got {verdict!r}')
+    if verdict == 'fail' and reason not in self.reasons: raise ValueError(f'a fail needs one of the reasons {self.reasons}, got {reason!r}')
+    if verdict == 'pass' and reason is not None: raise ValueError('a pass has no reason')
+    if not isinstance(note, str) or len(note) > 10_000: raise ValueError('the note must be text of at most 10,000 characters')
+    lab = self.labels.add({'key': it['key'], 'index': it.get('index'), 'line': it.get('line'), 'id': it.get('id'),
+                           'stratum': it.get('stratum'), 'by': it.get('by'), 'stratum_size': it.get('stratum_size'),
+                           'population': it.get('population'), 'verdict': verdict, 'reason': reason, 'note': note.strip(),
+                           'reviewer': self.reviewer, 'data': self.data, 'sample': self.sample})
+    return {f: lab[f] for f in ('verdict', 'reason', 'note', 'time')}
+
+@patch
+def iframe(self: ReviewServer, height: int = 560):
+    "The page inline in a notebook (an `IPython.display.IFrame`)."
+    from IPython.display import IFrame
+    return IFrame(self.url, width='100%', height=height)
 
 # %% ../nbs/14a_review.ipynb #c01a0744
 Z95 = NormalDist().inv_cdf(0.975)
@@ -510,9 +520,7 @@ def summarize(labels_path, population: int | None = None, z: float = Z95) -> Rev
                          _fpc(len(fails), n, N) if N else None, weighted,
                          sorted({str(l.get('reviewer')) for l in latest if l.get('reviewer')}), notes)
 
-# %% ../nbs/14a_review.ipynb #e6e32bc0
-from fastcore.basics import patch
-
+# %% ../nbs/14a_review.ipynb #91f06d9e
 @patch
 def table(self: ReviewSummary) -> str:
     "The summary as text."
