@@ -108,10 +108,13 @@ def draw_sample(src, n: int = 100, by: str | None = None, seed: int = 0) -> list
     pick = {}
     for s, m in sorted(allocate({s: len(v) for s, v in lines.items()}, n).items()):
         pick.update((i, s) for i in rng.sample(lines[s], m))
-    items = []
+    items, keys = [], set()
     for i, r in enumerate(again(), 1):
         if i in pick:
-            items.append({'key': stable_id(r), 'line': i, 'id': r.get('id', field_value(r, 'meta.id')), 'stratum': pick[i],
+            key = stable_id(r)
+            if key in keys: key = f'{key}-{i}'                   # a copy of a record already drawn: a label of its own
+            keys.add(key)
+            items.append({'key': key, 'line': i, 'id': r.get('id', field_value(r, 'meta.id')), 'stratum': pick[i],
                           'by': by, 'stratum_size': len(lines[pick[i]]), 'population': total, 'record': r})
     rng.shuffle(items)
     for k, it in enumerate(items): it['index'] = k
