@@ -389,9 +389,10 @@ class ReviewServer:
         self.items, self.by_key = items, {it['key']: it for it in items}
         self.reasons = list(reasons or ReviewOptions().reason_list)
         self.reviewer, self.data, self.sample = reviewer or _user(), str(data or items[0].get('data', '')), str(sample)
-        self.labels = Labels(labels_path)
         self._html = {it['key']: record_html(it['record']) for it in items}
-        self.httpd = _Quiet((host, port), type('Handler', (_Handler,), {'review': self}))
+        self.httpd = _Quiet((host, port), type('Handler', (_Handler,), {'review': self}))   # the port first: no file if taken
+        try: self.labels = Labels(labels_path)
+        except BaseException: self.httpd.server_close(); raise
         self.thread = None
 
     @property
@@ -450,6 +451,8 @@ def iframe(self: ReviewServer, height: int = 560):
 
 # %% ../nbs/14a_review.ipynb #c01a0744
 Z95 = NormalDist().inv_cdf(0.975)
+def _pct(x: float) -> str: return f'{100 * x:.1f}%'
+
 
 def wilson(k: int, n: float, z: float = Z95) -> tuple[float, float]:
     "The Wilson score interval for `k` fails in `n` reviewed records (95% by default)."
@@ -491,9 +494,7 @@ class ReviewSummary:
                 'weighted_by_stratum': self.weighted, 'reasons': self.reasons, 'strata': self.strata,
                 'reviewers': self.reviewers, 'fail_notes': self.notes}
 
-# %% ../nbs/14a_review.ipynb #a6e81dd3
-def _pct(x: float) -> str: return f'{100 * x:.1f}%'
-
+# %% ../nbs/14a_review.ipynb #ea29d46e
 def _fpc(k: int, n: int, N: int) -> tuple[float, float]:
     return (k / n, k / n) if n >= N else wilson(k, n * (N - 1) / (N - n))
 

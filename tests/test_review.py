@@ -140,6 +140,16 @@ def test_a_different_sample_is_not_mixed_in(tmp_path):
     assert len(list(read_records(tmp_path / 'd.jsonl'))) == len(data_records())        # the input is untouched
 
 
+def test_a_taken_port_is_one_error_line(tmp_path):
+    import socket
+    write_records(data_records(), tmp_path / 'd.jsonl')
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0)); s.listen()
+        r = cli('review', tmp_path / 'd.jsonl', '--port', s.getsockname()[1], '--no-browser')
+    assert r.returncode == 2 and r.stderr.startswith('error: cannot serve on 127.0.0.1:') and 'Traceback' not in r.stderr, r.stderr
+    assert not (tmp_path / 'd.review-labels.jsonl').exists()
+
+
 @pytest.fixture(scope='module')
 def chromium():
     exe = shutil.which('chromium') or shutil.which('chromium-browser')
