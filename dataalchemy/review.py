@@ -199,6 +199,7 @@ def read_labels(path) -> dict[str, dict]:
             latest[lab['key']] = lab
     return latest
 
+# %% ../nbs/14a_review.ipynb #71d27db8
 class Labels:
     "An append-only labels file: `add` writes and fsyncs one line; `latest` holds the last label of each key."
     def __init__(self, path):
