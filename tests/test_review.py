@@ -237,3 +237,25 @@ def test_review_in_a_real_browser_survives_kill_and_resumes(tmp_path, chromium):
     assert 'defect rate 22.2% (2 of 9 failed)' in r.stdout, r.stdout              # records 2 and 4; 1 was changed to pass
     assert re.search(r'factual error\s+1', r.stdout) and re.search(r'off-topic\s+1', r.stdout)
     assert '第二步错了 wrong step' in r.stdout
+
+
+def test_chinese_is_drawn_with_glyphs_not_boxes(tmp_path, chromium):
+    fonts = subprocess.run(['fc-list', ':lang=zh'], capture_output=True, text=True).stdout if shutil.which('fc-list') else ''
+    if not fonts.strip():
+        if REQUIRE: pytest.fail('DATAALCHEMY_REQUIRE_BROWSER=1 but no font with Chinese glyphs (apt-get install fonts-wqy-microhei)')
+        pytest.skip('no font with Chinese glyphs installed (apt-get install fonts-wqy-microhei)')
+    items = draw_sample([{'instruction': '解释过拟合', 'output': 'Overfitting: the model learns the noise.'}], 1)
+    with ReviewServer(items, tmp_path / 'l.jsonl').start() as srv:
+        page = chromium.new_page()
+        page.goto(srv.url)
+        page.wait_for_function("document.getElementById('progress').textContent.startsWith('0 / 1')", timeout=10_000)
+        assert '解释过拟合' in page.inner_text('#record')
+        page.evaluate("""() => { const s = document.createElement('span'); s.id = 'probe';
+                                  document.querySelector('#record .text').append(document.createElement('br'), s); }""")
+        shot = {}
+        for name, text in (('zh', '解释过拟合'), ('box1', '\u0378\u0379\u0380\u0381\u0382'), ('box2', '\u0383\u038b\u038d\u03a2\u0530')):
+            page.evaluate("t => { document.getElementById('probe').textContent = t; }", text)   # the same place each time
+            shot[name] = page.locator('#probe').screenshot()
+        page.close()
+    assert shot['box1'] == shot['box2']                 # characters no font has are all drawn as the same boxes
+    assert shot['zh'] != shot['box1']                   # the page's fonts draw Chinese
