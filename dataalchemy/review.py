@@ -136,8 +136,8 @@ def save_sample(items: list[dict], path) -> Path:
     if p.exists():
         old = [it.get('key') for it in read_records(p, allow_empty=True)]
         if old != [it['key'] for it in items]:
-            raise RecordError(f"holds a different sample (other data, --n, --by or --seed); choose another --sample path "
-                              f"(and --labels) or delete it", p)
+            raise RecordError("holds a different sample (other data, --n, --by or --seed); choose another --sample path "
+                              "(and --labels) or delete it", p)
         return p
     with RecordWriter(p) as w: w.write_all(items)
     return p
