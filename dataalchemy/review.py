@@ -326,7 +326,11 @@ document.addEventListener("keydown", e => {
     return;
   }
   if (e.ctrlKey || e.metaKey || e.altKey || e.isComposing || noting) return;
-  if (e.key === "n") { e.preventDefault(); noting = true; run(async () => { $("note").focus(); noting = false; }); return; }
+  if (e.key === "n") {
+    e.preventDefault(); noting = true;
+    run(async () => { const t = $("note"); t.focus(); t.setSelectionRange(t.value.length, t.value.length); noting = false; });
+    return;
+  }
   if (KEYS.has(e.key)) { e.preventDefault(); run(() => handle(e.key)); }
 });
 document.addEventListener("click", e => {

@@ -201,13 +201,16 @@ def test_review_in_a_real_browser_survives_kill_and_resumes(tmp_path, chromium):
     assert page.inner_text('#verdict') == 'FAIL: factual error' and page.input_value('#note') == '第二步错了 wrong step'
     page.keyboard.press('f'); page.keyboard.press('Escape'); page.keyboard.press('1')  # Esc cancels: 1 does nothing
     at(2)
+    page.keyboard.press('n'); page.keyboard.type(' (checked)'); page.keyboard.press('Enter')   # a note on a labelled record
+    page.wait_for_function("document.getElementById('status').textContent.startsWith('saved: fail')", timeout=10_000)
+    at(2)
     # every record is readable (zh and en), HTML in a record is shown, never run
     evil = next(i for i, it in enumerate(items) if it['stratum'] == 'scraped')
     for _ in range(abs(evil - 2)): page.keyboard.press('j' if evil > 2 else 'k')
     at(evil)
     assert '<script>window.pwned = 1</script>' in page.inner_text('#record')
     assert page.evaluate('window.pwned') is None and page.locator('#record script, #record img').count() == 0
-    made = 6                                                           # labels the page has had saved
+    made = 7                                                           # labels the page has had saved
 
     err = srv.kill()                                                   # SIGKILL mid-review
     assert 'Traceback' not in err, err
@@ -215,8 +218,10 @@ def test_review_in_a_real_browser_survives_kill_and_resumes(tmp_path, chromium):
     assert len(labs) == made                                           # every label made is on disk
     assert [(l['key'], l['verdict'], l['reason']) for l in labs] == [
         (items[0]['key'], 'pass', None), (items[1]['key'], 'fail', 'unsafe'), (items[2]['key'], 'fail', 'factual error'),
-        (items[3]['key'], 'pass', None), (items[4]['key'], 'fail', 'off-topic'), (items[1]['key'], 'pass', None)]
-    assert labs[2]['note'] == '第二步错了 wrong step' and {l['reviewer'] for l in labs} == {'tester'}
+        (items[3]['key'], 'pass', None), (items[4]['key'], 'fail', 'off-topic'), (items[1]['key'], 'pass', None),
+        (items[2]['key'], 'fail', 'factual error')]
+    assert labs[2]['note'] == '第二步错了 wrong step' and labs[6]['note'] == '第二步错了 wrong step (checked)'
+    assert {l['reviewer'] for l in labs} == {'tester'}
     assert all(l['stratum'] == items[l['index']]['stratum'] and l['line'] == items[l['index']]['line'] for l in labs)
 
     page.keyboard.press('p')                                           # the server is gone: the page says so
@@ -236,7 +241,7 @@ def test_review_in_a_real_browser_survives_kill_and_resumes(tmp_path, chromium):
     assert r.returncode == 0, r.stderr
     assert 'defect rate 22.2% (2 of 9 failed)' in r.stdout, r.stdout              # records 2 and 4; 1 was changed to pass
     assert re.search(r'factual error\s+1', r.stdout) and re.search(r'off-topic\s+1', r.stdout)
-    assert '第二步错了 wrong step' in r.stdout
+    assert '第二步错了 wrong step (checked)' in r.stdout
 
 
 def test_chinese_is_drawn_with_glyphs_not_boxes(tmp_path, chromium):
