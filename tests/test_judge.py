@@ -144,3 +144,22 @@ def test_judge_records_is_a_lazy_batched_step():
     st = Stats('judge')
     assert list(judge.judge_records(recs, stats=st, judge='heuristic', min_score=1)) == []    # a copied answer, in messages format
     assert st.reasons == {'below min score': 1, 'unscored: no instruction and answer': 1} and st.counts['unscored'] == 1
+
+
+def test_deita_scorers_run_through_the_engine_loglik(data):
+    with FakeOpenAI(responder=task_responder) as srv:
+        r = run('in.jsonl', 'out.jsonl', '--deita-complexity', 'deita-complexity-scorer', '--deita-quality', 'deita-quality-scorer',
+                cwd=data, base_url=srv.url)
+        assert r.returncode == 0, r.stderr
+        comp = [x for x in srv.requests if x['path'] == 'completions']
+    assert {x['model'] for x in comp} == {'deita-complexity-scorer', 'deita-quality-scorer'}
+    prompts = [p for x in comp for p in (x['body']['prompt'] if isinstance(x['body']['prompt'], list) else [x['body']['prompt']])]
+    assert len(prompts) == 6 * 6 * 2 and all(x['body']['echo'] and x['body']['logprobs'] for x in comp)
+    assert any(p.startswith("You are a helpful assistant. Please identify the complexity score of the following user query. \n"
+                            "##Query: 什么是梯度下降？  \n##Complexity: ") for p in prompts)
+    for x in read_records(data / 'out.jsonl'):
+        d = x['meta']['judge']['deita']
+        assert 1 <= d['complexity'] <= 6 and 1 <= d['quality'] <= 6
+        assert d['models'] == {'complexity': 'deita-complexity-scorer', 'quality': 'deita-quality-scorer'}
+    r = run('in.jsonl', 'o2.jsonl', '--deita-complexity', 'deita-complexity-scorer', cwd=data)    # no endpoint: said, exit 2
+    assert r.returncode == 2 and r.stderr.startswith('error: loglik() needs an OpenAI-compatible endpoint'), r.stderr
