@@ -304,6 +304,7 @@ class Judge:
         self.engine = judge_engine(self.o.judge, engine)
         self.stats = stats if stats is not None else Stats('judge')
         self.scores: list[float] = []
+        self.stopped: str | None = None               # why the engine stopped (the rest of the stream is not sent)
         self.deita = {k: self._scorer(m) for k, m in (('complexity', self.o.deita_complexity), ('quality', self.o.deita_quality)) if m}
 
     def _scorer(self, model: str) -> Engine:
@@ -335,11 +336,13 @@ def _batch(self: Judge, recs: list) -> Iterator[dict]:
     st, o, jobs = self.stats, self.o, []
     for rec in recs:
         st.seen()
+        if self.stopped: self._unscored(rec, 'judge request failed', problem=f'{self.stopped} (not sent: the run stopped)'); continue
         try: ins, inp, resp = judge_fields(rec)
         except RecordError as e: self._unscored(rec, 'no instruction and answer', problem=str(e)); continue
         jobs.append((rec, {'instruction': ins, 'input': inp, 'response': resp, 'preset': o.preset, 'lang': judge_lang(ins, inp, o.lang)}))
     if not jobs: return
     res = self.engine.generate([Request(task='judge', data=d, temperature=o.temperature, max_tokens=o.max_tokens) for _, d in jobs], desc='judge')
+    self.stopped = self.engine.stopped
     objs = parse_all(self.engine, res, reply_schema(o.preset))
     deita = {k: deita_scores(e, [d for _, d in jobs], k) for k, e in self.deita.items()}
     for i, ((rec, d), r, obj) in enumerate(zip(jobs, res, objs)):
@@ -363,7 +366,7 @@ def summary(self: Judge) -> str:
     below = f"{st.reasons.get('below min score', 0):,} below {self.o.min_score:g}" if self.o.min_score else 'no minimum score'
     line = f"{self.label}: {st.n_in:,} in, {st.n_out:,} kept, {below}, {st.counts.get('unscored', 0):,} unscored"
     if st.n_dropped: line += f"; rejects in {st.rejected}" if st.rejected else '; rejects not written (no rejects file)'
-    return line
+    return line + (f'; stopped: {self.stopped}' if self.stopped else '')
 
 def judge_records(records, engine: Engine | None = None, stats: Stats | None = None, **overrides) -> Iterator[dict]:
     "Judge `records` (a path or records) and yield those scoring at least `min_score`, with `meta.judge`; counts in `stats`."
@@ -425,4 +428,4 @@ def judge_cmd(src: Path = typer.Argument(..., help="Records to judge (jsonl/json
     if report: Path(report).write_text(json.dumps({**st.as_dict(), 'judge': j.label, 'method': j.method, 'preset': o.preset,
                                                    'min_score': o.min_score, 'scores': j.scores}, ensure_ascii=False, indent=2), encoding='utf-8')
     typer.echo(j.summary())
-    if j.engine.stopped: fail(f'the judge stopped: {j.engine.stopped}', 1)
+    if j.stopped: fail(f'the judge stopped: {j.stopped}', 1)

@@ -163,3 +163,15 @@ def test_deita_scorers_run_through_the_engine_loglik(data):
         assert d['models'] == {'complexity': 'deita-complexity-scorer', 'quality': 'deita-quality-scorer'}
     r = run('in.jsonl', 'o2.jsonl', '--deita-complexity', 'deita-complexity-scorer', cwd=data)    # no endpoint: said, exit 2
     assert r.returncode == 2 and r.stderr.startswith('error: loglik() needs an OpenAI-compatible endpoint'), r.stderr
+
+
+def test_a_run_that_stops_resumes_from_the_cache(data):
+    with FakeOpenAI(responder=task_responder) as srv:
+        srv.fail(None, None, None, '401')                                 # the 4th request is refused: the run stops
+        r = run('in.jsonl', 'out.jsonl', '--batch-size', '3', '--concurrency', '1', cwd=data, base_url=srv.url)
+        assert r.returncode == 1 and 'error: the judge stopped' in r.stderr
+        assert '6 in, 3 kept, no minimum score, 3 unscored' in r.stdout and srv.n_requests == 4    # the rest was not sent
+        assert [x['reason'] for x in read_records(data / 'out.rejected.jsonl')] == ['unscored: judge request failed'] * 3
+        r = run('in.jsonl', 'out2.jsonl', cwd=data, base_url=srv.url)
+        assert r.returncode == 0 and '6 in, 6 kept' in r.stdout
+        assert srv.n_requests == 4 + 3                                    # only the three the first run could not judge
