@@ -19,9 +19,9 @@ from .llm import Engine, Request, parse_all, register_task
 
 # %% auto #0
 __all__ = ['ALPAGASUS', 'RUBRIC', 'PRESETS', 'DEITA_PROMPTS', 'Preset', 'judge_lang', 'judge_prompt', 'deita_scores',
-           'judge_fields', 'arithmetic_check', 'heuristic_scores', 'offline_judge', 'offline_reply', 'reply_schema',
-           'read_verdict', 'JudgeOptions', 'judge_options', 'judge_engine', 'Judge', 'judge_records', 'plot_scores',
-           'judge_cmd']
+           'judge_fields', 'arithmetic_check', 'answer_lang', 'expected_lang', 'heuristic_scores', 'offline_judge',
+           'offline_reply', 'reply_schema', 'read_verdict', 'JudgeOptions', 'judge_options', 'judge_engine', 'Judge',
+           'judge_records', 'plot_scores', 'judge_cmd']
 
 # %% ../nbs/14_judge.ipynb #7cd98c57
 @dataclass(frozen=True)
@@ -125,8 +125,10 @@ _re_refusal = re.compile(
     r"我(?:无法|不能)(?:回答|提供|帮助|协助|完成)", re.I)
 _re_placeholder = re.compile(r'^\W*(?:n/?a|none|null|nil|todo|tbd|xxx+|lorem ipsum.*|no ?output|noinput|无|略|暂无|'
                              r'待补充|待定|同上|空)?\W*$', re.I | re.S)
-_re_code_q = re.compile(r'\b(?:code|function|python|javascript|typescript|java|sql|regex|script|program|implement|'
-                        r'bash|c\+\+|golang|rust)\b|代码|函数|程序|编程|脚本|实现一个|正则|SQL', re.I)
+_re_code_q = re.compile(r'\b(?:write|implement|create|complete|fix|debug|refactor)\b[^.?!\n]{0,40}?\b(?:code|function|'
+                        r'class|method|script|program|query|regex|snippet)\b|'
+                        r'(?:写|编写|实现|完成|修改|修复)[^。？！\n]{0,20}?(?:函数|代码|程序|脚本|类|查询|正则)', re.I)
+_re_fenced = re.compile(r'```.*?(?:```|\Z)', re.S)
 _re_code_a = re.compile(r'```|^\s*(?:def |class |import |from \S+ import|function |public |#include|select |for\s*\(|'
                         r'return\b|const |let |var )|[;{}]\s*$|\w+\([^()]*\)\s*:?\s*$', re.I | re.M)
 _re_explain = re.compile(r'\b(?:explain|describe|why|how|discuss|compare|list|analy[sz]e|write|give|summari[sz]e|'
@@ -138,6 +140,7 @@ _re_want = {'en': re.compile(r'\b(?:in|into) english\b|(?:用|以|使用)(?:英�
 _re_expr = re.compile(r'(?<![\w.])\d+(?:\.\d+)?(?:\s*[-+*/×÷]\s*\d+(?:\.\d+)?)+(?![\w.])')
 _re_calc_q = re.compile(r"\b(?:what is|what's|calculate|compute|evaluate|how much|solve)\b|多少|计算|等于|求|=\s*\?|＝", re.I)
 _re_num = re.compile(r'-?\d+(?:,\d{3})*(?:\.\d+)?')
+_LANGS = {'zh': 'Chinese', 'en': 'English'}
 _EN_STOP = set('the and for with that this what which from into your about have does how why who when where are was '
                'were will would can could should please give write explain describe list following below above its '
                'their there then than also each some more most other such only over very just'.split())
@@ -172,6 +175,18 @@ def _grams(text: str) -> set[str]:
     out = {t for t in toks if len(t) > 3 and t not in _EN_STOP and not is_cjk(t[0])}
     return out | {a + b for a, b in zip(toks, toks[1:]) if len(a) == len(b) == 1 and is_cjk(a) and is_cjk(b)}
 
+def answer_lang(response: str) -> str | None:
+    "zh or en: the language of an answer's prose; None for code, numbers or too little text to tell."
+    prose = _re_fenced.sub(' ', response or '')
+    if _re_code_a.search(prose): return None
+    if cjk_ratio(prose) >= 0.3: return 'zh'
+    return 'en' if sum(t.isalpha() and t.isascii() for t in tokenize(prose)) >= 3 else None
+
+def expected_lang(instruction: str, input: str = '') -> str | None:
+    "The language an answer should be in: the one the instruction asks for, else the prompt's; None for a translation."
+    if (want := next((k for k, p in _re_want.items() if p.search(instruction)), None)): return want
+    return None if _re_translate.search(f'{instruction}\n{input}') else judge_lang(instruction, input)
+
 def _complexity(instruction: str, input: str, response: str) -> float:
     "The balance chapter's difficulty score mapped onto DEITA's 1-6 scale."
     from dataalchemy.balance import difficulty
@@ -189,21 +204,16 @@ def heuristic_scores(instruction: str, input: str, response: str) -> dict:
     need = 30 if _re_explain.search(instruction) else 2
     d = 5.0 if la >= need else 1 + 4 * math.log1p(la) / math.log1p(need)
     h, a, r = 3.5 + 0.3 * d, 4.0, 5.0
-    pg, ag, ig = _grams(prompt), _grams(resp), _grams(instruction)
-    overlap = len(pg & ag) / len(pg) if pg else 0.0
-    translate = bool(_re_translate.search(prompt))
-    if la >= 15 and pg and not overlap and not translate: r = 2.0; rules.append('shares no content word with the instruction')
+    ag, ig = _grams(resp), _grams(instruction)
     if _re_refusal.search(resp): h, a, r, d = 1.0, 1.0, min(r, 2.0), min(d, 1.0); rules.append('refusal')
     same = normalize(resp, lower=True).strip(' ?？.。!！') == normalize(instruction, lower=True).strip(' ?？.。!！')
     if same or (ag and len(ag & ig) / len(ag) >= 0.8 and text_len(resp) <= 1.3 * text_len(instruction) + 3):
         h, a, r, d = 0.0, 1.0, min(r, 2.0), 0.0; rules.append('the answer copies the question')
-    want = next((k for k, p in _re_want.items() if p.search(instruction)), None)
-    want = want or (None if translate else 'zh' if cjk_ratio(prompt) >= 0.3 else 'en')
-    got = 'zh' if cjk_ratio(resp) >= 0.3 else 'en' if sum(t.isalpha() and t.isascii() for t in tokenize(resp)) >= 3 else None
+    want, got = expected_lang(instruction, input), answer_lang(resp)
     if want and got and got != want:
-        h, r = max(0.0, h - 2), max(0.0, r - 2); rules.append(f"answered in {'Chinese' if got == 'zh' else 'English'}, expected {'Chinese' if want == 'zh' else 'English'}")
+        h, r = max(0.0, h - 2), max(0.0, r - 2); rules.append(f'answered in {_LANGS[got]}, expected {_LANGS[want]}')
     if _re_code_q.search(instruction) and not _re_code_a.search(resp):
-        h, d = max(0.0, h - 2), max(0.0, d - 1.5); rules.append('code question answered without code')
+        h, d = max(0.0, h - 2), max(0.0, d - 1.5); rules.append('code request answered without code')
     ok = arithmetic_check(prompt, resp)
     if ok is False: h, a = min(h, 1.0), 0.0; rules.append('the arithmetic is wrong')
     elif ok: a = 5.0
