@@ -7,7 +7,6 @@ Docs: https://dataalchemy.github.io/dataalchemy/judge.html.md"""
 # %% ../nbs/14_judge.ipynb #906db33e
 from __future__ import annotations
 import ast, json, math, os, re
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -99,8 +98,10 @@ DEITA_PROMPTS = {   # the scorers' templates, verbatim from the DEITA repository
 def deita_scores(engine: Engine, items: list[dict], kind: str = 'complexity') -> list[float]:
     "DEITA's expected score (1-6) of each item (instruction, input, response): softmax over log P('1'..'6' | the scorer's prompt)."
     if kind not in DEITA_PROMPTS: raise ValueError(f"kind must be complexity or quality, got {kind!r}")
-    ask = lambda it: {'instruction': '\n'.join(x for x in (it.get('instruction'), it.get('input')) if x), 'response': it.get('response') or ''}
-    prompts = [_re_slot.sub(lambda m, a=ask(it): a[m[1]], DEITA_PROMPTS[kind]) for it in items]
+    def prompt(it: dict) -> str:                     # DEITA's query is the instruction with its input
+        slots = {'instruction': '\n'.join(x for x in (it.get('instruction'), it.get('input')) if x), 'response': it.get('response') or ''}
+        return _re_slot.sub(lambda m: slots[m[1]], DEITA_PROMPTS[kind])
+    prompts = [prompt(it) for it in items]
     ll = engine.loglik([(p, str(i)) for p in prompts for i in range(1, 7)]) if prompts else []
     out = []
     for k in range(len(prompts)):

@@ -42,7 +42,7 @@ def test_planted_bad_answers_score_low_and_are_dropped(data):
         assert r.returncode == 0, r.stderr
         assert srv.n_requests == len(GOOD + BAD)
     assert r.stdout.startswith('LLM judge openai:') and '6 in, 3 kept, 3 below 4.5, 0 unscored' in r.stdout
-    assert f"rejects in out.rejected.jsonl" in r.stdout
+    assert "rejects in out.rejected.jsonl" in r.stdout
     kept = list(read_records(data / 'out.jsonl'))
     assert [x['id'] for x in kept] == ['en-good', 'zh-good', 'zh-calc']
     for x in kept:
