@@ -363,7 +363,7 @@ def _batch(self: Judge, recs: list) -> Iterator[dict]:
         meta = rec.get('meta') if isinstance(rec.get('meta'), dict) else {}
         out = {**rec, 'meta': {**meta, 'judge': {**v, 'preset': o.preset, 'lang': d['lang'], 'method': self.method,
                                                  'backend': r.backend, 'model': r.model,
-                                                 **({'deita': {k: round(v[i], 3) for k, v in deita.items()} |
+                                                 **({'deita': {k: round(xs[i], 3) for k, xs in deita.items()} |
                                                     {'models': {k: e.model for k, e in self.deita.items()}}} if deita else {})}}}
         self.scores.append(v['score'])
         if v['score'] < o.min_score: st.drop(out, 'below min score', score=v['score'], min_score=o.min_score); continue
