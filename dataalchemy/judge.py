@@ -232,6 +232,7 @@ def offline_judge(data: dict) -> str:
 
 register_task('judge', judge_prompt, offline_judge)
 
+# %% ../nbs/14_judge.ipynb #bb85c2b0
 def _pattern(t: str) -> re.Pattern:
     parts = _re_slot.split(t)          # literal, slot, literal, ...
     return re.compile(''.join(re.escape(x) if i % 2 == 0 else f'(?P<{x}>.*?)' for i, x in enumerate(parts)) + r'\Z', re.S)
@@ -250,7 +251,7 @@ def offline_reply(messages: list[dict]) -> str | None:
             return offline_judge({**m.groupdict(), 'preset': name})
     return None
 
-# %% ../nbs/14_judge.ipynb #bb85c2b0
+# %% ../nbs/14_judge.ipynb #5e4cec89
 def reply_schema(preset: str = 'rubric') -> dict:
     "The JSON schema of a judge reply for `preset` (every dimension a number; complexity and reason optional)."
     p = PRESETS[preset]
@@ -274,7 +275,7 @@ def read_verdict(obj, preset: str = 'rubric') -> tuple[dict | None, str | None]:
     return {'score': round(sum(scores.values()) / len(scores), 3), 'scores': scores,
             'complexity': None if c is None else float(c), 'reason': reason}, None
 
-# %% ../nbs/14_judge.ipynb #5e4cec89
+# %% ../nbs/14_judge.ipynb #b895d883
 @dataclass
 class JudgeOptions:
     "LLM-as-judge options; defaults from `[judge]` in settings.ini."
@@ -298,6 +299,7 @@ def judge_options(**overrides) -> JudgeOptions:
     if o.batch_size < 1: raise ValueError(f"batch_size must be at least 1, got {o.batch_size}")
     return o
 
+# %% ../nbs/14_judge.ipynb #3308bf1a
 def judge_engine(judge: str = 'auto', engine: Engine | None = None, **engine_kw) -> Engine:
     "The engine for `judge`: heuristic -> the offline backend (the rules); llm -> a model (error without one); auto -> the engine's choice."
     if judge == 'heuristic': return Engine(backend='offline', progress=False, use_cache=False)
@@ -307,7 +309,7 @@ def judge_engine(judge: str = 'auto', engine: Engine | None = None, **engine_kw)
                          "or pass --base-url, or use --judge heuristic")
     return eng
 
-# %% ../nbs/14_judge.ipynb #b895d883
+# %% ../nbs/14_judge.ipynb #ba784871
 class Judge:
     "Score records with a judge model (or the heuristic) through the engine; yield those scoring at least `min_score`."
     def __init__(self, engine: Engine | None = None, opts: JudgeOptions | None = None, stats: Stats | None = None, **overrides):
@@ -335,13 +337,14 @@ class Judge:
         src = read_records(records) if isinstance(records, (str, os.PathLike)) else records
         for batch in chunked(src, self.o.batch_size): yield from self._batch(list(batch))
 
-# %% ../nbs/14_judge.ipynb #3308bf1a
+# %% ../nbs/14_judge.ipynb #a40aa049
 from fastcore.basics import patch
 
 @patch
 def _unscored(self: Judge, rec, why: str, **details):
     self.stats.count('unscored'); self.stats.drop(rec, f'unscored: {why}', **details)
 
+# %% ../nbs/14_judge.ipynb #7b0ef2a3
 @patch
 def _batch(self: Judge, recs: list) -> Iterator[dict]:
     st, o, jobs = self.stats, self.o, []
@@ -369,7 +372,7 @@ def _batch(self: Judge, recs: list) -> Iterator[dict]:
         if v['score'] < o.min_score: st.drop(out, 'below min score', score=v['score'], min_score=o.min_score); continue
         st.kept(); yield out
 
-# %% ../nbs/14_judge.ipynb #ba784871
+# %% ../nbs/14_judge.ipynb #2aa1a3b2
 @patch
 def summary(self: Judge) -> str:
     "One line: the judge, records in / kept / below the minimum / unscored, and where the rejects are."
@@ -383,7 +386,7 @@ def judge_records(records, engine: Engine | None = None, stats: Stats | None = N
     "Judge `records` (a path or records) and yield those scoring at least `min_score`, with `meta.judge`; counts in `stats`."
     return Judge(engine, stats=stats, **overrides)(records)
 
-# %% ../nbs/14_judge.ipynb #a40aa049
+# %% ../nbs/14_judge.ipynb #4c0eb170
 def plot_scores(scores: Iterable[float], min_score: float = 0.0, title: str = 'judge scores', path: str | os.PathLike | None = None):
     "A histogram of judge scores (0-5, bins of 0.25) with the threshold; saved to `path` (PNG) when given. Returns the figure."
     import matplotlib.pyplot as plt
@@ -400,7 +403,7 @@ def plot_scores(scores: Iterable[float], min_score: float = 0.0, title: str = 'j
     if path is not None: fig.savefig(path, dpi=120); plt.close(fig)
     return fig
 
-# %% ../nbs/14_judge.ipynb #7b0ef2a3
+# %% ../nbs/14_judge.ipynb #24c1e4e3
 import typer
 from .cli import USER_ERRORS, app, fail
 from .core import RecordWriter
