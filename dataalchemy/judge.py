@@ -7,6 +7,7 @@ Docs: https://dataalchemy.github.io/dataalchemy/judge.html.md"""
 # %% ../nbs/14_judge.ipynb #906db33e
 from __future__ import annotations
 import ast, json, math, os, re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -20,7 +21,7 @@ from .llm import Engine, Request, parse_all, register_task
 __all__ = ['ALPAGASUS', 'RUBRIC', 'PRESETS', 'DEITA_PROMPTS', 'Preset', 'judge_lang', 'judge_prompt', 'deita_scores',
            'judge_fields', 'arithmetic_check', 'answer_lang', 'expected_lang', 'heuristic_scores', 'offline_judge',
            'offline_reply', 'reply_schema', 'read_verdict', 'JudgeOptions', 'judge_options', 'judge_engine', 'Judge',
-           'judge_records', 'plot_scores', 'judge_cmd']
+           'judge_records', 'plot_scores', 'score_histogram', 'judge_cmd']
 
 # %% ../nbs/14_judge.ipynb #7cd98c57
 @dataclass(frozen=True)
@@ -403,6 +404,12 @@ def plot_scores(scores: Iterable[float], min_score: float = 0.0, title: str = 'j
     if path is not None: fig.savefig(path, dpi=120); plt.close(fig)
     return fig
 
+def score_histogram(scores: Iterable[float], width: float = 0.25) -> dict[str, int]:
+    "Counts of scores per bin of `width` over 0-5 (the plot's bins; 5 falls in the last one), for a report."
+    n = round(5 / width)
+    c = Counter(min(int(s / width), n - 1) for s in scores)
+    return {f'{i * width:g}-{(i + 1) * width:g}': c[i] for i in range(n)}
+
 # %% ../nbs/14_judge.ipynb #24c1e4e3
 import typer
 from .cli import USER_ERRORS, app, fail
@@ -420,7 +427,7 @@ def judge_cmd(src: Path = typer.Argument(..., help="Records to judge (jsonl/json
               batch_size: int = typer.Option(None, '--batch-size', help="Records per engine call."),
               rejected: Path = typer.Option(None, help="Records below the minimum or unscored, with why (default: beside DST)."),
               plot: Path = typer.Option(None, help="Write the score histogram (PNG) here."),
-              report: Path = typer.Option(None, help="Write the counts and scores (JSON) here."),
+              report: Path = typer.Option(None, help="Write the counts and the score histogram (JSON) here."),
               deita_complexity: str = typer.Option(None, '--deita-complexity', help="Also score with DEITA's complexity scorer, this model (e.g. hkust-nlp/deita-complexity-scorer on vLLM)."),
               deita_quality: str = typer.Option(None, '--deita-quality', help="Also score with DEITA's quality scorer, this model."),
               backend: str = typer.Option(None, help="openai, transformers, offline or auto [llm]."),
@@ -440,6 +447,7 @@ def judge_cmd(src: Path = typer.Argument(..., help="Records to judge (jsonl/json
     except (RecordError, ValueError, ImportError, *USER_ERRORS) as e: fail(e, 2)
     except RuntimeError as e: fail(e, 1)                                # a DEITA scorer that stopped answering
     if report: Path(report).write_text(json.dumps({**st.as_dict(), 'judge': j.label, 'method': j.method, 'preset': o.preset,
-                                                   'min_score': o.min_score, 'scores': j.scores}, ensure_ascii=False, indent=2), encoding='utf-8')
+        'min_score': o.min_score, 'scored': len(j.scores), 'mean_score': round(sum(j.scores) / len(j.scores), 3) if j.scores else None,
+        'histogram': score_histogram(j.scores)}, ensure_ascii=False, indent=2), encoding='utf-8')
     typer.echo(j.summary())
     if j.stopped: fail(f'the judge stopped: {j.stopped}', 1)
