@@ -175,3 +175,13 @@ def test_a_run_that_stops_resumes_from_the_cache(data):
         r = run('in.jsonl', 'out2.jsonl', cwd=data, base_url=srv.url)
         assert r.returncode == 0 and '6 in, 6 kept' in r.stdout
         assert srv.n_requests == 4 + 3                                    # only the three the first run could not judge
+
+
+def test_the_standalone_test_server_answers_judge_prompts(data):
+    from dataalchemy.testing import FakeOpenAIProcess                    # `python -m dataalchemy.testing`, as a workshop runs it
+    with FakeOpenAIProcess() as srv:
+        r = run('in.jsonl', 'out.jsonl', '--min-score', '4.5', '--preset', 'alpagasus', cwd=data, base_url=srv.url)
+        assert r.returncode == 0, r.stderr
+        assert srv.stats()['n_requests'] == 6
+    assert '6 in, 3 kept, 3 below 4.5, 0 unscored' in r.stdout
+    assert {x['meta']['judge']['preset'] for x in read_records(data / 'out.jsonl')} == {'alpagasus'}
