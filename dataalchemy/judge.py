@@ -26,13 +26,12 @@ __all__ = ['ALPAGASUS', 'RUBRIC', 'PRESETS', 'DEITA_PROMPTS', 'Preset', 'judge_l
 # %% ../nbs/14_judge.ipynb #7cd98c57
 @dataclass(frozen=True)
 class Preset:
-    "A judge prompt: the 0-5 dimensions averaged into `score`, whether it asks for complexity (1-6), texts per language, the published threshold."
+    "A judge prompt: the 0-5 dimensions averaged into `score`, whether it asks for complexity (1-6), texts per language, where it comes from."
     name: str
     dims: tuple[str, ...]
     complexity: bool
     system: dict[str, str]
     user: dict[str, str]
-    threshold: float
     source: str
 
 ALPAGASUS = Preset('alpagasus', ('accuracy',), False, system={
@@ -46,7 +45,7 @@ ALPAGASUS = Preset('alpagasus', ('accuracy',), False, system={
           'avoiding any potential bias>"}',
     'zh': "请根据回答相对于指令和输入的准确性打分。分数范围为 0 到 5，分数越高表示准确性越高。只输出一个 JSON 对象："
           '{"accuracy": <分数>, "reason": "<对你的评价的全面解释，避免任何偏见>"}'},
-    threshold=4.5, source='Chen et al. 2023, AlpaGasus (arXiv:2307.08701), Figure 3; kept score >= 4.5')
+    source='Chen et al. 2023, AlpaGasus (arXiv:2307.08701), Figure 3; the paper kept score >= 4.5 (--min-score 4.5)')
 
 # %% ../nbs/14_judge.ipynb #28d49557
 RUBRIC = Preset('rubric', ('helpfulness', 'accuracy', 'relevance', 'detail'), True, system={
@@ -69,7 +68,7 @@ RUBRIC = Preset('rubric', ('helpfulness', 'accuracy', 'relevance', 'detail'), Tr
           "任务）。拒绝回答、照抄问题、空回答或错误答案都应得低分。只输出一个 JSON 对象："
           '{"helpfulness": 0-5, "accuracy": 0-5, "relevance": 0-5, "detail": 0-5, "complexity": 1-6, '
           '"reason": "用一两句话说明理由"}'},
-    threshold=4.5, source='AlpaGasus 0-5 scale and threshold; Vicuna/MT-Bench criteria; DEITA 1-6 complexity scale')
+    source='AlpaGasus 0-5 scale (kept >= 4.5); Vicuna/MT-Bench criteria; DEITA 1-6 complexity scale; see nbs/14_judge')
 
 PRESETS = {p.name: p for p in (RUBRIC, ALPAGASUS)}
 
@@ -447,7 +446,7 @@ def judge_cmd(src: Path = typer.Argument(..., help="Records to judge (jsonl/json
     except (RecordError, ValueError, ImportError, *USER_ERRORS) as e: fail(e, 2)
     except RuntimeError as e: fail(e, 1)                                # a DEITA scorer that stopped answering
     if report: Path(report).write_text(json.dumps({**st.as_dict(), 'judge': j.label, 'method': j.method, 'preset': o.preset,
-        'min_score': o.min_score, 'scored': len(j.scores), 'mean_score': round(sum(j.scores) / len(j.scores), 3) if j.scores else None,
+        'preset_source': PRESETS[o.preset].source, 'min_score': o.min_score, 'scored': len(j.scores), 'mean_score': round(sum(j.scores) / len(j.scores), 3) if j.scores else None,
         'histogram': score_histogram(j.scores)}, ensure_ascii=False, indent=2), encoding='utf-8')
     typer.echo(j.summary())
     if j.stopped: fail(f'the judge stopped: {j.stopped}', 1)

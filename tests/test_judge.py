@@ -58,6 +58,7 @@ def test_planted_bad_answers_score_low_and_are_dropped(data):
     assert 'refusal' in judged['refusal']['reason']
     assert (data / 'scores.png').stat().st_size > 1000
     rep = json.loads((data / 'r.json').read_text())
+    assert rep['preset_source'].startswith('AlpaGasus 0-5 scale')
     assert rep['in'] == 6 and rep['out'] == 3 and rep['scored'] == sum(rep['histogram'].values()) == 6 and rep['method'] == 'llm'
 
 
