@@ -410,7 +410,7 @@ _re_qa = (re.compile(r'^Text:\n(?P<text>.*)\n\nWrite (?P<n>\d+) question-answer 
           re.compile(r'^文本：\n(?P<text>.*)\n\n请根据上面的文本写 (?P<n>\d+) 个问答对', re.S))
 
 def task_responder(messages: list[dict], params: dict) -> str:
-    "Replies in the shapes the chapters ask for (document QA, QA pairs, toxicity judge), from the offline rules; else `echo_responder`."
+    "Replies in the shapes the chapters ask for (document QA, QA pairs, toxicity and quality judges), from the offline rules; else `echo_responder`."
     text = last_user(messages)
     system = next((message_text(m.get('content')) for m in messages or [] if m.get('role') == 'system'), '')
     for kind, pats in (('doc_qa', _re_doc_qa), ('qa', _re_qa)):
@@ -422,6 +422,8 @@ def task_responder(messages: list[dict], params: dict) -> str:
     if 'toxicity' in system and 'identity_attack' in system and text.startswith('Text:\n'):
         from dataalchemy.toxicity import offline_judge
         return offline_judge({'text': text[len('Text:\n'):]})
+    from dataalchemy.judge import offline_reply                       # the quality judge's prompts (rubric, AlpaGasus)
+    if (verdict := offline_reply(messages)) is not None: return verdict
     return echo_responder(messages, params)
 
 # %% ../nbs/02a_testserver.ipynb #44715cd9
