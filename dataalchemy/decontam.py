@@ -8,13 +8,16 @@ Docs: https://dataalchemy.github.io/dataalchemy/decontam.html.md"""
 from __future__ import annotations
 import hashlib, json, os
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 import numpy as np
+from .config import options
 from .core import (RecordError, RecordWriter, Stats, cjk_ratio, read_records, record_texts, tokenize)
 
 # %% auto #0
-__all__ = ['gram_size', 'ngram_hashes', 'BenchmarkIndex', 'load_benchmarks', 'decontaminate', 'decontam_cmd']
+__all__ = ['gram_size', 'ngram_hashes', 'BenchmarkIndex', 'load_benchmarks', 'decontaminate', 'DecontamOptions',
+           'decontam_options', 'decontam_records', 'decontam_cmd']
 
 # %% ../nbs/13_decontam.ipynb #f857f89d
 def _tokens(text: str) -> list[str]: return [t for t in tokenize(text, lower=True) if t.isalnum()]
@@ -106,6 +109,35 @@ def decontaminate(records, index: BenchmarkIndex, action: str = 'drop', min_hits
             meta = rec.get('meta') if isinstance(rec.get('meta'), dict) else rec.setdefault('meta', {})
             meta['contamination'] = found
         st.kept(); yield rec
+
+# %% ../nbs/13_decontam.ipynb #dab3f68d
+@dataclass
+class DecontamOptions:
+    "Decontamination options; defaults from `[decontam]` in settings.ini."
+    benchmarks: str = ''       # benchmark files (comma separated; JSONL/JSON/Parquet)
+    bench_fields: str = ''     # benchmark fields to index ('' : every text)
+    fields: str = ''           # record fields to check ('' : every text but meta)
+    id_field: str = 'id'       # the benchmark item's name in findings
+    ngram: int = 13            # n-gram size in words (English)
+    cjk_ngram: int = 13        # n-gram size in characters (Chinese)
+    min_hits: int = 1          # shared n-grams that make a record contaminated
+    action: str = 'drop'       # drop | flag
+
+def decontam_options(**overrides) -> DecontamOptions:
+    "`DecontamOptions` from settings `[decontam]` with non-None `overrides`, checked."
+    o = options(DecontamOptions, 'decontam', **overrides)
+    if o.action not in ('drop', 'flag'): raise ValueError(f"action must be drop or flag, got {o.action!r}")
+    for k in ('ngram', 'cjk_ngram', 'min_hits'):
+        if getattr(o, k) < 1: raise ValueError(f"{k} must be >= 1, got {getattr(o, k)}")
+    return o
+
+def decontam_records(records, stats: Stats | None = None, **overrides) -> Iterator[dict]:
+    "`decontaminate` `records` against the benchmark files of the options (`DecontamOptions` fields as `overrides`)."
+    o = decontam_options(**overrides)
+    paths = [b.strip() for b in o.benchmarks.split(',') if b.strip()]
+    if not paths: raise ValueError("benchmarks: name at least one benchmark file")
+    idx = load_benchmarks(paths, o.bench_fields or None, o.id_field, o.ngram, o.cjk_ngram)
+    return decontaminate(records, idx, o.action, o.min_hits, o.fields or None, stats)
 
 # %% ../nbs/13_decontam.ipynb #2e6b834d
 import typer

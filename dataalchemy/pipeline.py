@@ -21,11 +21,11 @@ __all__ = ['MARKER', 'OUTPUT', 'REJECTED', 'INGEST_KEYS', 'QA_KEYS', 'UNWRAP_SUF
            'AUDIT_MODES', 'REPORT_KINDS', 'LLM_KEYS', 'STAGE_ORDER', 'STAGE_EXTRA', 'OUTPUT_NOTES', 'PLOTS',
            'file_sha1', 'Step', 'as_step', 'Context', 'StageError', 'EmptyStageError', 'Pipeline', 'unwrap_lines',
            'strip_headings', 'ingest_step', 'qa_step', 'alpaca_step', 'filters_step', 'pii_step', 'safety_step',
-           'toxicity_step', 'exact_step', 'dedup_step', 'semantic_step', 'augment_step', 'topk_step', 'ConfigError',
-           'load_config', 'resolve_options', 'pipeline_from_config', 'requirement_problems', 'generator_of', 'export',
-           'collect_stats', 'plot_stages', 'plot_drops', 'plot_lengths', 'plot_clusters', 'render_html',
-           'render_markdown', 'write_report', 'AuditError', 'audit_build', 'build', 'BusyError', 'out_lock',
-           'build_cmd', 'shard_ranges', 'run_shard']
+           'toxicity_step', 'exact_step', 'dedup_step', 'decontaminate_step', 'judge_step', 'semantic_step',
+           'augment_step', 'topk_step', 'ConfigError', 'load_config', 'resolve_options', 'pipeline_from_config',
+           'requirement_problems', 'generator_of', 'export', 'collect_stats', 'plot_stages', 'plot_drops',
+           'plot_lengths', 'plot_clusters', 'render_html', 'render_markdown', 'write_report', 'AuditError',
+           'audit_build', 'build', 'BusyError', 'out_lock', 'build_cmd', 'shard_ranges', 'run_shard']
 
 # %% ../nbs/12_pipeline.ipynb #8e37afc3
 MARKER, OUTPUT, REJECTED = 'done.json', 'records.jsonl', 'rejected.jsonl'
@@ -469,6 +469,21 @@ def dedup_step(records, stats, ctx, **opts):
     src = ctx.input_path()          # two passes over the stage's input file: the records are never all in memory
     yield from dedup(src if src is not None else list(records), dedup_options(**opts), stats=stats, clusters=ctx.dir / 'clusters.jsonl')
 
+def _bench_fingerprint(benchmarks='', **_) -> str:
+    return stable_id([(b, file_sha1(b)) for b in str(benchmarks).split(',') if b.strip()])
+
+def decontaminate_step(records, stats, ctx, **opts):
+    "Drop (or flag) records that share n-grams with benchmark items (`DecontamOptions`), naming the item."
+    from dataalchemy.decontam import decontam_records
+    yield from decontam_records(records, stats, **opts)
+
+decontaminate_step.fingerprint = _bench_fingerprint       # a changed benchmark file runs the stage again
+
+def judge_step(records, stats, ctx, **opts):
+    "Score each record with the judge (`JudgeOptions`: a model through the engine, or the labelled heuristic); below `min_score` dropped."
+    from dataalchemy.judge import judge_records
+    yield from judge_records(records, engine=None if opts.get('judge') == 'heuristic' else ctx.engine, stats=stats, **opts)
+
 def semantic_step(records, stats, ctx, fields='instruction,input,output', threshold=None, keep='first'):
     "Embedding near duplicates (local all-MiniLM-L6-v2; needs `pip install \"dataalchemy[ml]\"`)."
     from dataalchemy.dedup import semantic_dedup
@@ -483,13 +498,25 @@ def augment_step(records, stats, ctx, factor=None, target_size=None, seed=0, **o
     llm = o.uses_llm                                  # auto/paraphrase with an endpoint, LLM translation or synonyms
     yield from augment_dataset(recs, n, seed=seed, engine=ctx.engine if llm else None, stats=stats, opts=o)
 
-def topk_step(records, stats, ctx, corpus='ingest', **opts):
-    "Branch: CLaRa top-k records from the QA records, negatives drawn from the chunks of stage `corpus`."
+def topk_step(records, stats, ctx, corpus='ingest', decontaminate=None, **opts):
+    "Branch: CLaRa top-k records from the QA records, negatives drawn from the chunks of stage `corpus`; `decontaminate`: its options, for the documents too."
     from dataalchemy.topk import build_topk, topk_options
     o = topk_options(**opts)
     extra = list(ctx.records(corpus)) if corpus else None
     eng = ctx.engine if (o.negatives != 'random' and o.embedder == 'engine') else None
-    yield from build_topk(records, o, corpus=extra, engine=eng, stats=stats)
+    out = build_topk(records, o, corpus=extra, engine=eng, stats=stats)
+    if decontaminate:                       # a document that copies a benchmark item is as bad as a question that does
+        from dataalchemy.decontam import decontam_records
+        out = decontam_records(out, _Recount(stats), **{**decontaminate, 'action': 'drop'})
+    yield from out
+
+class _Recount:
+    "The stats of a second pass over records a step already counted: a drop takes back a kept record; seen and kept are not counted twice."
+    def __init__(self, st: Stats): self.st = st
+    def seen(self, n: int = 1): pass
+    def kept(self, n: int = 1): pass
+    def drop(self, rec, reason, **details): self.st.n_out -= 1; self.st.drop(rec, reason, **details)
+    def __getattr__(self, k): return getattr(self.st, k)
 
 # %% ../nbs/12_pipeline.ipynb #c31faa18
 class ConfigError(ValueError):
@@ -506,7 +533,7 @@ REPORT_KINDS = ('html', 'markdown', 'both', 'none')
 LLM_KEYS = {'backend': str, 'model': str, 'base_url': str, 'concurrency': int, 'rpm': float, 'tpm': float,
             'timeout': float, 'max_retries': int, 'backoff': float, 'temperature': float, 'max_tokens': int,
             'cache_dir': str, 'embed_model': str}
-STAGE_ORDER = ('qa', 'filters', 'pii', 'toxicity', 'dedup', 'augment', 'topk')
+STAGE_ORDER = ('qa', 'filters', 'pii', 'toxicity', 'dedup', 'decontaminate', 'judge', 'augment', 'topk')
 
 def _stage_classes() -> dict:
     from dataalchemy.qa import QAOpts
@@ -516,14 +543,16 @@ def _stage_classes() -> dict:
     from dataalchemy.dedup import DedupOptions
     from dataalchemy.augment import AugmentOpts
     from dataalchemy.topk import TopkOpts
+    from dataalchemy.decontam import DecontamOptions
+    from dataalchemy.judge import JudgeOptions
     return {'qa': QAOpts, 'filters': FilterOptions, 'pii': PIIOptions, 'toxicity': ToxicityOptions,
-            'dedup': DedupOptions, 'augment': AugmentOpts, 'topk': TopkOpts}
+            'dedup': DedupOptions, 'decontaminate': DecontamOptions, 'judge': JudgeOptions, 'augment': AugmentOpts, 'topk': TopkOpts}
 
 # keys a stage section has besides its options dataclass, with their defaults
 STAGE_EXTRA = {'qa': {'unwrap': True, 'headings': 'strip'}, 'filters': {'enabled': True}, 'pii': {'enabled': True}, 'toxicity': {'enabled': True},
                'dedup': {'enabled': True, 'semantic': False, 'semantic_threshold': 0.9, 'early_exact': True},
                'augment': {'enabled': False, 'factor': 1.5, 'target_size': 0, 'seed': 0},
-               'topk': {'enabled': True, 'corpus': 'ingest'}}
+               'topk': {'enabled': True, 'corpus': 'ingest'}, 'decontaminate': {'enabled': False}, 'judge': {'enabled': False}}
 
 def _kind(default) -> type | None:
     return None if default is None else bool if isinstance(default, bool) else type(default)
@@ -609,6 +638,13 @@ def load_config(src: str | os.PathLike | dict, base: str | os.PathLike | None = 
     a = cfg['augment']
     if a['enabled'] and not a['target_size'] and a['factor'] <= 1:
         raise ConfigError(f"must be above 1 (or set augment.target_size), got {a['factor']}", file, 'augment.factor')
+    dc = cfg['decontaminate']
+    if dc['enabled']:                           # benchmark files: relative to the config file, and they must exist
+        bs = [b.strip() for b in str(dc.get('benchmarks', '')).split(',') if b.strip()]
+        if not bs: raise ConfigError("name at least one benchmark file (JSONL/JSON/Parquet)", file, 'decontaminate.benchmarks')
+        bs = [os.path.normpath(Path(base) / b) for b in bs]
+        if miss := [b for b in bs if not Path(b).is_file()]: raise ConfigError(f"{miss[0]}: no such file", file, 'decontaminate.benchmarks')
+        dc['benchmarks'] = ','.join(bs)
     if cfg['topk']['corpus'] not in ('ingest', ''):
         raise ConfigError("the corpus of top-k negatives: 'ingest' (all chunks) or '' (only the chunks with questions)", file, 'topk.corpus')
     return cfg
@@ -653,6 +689,12 @@ def resolve_options(stage: str, given: dict | None = None) -> dict:
     if stage == 'augment':
         from dataalchemy.augment import AugmentOpts
         return dataclasses.asdict(options(AugmentOpts, 'augment', **given))
+    if stage == 'decontaminate':
+        from dataalchemy.decontam import decontam_options
+        return dataclasses.asdict(decontam_options(**given))
+    if stage == 'judge':
+        from dataalchemy.judge import judge_options
+        return dataclasses.asdict(judge_options(**given))
     if stage == 'topk':
         from dataalchemy.topk import topk_options
         return dataclasses.asdict(topk_options(**given))
@@ -687,6 +729,11 @@ def pipeline_from_config(cfg: dict, out: str | os.PathLike | None = None, progre
         if cfg['dedup']['semantic']:
             steps.append(Step('semantic', semantic_step, {'fields': o['fields'], 'threshold': cfg['dedup']['semantic_threshold'],
                                                            'keep': o['keep'] if o['keep'] != 'score' else 'first'}))
+    if cfg['decontaminate']['enabled']:
+        steps.append(Step('decontaminate', decontaminate_step, resolve_options('decontaminate', fields('decontaminate'))))
+    if cfg['judge']['enabled']:
+        o = resolve_options('judge', fields('judge'))
+        steps.append(Step('judge', judge_step, o, engine=o['judge'] != 'heuristic'))
     if cfg['augment']['enabled']:
         from dataalchemy.augment import AugmentOpts
         o = resolve_options('augment', fields('augment'))
@@ -696,7 +743,8 @@ def pipeline_from_config(cfg: dict, out: str | os.PathLike | None = None, progre
     if cfg['topk']['enabled']:
         o = resolve_options('topk', fields('topk'))
         corpus = ('safety' if pii or tox else 'ingest') if cfg['topk']['corpus'] else ''   # negatives from clean chunks
-        steps.append(Step('topk', topk_step, {**o, 'corpus': corpus}, branch=True, uses=(corpus,) if corpus else (),
+        dco = resolve_options('decontaminate', fields('decontaminate')) if cfg['decontaminate']['enabled'] else None
+        steps.append(Step('topk', topk_step, {**o, 'corpus': corpus, **({'decontaminate': dco} if dco else {})}, branch=True, uses=(corpus,) if corpus else (),
                           engine=o['negatives'] != 'random' and o['embedder'] == 'engine'))
     return Pipeline(steps, out=out or b['out'], progress=progress, log=log, engine_options=cfg['llm'],
                     executor=b['engine'], shard_size=b['shard_size'], ray_address=b['ray_address'])

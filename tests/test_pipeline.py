@@ -355,3 +355,36 @@ def test_ray_engine_same_outputs(clean_env):
     assert not list((clean_env / 'ray').rglob('shards'))                             # joined and removed
     bad = CliRunner().invoke(load_commands(), ['build', str(cfg), '--engine', 'spark', '--quiet'])
     assert bad.exit_code == 2 and '--engine' in bad.output and 'Traceback' not in bad.output
+
+
+def test_decontaminate_and_judge_stages(clean_env):
+    "Optional `decontaminate` and `judge` stages: planted benchmark copies leave every deliverable; every record carries a judge score."
+    from dataalchemy.decontam import load_benchmarks
+    cfg = write_config(clean_env / 'plain.toml', [DOCS], **SMALL)
+    pl.build(cfg, out=clean_env / 'plain', progress=False, log=lambda m: None)
+    recs = list(read_records(clean_env / 'plain' / 'sft.alpaca.jsonl'))
+    en = [r['output'] for r in recs if len(r['output'].split()) >= 14 and not any('\u4e00' <= c <= '\u9fff' for c in r['output'])][:2]
+    zh = [r['output'] for r in recs if sum('\u4e00' <= c <= '\u9fff' for c in r['output']) >= 16][:1]
+    assert len(en) == 2 and len(zh) == 1
+    bench = clean_env / 'bench.jsonl'                    # copies inside longer benchmark items
+    bench.write_text(''.join(json.dumps({'id': f'b{i}', 'question': f'Read this. {t} Then answer: why?'}, ensure_ascii=False) + '\n'
+                             for i, t in enumerate(en + zh)), encoding='utf-8')
+    cfg = write_config(clean_env / 'dj.toml', [DOCS], **SMALL, decontaminate={'enabled': True, 'benchmarks': [str(bench)]},
+                       judge={'enabled': True, 'judge': 'heuristic'}, build={'keep_meta': True})
+    res = pl.build(cfg, out=clean_env / 'dj', progress=False, log=lambda m: None)
+    st = {s['stage']: s for s in res['stages']}
+    assert [s for s in st if s in ('dedup', 'decontaminate', 'judge', 'topk')] == ['dedup', 'decontaminate', 'judge', 'topk']
+    assert sum(v for k, v in st['decontaminate']['reasons'].items() if k.startswith('benchmark overlap: bench.jsonl:b')) >= 3
+    tk = res['pipeline'].marker('topk')['stats']                    # documents copying an item: dropped, counted once
+    assert tk['in'] - tk['dropped'] == tk['out'] == st['topk']['records_out']
+    idx = load_benchmarks([bench])
+    for f in sorted((clean_env / 'dj').glob('*.jsonl')):
+        if f.name.startswith('audit'): continue
+        for r in read_records(f):
+            texts = [json.dumps({k: v for k, v in r.items() if k != 'meta'}, ensure_ascii=False)]
+            assert not any(idx.match(t) for t in texts), (f.name, texts[0][:200])
+    out = list(read_records(clean_env / 'dj' / 'sft.alpaca.jsonl'))
+    assert out and all(r['meta']['judge']['method'] == 'heuristic' and 0 <= r['meta']['judge']['score'] <= 5 for r in out)
+    bad = write_config(clean_env / 'bad.toml', [DOCS], decontaminate={'enabled': True})
+    r = CliRunner().invoke(load_commands(), ['build', str(bad), '--quiet'])
+    assert r.exit_code == 2 and 'decontaminate.benchmarks' in r.output and 'Traceback' not in r.output
