@@ -1,0 +1,89 @@
+"The A/B command on a planted difference: clean answers beat shuffled ones on held-out loss; the judge goes through the real test server."
+import json, re, subprocess, sys
+
+import pytest
+
+from dataalchemy.core import read_records, write_records
+from dataalchemy import ab
+from dataalchemy.testing import FakeOpenAI
+
+pytest.importorskip('trl')
+
+
+def run(*a, timeout=300):
+    return subprocess.run([sys.executable, '-c', 'from dataalchemy.cli import main; main()', *map(str, a)],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def planted(tmp_path):
+    A, B, EV = ab.planted_ab(n_eval=6, seed=0)
+    for name, recs in (('clean.jsonl', A), ('shuffled.jsonl', B), ('eval.jsonl', EV)): write_records(recs, tmp_path / name)
+    return tmp_path / 'clean.jsonl', tmp_path / 'shuffled.jsonl', tmp_path / 'eval.jsonl'
+
+
+def reference_judge(messages, params):
+    "A fair judge: the answer sharing more leading characters with the reference wins (both prompt languages)."
+    u = messages[-1]['content']
+    part = lambda en, zh: (re.search(rf'\[The Start of {en}\]\n(.*?)\n\[The End of {en}\]', u, re.S)
+                           or re.search(rf'\[{zh}开始\]\n(.*?)\n\[{zh}结束\]', u, re.S)).group(1)
+    ref = part('Reference Answer', '参考答案')
+    a, b = part("Assistant A's Answer", '助手 A 的回答'), part("Assistant B's Answer", '助手 B 的回答')
+    score = lambda x: sum(1 for i, ch in enumerate(x[:len(ref)]) if ref[i] == ch)
+    return 'Compared with the reference: ' + ('[[A]]' if score(a) > score(b) else '[[B]]' if score(b) > score(a) else '[[C]]')
+
+
+def test_clean_data_beats_shuffled_answers_on_held_out_loss(tmp_path):
+    a, b, ev = planted(tmp_path)
+    out = tmp_path / 'run'
+    with FakeOpenAI(responder=reference_judge) as srv:
+        r = run('ab', a, b, '--eval', ev, '--steps', 30, '-o', out, '--plot', tmp_path / 'ab.png',
+                '--base-url', srv.url, '--judge-model', 'ref-judge', '--max-new-tokens', 24)
+        n_judge_calls = srv.n_requests
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((out / 'results.json').read_text())
+    L = res['loss']
+    assert L['a']['loss'] < L['b']['loss'] < L['base']['loss'], L
+    p = res['paired']
+    assert p['items'] == 12 and p['a_lower'] >= 10 and p['mean_diff_ci'][0] > 0, p     # the planted gap is not noise
+    assert res['train']['a']['steps'] == res['train']['b']['steps'] == 30              # same budget: steps, not epochs
+    assert abs(L['a']['ppl'] - 2.718281828 ** L['a']['loss']) < 1e-6 * L['a']['ppl']
+    j = res['judge']
+    assert n_judge_calls == 12 and j['judged'] + j['unparsed'] + j['failed'] == 12
+    judged = list(read_records(out / 'judged.jsonl'))
+    assert len(judged) == 12 and {x['shown_first'] for x in judged} == {'A', 'B'}     # the order was randomised
+    for x in judged:                                                                 # every verdict mapped back to its side
+        if x['verdict'] in ('first', 'second'):
+            shown = x['shown_first'] if x['verdict'] == 'first' else ('B' if x['shown_first'] == 'A' else 'A')
+            assert x['winner'] == shown
+    assert 'eval loss' in r.stdout and "A's loss lower on" in r.stdout and 'can be noise' in r.stdout
+    assert (tmp_path / 'ab.png').stat().st_size > 10_000
+
+
+def test_lora_on_the_tiny_model_trains_and_says_what_a_real_model_needs(tmp_path):
+    a, b, ev = planted(tmp_path)
+    cfg = ab.ABConfig(steps=2, lora=True, lora_r=4)
+    assert 'needs a GPU' in ab.device_note(ab.ABConfig(model='Qwen/Qwen2.5-7B-Instruct', lora=True), cuda=False)
+    res = ab.run_ab(a, b, ev, cfg, tmp_path / 'run', log=lambda m: None)
+    assert res['train']['a']['steps'] == 2 and 'LoRA (r=4' in res['model']['how']
+    assert res['loss']['a']['loss'] != res['loss']['base']['loss']                  # the merged adapter changed the model
+
+
+@pytest.mark.parametrize('case', ['missing', 'empty', 'no-reference', 'judge-without-endpoint', 'bad-steps'])
+def test_user_mistakes_are_one_error_line_and_exit_2(tmp_path, case):
+    a, b, ev = planted(tmp_path)
+    (tmp_path / 'empty.jsonl').write_text('')
+    write_records([{'instruction': 'What is the capital of Peru?', 'output': 'The capital of Peru is Lima.'},
+                   {'instruction': 'What is the capital of Chile?'}], tmp_path / 'noref.jsonl')
+    args = {'missing': (tmp_path / 'nope.jsonl', b, '--eval', ev),
+            'empty': (a, tmp_path / 'empty.jsonl', '--eval', ev),
+            'no-reference': (a, b, '--eval', tmp_path / 'noref.jsonl'),
+            'judge-without-endpoint': (a, b, '--eval', ev, '--judge-model', 'gpt-4o'),
+            'bad-steps': (a, b, '--eval', ev, '--steps', 0)}[case]
+    r = run('ab', *args, '-o', tmp_path / 'run', timeout=120)
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('error:'), r.stderr
+    want = {'missing': 'nope.jsonl', 'empty': 'empty.jsonl', 'no-reference': 'noref.jsonl:2: output: missing output',
+            'judge-without-endpoint': '--base-url', 'bad-steps': 'steps must be at least 1'}[case]
+    assert want in lines[0], lines[0]
+    assert not (tmp_path / 'run' / 'results.json').exists()
