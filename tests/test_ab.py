@@ -10,9 +10,9 @@ from dataalchemy.testing import FakeOpenAI
 pytest.importorskip('trl')
 
 
-def run(*a, timeout=300):
+def run(*a, timeout=300, cwd=None):
     return subprocess.run([sys.executable, '-c', 'from dataalchemy.cli import main; main()', *map(str, a)],
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, cwd=cwd)
 
 
 def planted(tmp_path):
@@ -36,8 +36,8 @@ def test_clean_data_beats_shuffled_answers_on_held_out_loss(tmp_path):
     a, b, ev = planted(tmp_path)
     out = tmp_path / 'run'
     with FakeOpenAI(responder=reference_judge) as srv:
-        r = run('ab', a, b, '--eval', ev, '--steps', 30, '-o', out, '--plot', tmp_path / 'ab.png',
-                '--base-url', srv.url, '--judge-model', 'ref-judge', '--max-new-tokens', 24)
+        r = run('ab', a, b, '--eval', ev, '--steps', 20, '-o', out, '--plot', tmp_path / 'ab.png',
+                '--base-url', srv.url, '--judge-model', 'ref-judge', '--max-new-tokens', 16, cwd=tmp_path)
         n_judge_calls = srv.n_requests
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((out / 'results.json').read_text())
@@ -45,7 +45,7 @@ def test_clean_data_beats_shuffled_answers_on_held_out_loss(tmp_path):
     assert L['a']['loss'] < L['b']['loss'] < L['base']['loss'], L
     p = res['paired']
     assert p['items'] == 12 and p['a_lower'] >= 10 and p['mean_diff_ci'][0] > 0, p     # the planted gap is not noise
-    assert res['train']['a']['steps'] == res['train']['b']['steps'] == 30              # same budget: steps, not epochs
+    assert res['train']['a']['steps'] == res['train']['b']['steps'] == 20              # same budget: steps, not epochs
     assert abs(L['a']['ppl'] - 2.718281828 ** L['a']['loss']) < 1e-6 * L['a']['ppl']
     j = res['judge']
     assert n_judge_calls == 12 and j['judged'] + j['unparsed'] + j['failed'] == 12
@@ -60,12 +60,20 @@ def test_clean_data_beats_shuffled_answers_on_held_out_loss(tmp_path):
 
 
 def test_lora_on_the_tiny_model_trains_and_says_what_a_real_model_needs(tmp_path):
-    a, b, ev = planted(tmp_path)
-    cfg = ab.ABConfig(steps=2, lora=True, lora_r=4)
+    a, _, ev = planted(tmp_path)
     assert 'needs a GPU' in ab.device_note(ab.ABConfig(model='Qwen/Qwen2.5-7B-Instruct', lora=True), cuda=False)
-    res = ab.run_ab(a, b, ev, cfg, tmp_path / 'run', log=lambda m: None)
-    assert res['train']['a']['steps'] == 2 and 'LoRA (r=4' in res['model']['how']
-    assert res['loss']['a']['loss'] != res['loss']['base']['loss']                  # the merged adapter changed the model
+    cfg = ab.ABConfig(steps=2, lora=True, lora_r=4)
+    assert 'LoRA (r=4' in ab.device_note(cfg)
+    convs, evc = ab.load_sft(a), ab.load_sft(ev, eval_set=True)
+    base = ab.prepare_base('tiny', convs + evc, tmp_path, n_positions=128)
+    model, tok = ab.load_model(base)
+    rows, evrows = ab.encode(convs, tok, 128), ab.encode(evc, tok, 128, last_only=True)
+    before = ab.eval_loss(ab.answer_nll(model, evrows, tok.pad_token_id))['loss']
+    tr = ab.train_side(rows, base, cfg, tmp_path / 'A')
+    assert tr['steps'] == 2
+    after = ab.eval_loss(ab.answer_nll(ab.load_model(tr['model_dir'])[0], evrows, tok.pad_token_id))['loss']
+    assert after != before                                                           # the merged adapter changed the model
+    assert not (tmp_path / 'A' / 'final' / 'adapter_config.json').exists()          # merged: a plain model any tool loads
 
 
 @pytest.mark.parametrize('case', ['missing', 'empty', 'no-reference', 'judge-without-endpoint', 'bad-steps'])
@@ -79,7 +87,7 @@ def test_user_mistakes_are_one_error_line_and_exit_2(tmp_path, case):
             'no-reference': (a, b, '--eval', tmp_path / 'noref.jsonl'),
             'judge-without-endpoint': (a, b, '--eval', ev, '--judge-model', 'gpt-4o'),
             'bad-steps': (a, b, '--eval', ev, '--steps', 0)}[case]
-    r = run('ab', *args, '-o', tmp_path / 'run', timeout=120)
+    r = run('ab', *args, '-o', tmp_path / 'run', timeout=120, cwd=tmp_path)
     assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith('error:'), r.stderr
