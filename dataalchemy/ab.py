@@ -67,13 +67,16 @@ def prepare_base(model: str, convs: Sequence[Conv], out_dir, seed: int = 0, voca
     tok.save_pretrained(d)
     return str(d)
 
-def load_model(name: str):
-    "(model, tokenizer) from a model name or directory; a tokenizer without a pad token or chat template gets the ChatML ones."
+def load_model(name: str, on_gpu: bool = False):
+    "(model, tokenizer) from a model name or directory, in the checkpoint's dtype (on the GPU with `on_gpu` and one); a tokenizer without a pad token or chat template gets the ChatML ones."
+    import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
     tok = AutoTokenizer.from_pretrained(name)
     if tok.pad_token is None: tok.pad_token = tok.eos_token
     if not getattr(tok, 'chat_template', None): tok.chat_template = CHAT_TEMPLATE
-    return AutoModelForCausalLM.from_pretrained(name), tok
+    new = tuple(int(x) for x in re.findall(r'\d+', transformers.__version__)[:2]) >= (4, 56)
+    model = AutoModelForCausalLM.from_pretrained(name, **{'dtype' if new else 'torch_dtype': 'auto'})
+    return (model.to('cuda') if on_gpu and cuda_available() else model), tok
 
 # %% ../nbs/14b_ab.ipynb #a1b2c317
 def answer_nll(model, rows: Sequence[dict], pad_id: int = 0, batch_size: int = 8) -> list[tuple[float, int]]:
@@ -230,8 +233,7 @@ def planted_ab(n_eval: int = 6, seed: int = 0) -> tuple[list[dict], list[dict], 
 def generate_answers(model_dir: str, prompts: Sequence[list[dict]], max_new_tokens: int = 128, batch_size: int = 8) -> list[str]:
     "Greedy answers of the model in `model_dir` to chat `prompts` (lists of messages)."
     import torch
-    model, tok = load_model(model_dir)
-    if cuda_available(): model = model.to('cuda')
+    model, tok = load_model(model_dir, on_gpu=True)
     model.eval(); tok.padding_side = 'left'
     dev, out = next(model.parameters()).device, []
     for i in range(0, len(prompts), batch_size):
@@ -296,10 +298,17 @@ def judge_pairs(engine, questions: Sequence[str], references: Sequence[str], ans
     return {'judged': n, 'a_wins': c['a'], 'b_wins': c['b'], 'ties': c['tie'], 'unparsed': c['unparsed'], 'failed': c['failed'],
             'win_rate': rate('a'), 'tie_rate': rate('tie'), 'loss_rate': rate('b'),
             'first_position_rate': (c['first'] / (c['a'] + c['b'])) if c['a'] + c['b'] else None,
-            'judge': f'{engine.backend.name}:{engine.model}', 'items': items}
+            'judge': f'{engine.backend.name}:{engine.model}', 'first_error': next((it['error'] for it in items if it['error']), None),
+            'items': items}
 
 # %% ../nbs/14b_ab.ipynb #a1b2c337
 def _side_name(path) -> str: return Path(path).name
+
+def _free():
+    "Give a finished model's memory back (on a GPU, two 7B models do not fit at once)."
+    import gc; gc.collect()
+    if cuda_available():
+        import torch; torch.cuda.empty_cache()
 
 def run_ab(a_path, b_path, eval_path, cfg: ABConfig | None = None, out_dir='ab_run', engine=None, log=print) -> dict:
     "A/B: fine-tune the same base on A and on B with the same budget; held-out loss on EVAL (paired), and a judge's win rate with `engine`."
@@ -309,7 +318,7 @@ def run_ab(a_path, b_path, eval_path, cfg: ABConfig | None = None, out_dir='ab_r
     paths = {'a': str(a_path), 'b': str(b_path), 'eval': str(eval_path)}
     log(device_note(cfg))
     base = prepare_base(cfg.model, data['a'] + data['b'] + data['eval'], out, cfg.seed, n_positions=max(cfg.max_length, 64))
-    model, tok = load_model(base)
+    model, tok = load_model(base, on_gpu=True)
     rows, stats = {}, {}
     for k in ('a', 'b', 'eval'):
         with Stats(f'ab.{k}', rejected=out / f'rejected.{k}.jsonl') as st:
@@ -318,14 +327,14 @@ def run_ab(a_path, b_path, eval_path, cfg: ABConfig | None = None, out_dir='ab_r
         if not rows[k]: raise RecordError(f"no record has an answer token within max_length={cfg.max_length} (see {st.rejected})", paths[k])
     pad = tok.pad_token_id
     loss = {'base': eval_loss(answer_nll(model, rows['eval'], pad), cfg.n_boot, cfg.seed)}
-    del model
+    del model; _free()
     train = {}
     for k in ('a', 'b'):
         log(f"training {k.upper()} ({_side_name(paths[k])}, {len(rows[k])} examples) for {cfg.steps} steps of {cfg.batch_size * cfg.grad_accum}")
         train[k] = train_side(rows[k], base, cfg, out / k.upper())
-        m, _ = load_model(train[k]['model_dir'])
+        m, _ = load_model(train[k]['model_dir'], on_gpu=True)
         loss[k] = eval_loss(answer_nll(m, rows['eval'], pad), cfg.n_boot, cfg.seed)
-        del m
+        del m; _free()
     res = {'files': paths, 'model': {'base': cfg.model, 'base_dir': base, 'how': device_note(cfg)}, 'config': asdict(cfg) | {'learning_rate': cfg.lr()},
            'budget': f"{cfg.steps} optimizer steps of {cfg.batch_size * cfg.grad_accum} examples per side (same seed, same base)",
            'stats': stats, 'train': train, 'loss': loss, 'paired': paired(loss['a']['per_item'], loss['b']['per_item'], cfg.n_boot, cfg.seed),
@@ -464,3 +473,5 @@ def ab_cmd(a: str = typer.Argument(..., metavar='A', help="Dataset A (any SFT fo
     typer.echo(ab_table(res))
     if plot: plot_ab(res, plot); typer.echo(f"plot: {plot}")
     typer.echo(f"results: {Path(output_dir) / 'results.json'}")
+    if (j := res['judge']) and j['failed'] and not j['judged']:
+        fail(f"judge: all {j['failed']} calls failed ({j['first_error']}); the losses above stand, the win rate is missing", 1)

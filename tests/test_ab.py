@@ -76,6 +76,17 @@ def test_lora_on_the_tiny_model_trains_and_says_what_a_real_model_needs(tmp_path
     assert not (tmp_path / 'A' / 'final' / 'adapter_config.json').exists()          # merged: a plain model any tool loads
 
 
+def test_a_judge_whose_every_call_fails_is_a_failed_run(tmp_path):
+    a, b, ev = planted(tmp_path)
+    with FakeOpenAI(rule=lambda path, body: '401') as srv:                          # the endpoint refuses every call
+        r = run('ab', a, b, '--eval', ev, '--steps', 1, '-o', tmp_path / 'run', '--base-url', srv.url, '--judge-model', 'j',
+                '--max-new-tokens', 4, cwd=tmp_path)
+    assert r.returncode == 1, (r.returncode, r.stderr[-2000:])
+    assert r.stderr.strip().splitlines()[-1].startswith('error: judge: all 12 calls failed')
+    res = json.loads((tmp_path / 'run' / 'results.json').read_text())              # the losses were kept
+    assert res['judge']['judged'] == 0 and res['loss']['a']['items'] == 12
+
+
 @pytest.mark.parametrize('case', ['missing', 'empty', 'no-reference', 'judge-without-endpoint', 'bad-steps'])
 def test_user_mistakes_are_one_error_line_and_exit_2(tmp_path, case):
     a, b, ev = planted(tmp_path)
