@@ -106,3 +106,20 @@ def test_user_mistakes_are_one_error_line_and_exit_2(tmp_path, case):
             'judge-without-endpoint': '--base-url', 'bad-steps': 'steps must be at least 1'}[case]
     assert want in lines[0], lines[0]
     assert not (tmp_path / 'run' / 'results.json').exists()
+
+
+def test_plot_names_chinese_files_without_missing_glyphs(tmp_path):
+    import warnings
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from dataalchemy.core import cjk_font
+    nll = {k: [(s * 5, 5) for s in v] for k, v in {'base': [7.0, 7.2, 7.1], 'a': [2.0, 2.5, 2.2], 'b': [4.0, 3.9, 4.4]}.items()}
+    loss = {k: ab.eval_loss(v, n_boot=200) for k, v in nll.items()}
+    res = {'files': {'a': '精炼数据.jsonl', 'b': '原始数据.jsonl'}, 'loss': loss, 'judge': None,
+           'paired': ab.paired(loss['a']['per_item'], loss['b']['per_item'], n_boot=200)}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        fig = ab.plot_ab(res, tmp_path / 'p.png'); FigureCanvasAgg(fig).draw()
+    assert not [w for w in caught if 'missing from font' in str(w.message)]
+    labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert ('A: 精炼数据.jsonl' in labels) == (cjk_font() is not None)
+    assert (tmp_path / 'p.png').stat().st_size > 5_000
