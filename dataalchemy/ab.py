@@ -6,7 +6,7 @@ Docs: https://dataalchemy.github.io/dataalchemy/ab.html.md"""
 
 # %% ../nbs/14b_ab.ipynb #a1b2c306
 from __future__ import annotations
-import json, math, random, re
+import json, math, random, re, warnings
 from dataclasses import dataclass, asdict
 from pathlib import Path
 from typing import Sequence
@@ -192,8 +192,10 @@ def train_side(rows: Sequence[dict], base: str, cfg: ABConfig, out_dir) -> dict:
         peft_cfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules='all-linear',
                               bias='none', task_type='CAUSAL_LM')
     ds = Dataset.from_list([{'input_ids': r['input_ids'], 'labels': r['labels']} for r in rows])
-    trainer = SFTTrainer(model=model, args=SFTConfig(**_train_args(cfg, out, cuda)), train_dataset=ds, processing_class=tok,
-                         peft_config=peft_cfg)
+    with warnings.catch_warnings():                             # transformers' own deprecation notice about TRL's defaults
+        warnings.filterwarnings('ignore', message='.*gradient_checkpointing.* is deprecated', category=FutureWarning)
+        args = SFTConfig(**_train_args(cfg, out, cuda))
+    trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, peft_config=peft_cfg)
     from transformers.trainer_callback import PrinterCallback
     trainer.remove_callback(PrinterCallback)                    # the log goes to the results, not the terminal
     res = trainer.train()
