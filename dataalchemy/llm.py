@@ -13,16 +13,18 @@ from typing import Any, Callable, Iterable
 from .core import (RecordError, dumps, has_cjk, is_cjk, read_records, split_sentences, stable_id, text_len,
                               tokenize)
 from .config import Settings, get_settings
+import json_repair, jsonschema
 
 log = logging.getLogger('dataalchemy.llm')
 
 # %% auto #0
 __all__ = ['log', 'PARAMS', 'OFFLINE_MODEL', 'TASKS', 'QA_SCHEMA', 'DEFAULT_PRICING', 'REPAIR_PROMPT', 'LLM_OPTIONS', 'Request',
            'Result', 'Task', 'register_task', 'question_for', 'passage_question', 'qa_prompt', 'offline_qa',
-           'extract_json', 'validate', 'cache_key', 'Cache', 'RateLimiter', 'run_sync', 'load_pricing', 'price_of',
-           'approx_tokens', 'TokenCounter', 'Estimate', 'LLMError', 'error_reason', 'redact', 'OfflineBackend',
-           'embedding_problem', 'OpenAIBackend', 'OnePromptOnly', 'TransformersBackend', 'Usage', 'AdaptiveLimit',
-           'Engine', 'run_batch', 'parse_all', 'parse_json', 'llm_options', 'generate_cmd', 'estimate_cmd']
+           'json_values', 'extract_json', 'schema_errors', 'cache_key', 'Cache', 'RateLimiter', 'run_sync',
+           'load_pricing', 'price_of', 'approx_tokens', 'TokenCounter', 'Estimate', 'LLMError', 'error_reason',
+           'redact', 'OfflineBackend', 'embedding_problem', 'OpenAIBackend', 'OnePromptOnly', 'TransformersBackend',
+           'Usage', 'AdaptiveLimit', 'Engine', 'run_batch', 'parse_all', 'parse_json', 'llm_options', 'generate_cmd',
+           'estimate_cmd']
 
 # %% ../nbs/02_llm.ipynb #eb9b3979
 PARAMS = ('temperature', 'top_p', 'max_tokens', 'n', 'seed', 'response_format', 'presence_penalty', 'frequency_penalty',
@@ -291,62 +293,77 @@ def offline_qa(data: dict) -> str:
 register_task('qa', qa_prompt, offline_qa)
 
 # %% ../nbs/02_llm.ipynb #167684cb
-_re_fence = re.compile(r'```[ \t]*(?:json|JSON|javascript|js)?[ \t]*\n?(.*?)(?:```|$)', re.S)
+_re_fence = re.compile(r'```[ \t]*(?:json|JSON|javascript|js|python)?[ \t]*\n?(.*?)(?:```|$)', re.S)
+_re_open = re.compile(r'[{\[]')
+_DEC = json.JSONDecoder()
 
-def _balanced_end(s: str, i: int) -> int | None:
-    "Index just past the bracket that closes the one at `s[i]`, or None."
-    stack, in_str, esc = [], False, False
-    pairs = {'{': '}', '[': ']'}
-    for j in range(i, len(s)):
-        c = s[j]
-        if in_str:
-            if esc: esc = False
-            elif c == '\\': esc = True
-            elif c == '"': in_str = False
-        elif c == '"': in_str = True
-        elif c in pairs: stack.append(pairs[c])
-        elif c in '}]':
-            if not stack or stack.pop() != c: return None
-            if not stack: return j + 1
-    return None
+def _strict_values(s: str) -> list:
+    "Every strictly valid top-level object or array in `s`, left to right."
+    out, i = [], 0
+    while m := _re_open.search(s, i):
+        try: v, i = _DEC.raw_decode(s, m.start()); out.append(v)
+        except ValueError: i = m.start() + 1
+    return out
 
-def extract_json(text: str | None) -> Any:
-    "The JSON value in a model reply: whole text, a ```json fence, or the first balanced object/array in prose."
+def _repair(s: str) -> tuple[list, bool]:
+    "json-repair's values for `s` (several when it found several top-level values), and whether `s` was cut off."
+    v, steps = json_repair.loads(s, logging=True)
+    msgs = [st.get('text', '') for st in steps]
+    several = (isinstance(v, list) and any(m.startswith('The parser returned early') for m in msgs)
+               and not any('without the array' in m for m in msgs))
+    end = max(s.rfind('}'), s.rfind(']'))
+    return (v if several else [v]), (end < 0 or json_repair.loads(s[:end + 1]) != v)
+
+def _contains(big, x) -> bool:
+    "Is `x` equal to `big` or nested anywhere inside it?"
+    if big == x: return True
+    return any(_contains(k, x) for k in (big.values() if isinstance(big, dict) else big if isinstance(big, list) else ()))
+
+# %% ../nbs/02_llm.ipynb #2736f0fe
+def _short(s: str) -> str: return f"{s[:80]!r}{'...' if len(s) > 80 else ''}"
+
+def _strict(s: str):
+    try: v = json.loads(s)
+    except ValueError: return None
+    return v if isinstance(v, (dict, list)) else None
+
+def json_values(text: str | None) -> list:
+    "Every JSON object/array in a model reply, in order: strictly valid JSON first, else repaired by json-repair (see the rules above)."
     if text is None: raise ValueError("no reply to parse (the request failed)")
     s = text.strip()
-    try: return json.loads(s)
-    except ValueError: pass
-    for m in _re_fence.finditer(s):
-        try: return json.loads(m.group(1).strip())
-        except ValueError: pass
-    for i, c in enumerate(s):
-        if c in '{[' and (j := _balanced_end(s, i)):
-            try: return json.loads(s[i:j])
-            except ValueError: continue
-    raise ValueError(f"no valid JSON object or array in the reply: {s[:80]!r}{'...' if len(s) > 80 else ''}")
+    if (v := _strict(s)) is not None: return [v]
+    bodies = [m.group(1).strip() for m in _re_fence.finditer(s)]
+    if fenced := [v for b in bodies if (v := _strict(b)) is not None]: return fenced
+    body = next((b for b in bodies if _re_open.search(b)), s)
+    if not (m := _re_open.search(body)): raise ValueError(f"no JSON object or array in the reply: {_short(s)}")
+    region = body[m.start():]
+    if not any(q in region for q in '"“”\'') and '‘' in region: region = region.replace('‘', "'").replace('’', "'")
+    lines = [l.strip().rstrip(',') for l in region.splitlines() if l.strip()]
+    if len(lines) > 1 and all(l[0] == '{' and l[-1] == '}' for l in lines):        # JSON lines: one object per line
+        return [v for l in lines for v in json_values(l)]
+    strict = _strict_values(region)
+    vals, cut = _repair(region)
+    if strict and not _contains(vals[0], strict[0]): return strict       # valid JSON after bracketed prose
+    if cut:                                                               # max_tokens ran out: keep what is complete
+        if len(vals) > 1: vals = vals[:-1]
+        elif isinstance(vals[0], list) and len(vals[0]) > 1: vals = [vals[0][:-1]]
+        else: raise ValueError(f"the reply was cut off inside its JSON, nothing complete to keep: {_short(s)}")
+    vals = [v for v in vals if isinstance(v, (dict, list)) and v]
+    if not vals or not any(q in region for q in '"\'“”‘’:'):
+        raise ValueError(f"no JSON object or array in the reply: {_short(s)}")
+    return vals
 
-_JSON_TYPES = {'object': dict, 'array': list, 'string': str, 'boolean': bool, 'null': type(None),
-               'number': (int, float), 'integer': int}
+def extract_json(text: str | None) -> Any:
+    "The (first) JSON object or array in a model reply, repaired if needed; `ValueError` for prose or a reply cut off mid-object."
+    return json_values(text)[0]
 
-def validate(obj: Any, schema: dict | None, path: str = '$') -> list[str]:
-    "Problems of `obj` against a JSON-Schema subset (type, properties, required, items, enum, min/maxItems, minLength)."
+# %% ../nbs/02_llm.ipynb #6792ca5f
+def schema_errors(obj: Any, schema: dict | None) -> list[str]:
+    "Problems of `obj` against the JSON Schema `schema` (jsonschema), one `path: problem` line each, in path order."
     if not schema: return []
-    errs, t = [], schema.get('type')
-    if t:
-        ok = any(isinstance(obj, _JSON_TYPES[x]) and not (isinstance(obj, bool) and x in ('number', 'integer'))
-                 for x in ([t] if isinstance(t, str) else t))
-        if not ok: return [f"{path}: expected {t}, got {type(obj).__name__}"]
-    if 'enum' in schema and obj not in schema['enum']: errs.append(f"{path}: {obj!r} not in {schema['enum']}")
-    if isinstance(obj, dict):
-        errs += [f"{path}: missing required key {k!r}" for k in schema.get('required', []) if k not in obj]
-        for k, sub in (schema.get('properties') or {}).items():
-            if k in obj: errs += validate(obj[k], sub, f'{path}.{k}')
-    if isinstance(obj, list):
-        if len(obj) < schema.get('minItems', 0): errs.append(f"{path}: expected at least {schema['minItems']} items, got {len(obj)}")
-        if 'maxItems' in schema and len(obj) > schema['maxItems']: errs.append(f"{path}: expected at most {schema['maxItems']} items")
-        for i, x in enumerate(obj): errs += validate(x, schema.get('items'), f'{path}[{i}]')
-    if isinstance(obj, str) and len(obj) < schema.get('minLength', 0): errs.append(f"{path}: shorter than {schema['minLength']}")
-    return errs
+    v = jsonschema.validators.validator_for(schema)(schema)
+    errs = sorted(v.iter_errors(obj), key=lambda e: [str(p) for p in e.absolute_path])
+    return [f"{e.json_path}: {e.message if len(e.message) <= 200 else e.message[:197] + '...'}" for e in errs]
 
 QA_SCHEMA = {'type': 'array', 'minItems': 1, 'items': {'type': 'object', 'required': ['question', 'answer'],
              'properties': {'question': {'type': 'string', 'minLength': 1}, 'answer': {'type': 'string', 'minLength': 1}}}}
@@ -1417,7 +1434,7 @@ REPAIR_PROMPT = ("Your previous reply could not be used: {problem}. Reply again 
 def _check(text, schema) -> tuple[Any, str | None]:
     try: obj = extract_json(text)
     except ValueError as e: return None, str(e)
-    errs = validate(obj, schema)
+    errs = schema_errors(obj, schema)
     return (obj, None) if not errs else (None, 'the JSON does not match the schema: ' + '; '.join(errs[:5]))
 
 def _repair_request(res: Result, problem: str) -> Request:
