@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable
 from .core import (RecordError, dumps, has_cjk, is_cjk, read_records, split_sentences, stable_id, text_len,
                               tokenize)
 from .config import Settings, get_settings
-import json_repair, jsonschema
+import json_repair
 
 log = logging.getLogger('dataalchemy.llm')
 
@@ -222,6 +222,7 @@ def extract_json(text: str | None) -> Any:
 def schema_errors(obj: Any, schema: dict | None) -> list[str]:
     "Problems of `obj` against the JSON Schema `schema` (jsonschema), one `path: problem` line each, in path order."
     if not schema: return []
+    import jsonschema                                   # 0.12 s to import: only when a schema is checked
     v = jsonschema.validators.validator_for(schema)(schema)
     errs = sorted(v.iter_errors(obj), key=lambda e: [str(p) for p in e.absolute_path])
     return [f"{e.json_path}: {e.message if len(e.message) <= 200 else e.message[:197] + '...'}" for e in errs]
