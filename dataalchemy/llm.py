@@ -6,20 +6,21 @@ Docs: https://dataalchemy.github.io/dataalchemy/llm.html.md"""
 
 # %% ../nbs/02_llm.ipynb #5046d000
 from __future__ import annotations
-import asyncio, base64, concurrent.futures, email.utils, hashlib, json, logging, math, os, random, re, sqlite3, threading, time
+import asyncio, base64, concurrent.futures, email.utils, hashlib, importlib, json, logging, math, os, random, re, sqlite3, threading, time
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Any, Callable, Iterable
 from .core import (RecordError, dumps, has_cjk, is_cjk, read_records, split_sentences, stable_id, text_len,
                               tokenize)
 from .config import Settings, get_settings
+import json_repair
 
 log = logging.getLogger('dataalchemy.llm')
 
 # %% auto #0
-__all__ = ['log', 'PARAMS', 'OFFLINE_MODEL', 'TASKS', 'QA_SCHEMA', 'DEFAULT_PRICING', 'REPAIR_PROMPT', 'LLM_OPTIONS', 'Request',
-           'Result', 'Task', 'register_task', 'question_for', 'passage_question', 'qa_prompt', 'offline_qa',
-           'extract_json', 'validate', 'cache_key', 'Cache', 'RateLimiter', 'run_sync', 'load_pricing', 'price_of',
+__all__ = ['log', 'PARAMS', 'OFFLINE_MODEL', 'TASKS', 'BUILTIN_TASKS', 'QA_SCHEMA', 'DEFAULT_PRICING', 'REPAIR_PROMPT',
+           'LLM_OPTIONS', 'Request', 'Result', 'Task', 'register_task', 'get_task', 'known_tasks', 'json_values',
+           'extract_json', 'schema_errors', 'cache_key', 'Cache', 'RateLimiter', 'run_sync', 'load_pricing', 'price_of',
            'approx_tokens', 'TokenCounter', 'Estimate', 'LLMError', 'error_reason', 'redact', 'OfflineBackend',
            'embedding_problem', 'OpenAIBackend', 'OnePromptOnly', 'TransformersBackend', 'Usage', 'AdaptiveLimit',
            'Engine', 'run_batch', 'parse_all', 'parse_json', 'llm_options', 'generate_cmd', 'estimate_cmd']
@@ -48,8 +49,8 @@ class Request:
 
     def __post_init__(self):
         if self.messages is None and self.task:
-            t = TASKS.get(self.task)
-            if t is None or t.prompt is None: raise ValueError(f"unknown task {self.task!r}: known tasks are {sorted(TASKS)}")
+            t = get_task(self.task)
+            if t is None or t.prompt is None: raise ValueError(f"unknown task {self.task!r}: known tasks are {known_tasks()}")
             self.messages = t.prompt(self.data or {})
         if isinstance(self.messages, str): self.messages = [{'role': 'user', 'content': self.messages}]
         if not isinstance(self.messages, list) or not self.messages:
@@ -121,8 +122,6 @@ class Result:
                    backend=rec.get('backend', ''), model=rec.get('model', ''))
 
 # %% ../nbs/02_llm.ipynb #3db03cda
-from .core import cjk_ratio
-
 OFFLINE_MODEL = 'dataalchemy-rules-1'
 
 @dataclass
@@ -133,220 +132,100 @@ class Task:
     offline: Callable[[dict], str] | None = None
 
 TASKS: dict[str, Task] = {}
+BUILTIN_TASKS = {'qa': ('dataalchemy.qa', 'qa_prompt', 'offline_qa'),        # task -> (chapter, prompt, offline rules)
+                 'doc_qa': ('dataalchemy.qa', 'doc_qa_prompt', 'offline_doc_qa')}
 
 def register_task(name: str, prompt: Callable | None = None, offline: Callable | None = None) -> Task:
     "Register (or replace) task `name`."
     TASKS[name] = Task(name, prompt, offline)
     return TASKS[name]
 
-_EN_PRON = {'it', 'this', 'that', 'these', 'those', 'they', 'he', 'she', 'we', 'i', 'you', 'its', 'their', 'his', 'her', 'such'}
-_ZH_PRON = ('它', '他', '她', '这', '那', '其', '该', '此', '我们', '我', '你')
-_EN_LEAD = ('however', 'for example', 'for instance', 'therefore', 'thus', 'so ', 'but ', 'and ', 'also', 'in ', 'on ', 'at ',
-            'for ', 'with ', 'after ', 'before ', 'during ', 'moreover', 'as ', 'because', 'if ', 'when ', 'then ',
-            'otherwise', 'finally', 'here ', 'there ')
-_ZH_LEAD = ('例如', '比如', '因此', '所以', '但是', '但', '而', '如果', '此外', '另外', '同时', '总之', '也就是说', '然而', '不过', '因为',
-            '当', '在', '对于', '每', '一', '这', '那')
-_re_placeholder = re.compile(r'<[A-Z][A-Z_]*(?:_[0-9a-f]{8,32})?>')
-_re_bullet = re.compile(r'^\s*(?:[-*•·]|\d{1,2}[.)、])\s+')
-_re_en_year = re.compile(r'^(?P<s>.+?)\s+(?P<aux>is|are|was|were)\s+(?P<v>.+?)\s+in\s+(?P<y>\d{4})(?P<t>\b.*)$')
-_re_en_copula = re.compile(r'^(?P<x>[^,;:]{2,80}?)\s+(?P<aux>is|are|was|were)\s+(?P<y>(?:an?|the|one)\s.+)$')
-_EN_VERB_Q = {'refers to': 'refer to', 'means': 'mean', 'consists of': 'consist of', 'contains': 'contain',
-              'includes': 'include', 'uses': 'use', 'requires': 'require', 'produces': 'produce', 'measures': 'measure',
-              'causes': 'cause', 'leads to': 'lead to', 'results in': 'result in', 'computes': 'compute',
-              'compares': 'compare', 'controls': 'control', 'determines': 'determine', 'reduces': 'reduce',
-              'increases': 'increase', 'prevents': 'prevent', 'creates': 'create', 'adds': 'add', 'removes': 'remove',
-              'replaces': 'replace', 'returns': 'return', 'stores': 'store', 'decides': 'decide', 'separates': 'separate'}
-_re_en_verb = re.compile(r'^(?P<x>[^,;:]{2,80}?)\s+(?P<v>' + '|'.join(sorted(_EN_VERB_Q, key=len, reverse=True)) + r')\s+(?P<y>.+)$')
-_re_en_passive = re.compile(r'^(?P<x>[^,;:]{2,60}?)\s+(?P<aux>is|are|was|were)\s+(?P<pp>[a-z]+ed|built|made|found|known|'
-                            r'used|called|written|done|given|taken|split|kept|held|drawn|chosen|seen|shown)\s+'
-                            r'(?P<prep>into|by|with|from|as|for|to|on)\s+(?P<y>.+)$')
-_re_en_cmp = re.compile(r'^(?P<x>[^,;:]{2,60}?)\s+(?P<aux>is|are)\s+(?P<adj>[a-z]+er|more [a-z]+|less [a-z]+)\s+than\s+(?P<y>[^,;:]{2,60})$')
-_EN_FINITE = {'is', 'are', 'was', 'were', 'has', 'have', 'had', 'can', 'could', 'will', 'would', 'should', 'must', 'may',
-              'might', 'does', 'do', 'did', 'keeps', 'makes', 'lets', 'tells', 'goes', 'gives', 'needs', 'grows', 'works',
-              'make', 'take', 'need', 'tell', 'differ', 'help', 'cause', 'become', 'give', 'keep', 'show', 'learn',
-              'use', 'find', 'mean', 'contain', 'include', 'require', 'produce', 'allow', 'let', 'get', 'run', 'see'}
-_EN_OBJ = {'the', 'a', 'an', 'every', 'each', 'its', 'their', 'his', 'her', 'one', 'two', 'all', 'no', 'some', 'many', 'more',
-           'less', 'only', 'to', 'on', 'in', 'into', 'with', 'from', 'by', 'for', 'as', 'at', 'out', 'up', 'down', 'what',
-           'whether', 'how', 'you', 'it', 'them', 'that', 'this', 'these', 'those', 'several', 'any', 'new', 'same'}
-_EN_BAD_END = {'and', 'or', 'that', 'which', 'who', 'when', 'where', 'of', 'to', 'the', 'a', 'an', 'in', 'on', 'with', 'for',
-               'it', 'they', 'two', 'one'}
-_EN_CLAUSE = {'when', 'if', 'because', 'that', 'which', 'who', 'whose', 'while', 'although', 'since', 'unless'}
+def get_task(name: str | None) -> Task | None:
+    "Task `name`; a built-in task is registered from its chapter on first use (the engine does not import the chapters itself)."
+    if name and name not in TASKS and name in BUILTIN_TASKS:
+        mod, prompt, offline = BUILTIN_TASKS[name]
+        m = importlib.import_module(mod)
+        register_task(name, getattr(m, prompt), getattr(m, offline))
+    return TASKS.get(name) if name else None
 
-def _subject_ok(x: str) -> bool:
-    "Is `x` a plausible English subject: at most 8 words, no finite verb inside, not ending on a function word?"
-    w = x.split()
-    return (0 < len(w) <= 8 and not any(t.lower() in _EN_FINITE or t.lower() in _EN_CLAUSE for t in w)
-            and w[-1].lower() not in _EN_BAD_END)
-_re_zh_year = re.compile(r'\s*(\d{3,4})\s*年')
-_re_zh_named = re.compile(r'^(?P<y>.{4,})[，,]这(?:种|个|一)(?:现象|方法|做法|情况|过程|问题|技术)(?:叫做|称为|被称为|叫)(?P<x>[^，,。]{2,12})$')
-_re_zh_def = re.compile(r'^(?P<x>[^，,：:；]{1,20}?)(?:是指|指的是|是)(?P<y>.{2,})$')
-_re_zh_adv = re.compile(r'(?:仍然|依然|通常|往往|一般|总是|也|都|就|还|只|才|已经|其实|确实)$')
-_re_zh_has = re.compile(r'^(?P<x>[^，,：:；]{1,20}?)(?P<v>包括|包含|由)(?P<y>.{2,})$')
-_ZH_VERBS = ('意味着', '会导致', '导致', '衡量', '决定了', '决定', '负责', '等于')
-_re_zh_verbs = [(v, re.compile(r'^(?P<x>[^，,：:；是]{1,20}?)' + v + r'(?P<y>.{2,})$')) for v in _ZH_VERBS]
-_ZH_VERB_Q = {'意味着': '意味着什么', '会导致': '会导致什么', '导致': '会导致什么', '衡量': '衡量什么', '决定了': '决定什么',
-              '决定': '决定什么', '负责': '负责什么', '等于': '等于多少'}
-_re_zh_cmp = re.compile(r'^(?P<x>[^，,：:；]{1,15}?)比(?P<y>[^，,：:；]{1,15}?)更(?P<adj>[\u4e00-\u9fff]{1,3})')
-_ZH_SUBJ_END = ('仍然', '依然', '可以', '能够', '应该', '应当', '必须', '需要', '要', '通常', '往往', '一般', '总是', '只在', '只', '也', '都', '就', '会', '能', '使', '让',
-                '把', '被', '对', '在', '通过', '用', '表示', '描述', '提高', '降低', '减少', '增加', '出现', '放在', '有', '与')
-
-def _np(x: str) -> str:
-    "An English noun phrase as it reads mid-sentence: a sentence-initial capital is dropped unless it looks like a name."
-    w = x.split()
-    plain = w[0][:1].isupper() and not any(c.isupper() for c in w[0][1:])     # Self-attention, not GPT or AdamW
-    if w[0] in ('The', 'A', 'An') or (plain and len(w) > 1 and w[1][:1].islower()):   # one word may be a name: Adam
-        return w[0][:1].lower() + x[1:]
-    return x
-
-def _zh(s: str) -> bool:
-    "Chinese rules for a sentence that is mostly Chinese (an English sentence with a Chinese term keeps the English ones)."
-    return cjk_ratio(s) >= 0.3
-
-def _clean(sentence: str) -> str | None:
-    "The sentence without a list marker, or None when no question should be asked about it (question, fragment, placeholder)."
-    s = _re_bullet.sub('', sentence.strip())
-    if not s or s[-1] in '?？' or text_len(s) < 4 or _re_placeholder.search(s): return None
-    if _zh(s):
-        body = s.rstrip('。！；!;.').strip()
-        return None if body.startswith(_ZH_PRON) else body
-    body = s.rstrip('.!;').strip()
-    low = body.lower() + ' '
-    if low.split(' ', 1)[0] in _EN_PRON or low.startswith(_EN_LEAD): return None
-    return body
-
-def question_for(sentence: str) -> str | None:
-    "A standalone question (its subject named) answered by the declarative `sentence`, English or Chinese; None if no template fits."
-    body = _clean(sentence)
-    if body is None: return None
-    if _zh(body):
-        if m := _re_zh_named.match(body): return f"什么是{m['x'].strip()}？"
-        if body.startswith(_ZH_LEAD): return None
-        if _re_zh_year.search(body): return _re_zh_year.sub('哪一年', body, count=1) + '？'
-        if m := _re_zh_cmp.match(body): return f"{m['x']}和{m['y']}相比，哪个更{m['adj']}？"
-        for v, rx in _re_zh_verbs:
-            if m := rx.match(body): return f"{m['x'].strip()}{_ZH_VERB_Q[v]}？"
-        if m := _re_zh_has.match(body): return f"{m['x']}{'由什么组成' if m['v'] == '由' else '包括哪些内容'}？"
-        if (m := _re_zh_def.match(body)) and not _re_zh_adv.search(m['x'].strip()): return f"什么是{m['x'].strip()}？"
-        return None
-    if m := _re_en_year.match(body): return f"In which year {m['aux']} {_np(m['s'])} {m['v']}{m['t'].rstrip()}?"
-    if (m := _re_en_cmp.match(body)) and _subject_ok(m['x']): return f"Which is {m['adj']}: {_np(m['x'])} or {_np(m['y'])}?"
-    if (m := _re_en_verb.match(body)) and _subject_ok(m['x']):
-        last = m['x'].split()[-1]
-        aux = 'do' if last.endswith('s') and not last.endswith('ss') else 'does'
-        return f"What {aux} {_np(m['x'])} {_EN_VERB_Q[m['v']]}?"
-    if (m := _re_en_passive.match(body)) and _subject_ok(m['x']): return f"What {m['aux']} {_np(m['x'])} {m['pp']} {m['prep']}?"
-    if (m := _re_en_copula.match(body)) and _subject_ok(m['x']):
-        if sup := re.match(r'the (?:most|least|first|second|best|main|only) [^,;:]+', m['y']):   # X is the most Y -> what is the most Y?
-            return f"What {m['aux']} {sup.group(0)}?"
-        return f"What {m['aux']} {_np(m['x'])}?"
-    return None
-
-def passage_question(sentence: str) -> str | None:
-    "A question about the subject of `sentence` to ask with its passage as the record's `input`; None without a clear subject."
-    body = _clean(sentence)
-    if body is None: return None
-    if _zh(body):
-        if body.startswith(_ZH_LEAD): return None
-        head = re.split(r'[，,：:；]', body)[0]
-        i = min((j for w in _ZH_SUBJ_END if (j := head.find(w, 2)) > 0), default=-1)
-        subj = head[:i].strip() if i > 0 else ''
-        return f"这段文字对“{subj}”是怎么说的？" if 2 <= len(subj) <= 12 and not subj.startswith(_ZH_LEAD) else None
-    words = body.split()
-    def verb_at(k):
-        w = words[k]
-        if w in _EN_FINITE or (w.islower() and len(w) > 3 and w.endswith('ed')): return True
-        nxt = words[k + 1].lower().strip(',') if k + 1 < len(words) else ''
-        return w.islower() and len(w) > 3 and w.endswith('s') and not w.endswith(('ss', 'us', 'is')) and (nxt in _EN_OBJ or nxt[:1].isdigit())
-    i = next((k for k in range(1, min(8, len(words))) if verb_at(k)), None)
-    if not i or any(w.endswith((',', ';', ':')) for w in words[:i]) or not _subject_ok(' '.join(words[:i])): return None
-    return f"What does the passage say about {_np(' '.join(words[:i]))}?"
-
-def qa_prompt(data: dict) -> list[dict]:
-    "Messages asking a model for `n` grounded question/answer pairs about `text`, as a JSON array."
-    text, n = data.get('text', ''), int(data.get('n', 3))
-    if has_cjk(text):
-        return [{'role': 'system', 'content': '你为训练数据编写有据可依的问答对：只使用文本中明确陈述的事实。'},
-                {'role': 'user', 'content': f'文本：\n{text}\n\n请根据上面的文本写 {n} 个问答对，每个问题都必须能仅凭文本回答。'
-                                            '只输出一个 JSON 数组，每个元素是包含 "question" 和 "answer" 两个键的对象。'}]
-    return [{'role': 'system', 'content': 'You write grounded question-answer pairs for training data, using only facts stated in the text.'},
-            {'role': 'user', 'content': f'Text:\n{text}\n\nWrite {n} question-answer pairs that can be answered from the text alone. '
-                                        'Reply with only a JSON array of objects with the keys "question" and "answer".'}]
-
-def offline_qa(data: dict) -> str:
-    "Up to `n` grounded QA pairs from the sentences of `text` (JSON array): standalone questions first, then questions about the passage, which is the pair's `input`."
-    text, n = data.get('text', ''), int(data.get('n', 3))
-    sents = split_sentences(text)
-    pairs, by_q = [], {}
-    for s in sents:                                                  # standalone: the subject is in the question
-        if len(pairs) >= n: break
-        if not (q := question_for(s)): continue
-        if q in by_q: by_q[q]['answer'] += ('' if has_cjk(s) else ' ') + s.strip(); continue   # two facts, one question
-        by_q[q] = {'question': q, 'answer': s.strip()}; pairs.append(by_q[q])
-    for s in sents:                                                  # the rest: about the passage, which goes along
-        if len(pairs) >= n: break
-        if question_for(s) or not (q := passage_question(s)) or q in by_q: continue
-        by_q[q] = {'question': q, 'input': text, 'answer': s.strip()}; pairs.append(by_q[q])
-    return json.dumps(pairs, ensure_ascii=False)
-
-register_task('qa', qa_prompt, offline_qa)
+def known_tasks(offline: bool = False) -> list[str]:
+    "Names of the registered and built-in tasks (only those with an offline implementation if `offline`)."
+    for name in BUILTIN_TASKS: get_task(name)
+    return sorted(k for k, v in TASKS.items() if v.offline or not offline)
 
 # %% ../nbs/02_llm.ipynb #167684cb
-_re_fence = re.compile(r'```[ \t]*(?:json|JSON|javascript|js)?[ \t]*\n?(.*?)(?:```|$)', re.S)
+_re_fence = re.compile(r'```[ \t]*(?:json|JSON|javascript|js|python)?[ \t]*\n?(.*?)(?:```|$)', re.S)
+_re_open = re.compile(r'[{\[]')
+_DEC = json.JSONDecoder()
 
-def _balanced_end(s: str, i: int) -> int | None:
-    "Index just past the bracket that closes the one at `s[i]`, or None."
-    stack, in_str, esc = [], False, False
-    pairs = {'{': '}', '[': ']'}
-    for j in range(i, len(s)):
-        c = s[j]
-        if in_str:
-            if esc: esc = False
-            elif c == '\\': esc = True
-            elif c == '"': in_str = False
-        elif c == '"': in_str = True
-        elif c in pairs: stack.append(pairs[c])
-        elif c in '}]':
-            if not stack or stack.pop() != c: return None
-            if not stack: return j + 1
-    return None
+def _strict_values(s: str) -> list:
+    "Every strictly valid top-level object or array in `s`, left to right."
+    out, i = [], 0
+    while m := _re_open.search(s, i):
+        try: v, i = _DEC.raw_decode(s, m.start()); out.append(v)
+        except ValueError: i = m.start() + 1
+    return out
 
-def extract_json(text: str | None) -> Any:
-    "The JSON value in a model reply: whole text, a ```json fence, or the first balanced object/array in prose."
+def _repair(s: str) -> tuple[list, bool]:
+    "json-repair's values for `s` (several when it found several top-level values), and whether `s` was cut off."
+    v, steps = json_repair.loads(s, logging=True)
+    msgs = [st.get('text', '') for st in steps]
+    several = (isinstance(v, list) and any(m.startswith('The parser returned early') for m in msgs)
+               and not any('without the array' in m for m in msgs))
+    end = max(s.rfind('}'), s.rfind(']'))
+    return (v if several else [v]), (end < 0 or json_repair.loads(s[:end + 1]) != v)
+
+def _contains(big, x) -> bool:
+    "Is `x` equal to `big` or nested anywhere inside it?"
+    if big == x: return True
+    return any(_contains(k, x) for k in (big.values() if isinstance(big, dict) else big if isinstance(big, list) else ()))
+
+# %% ../nbs/02_llm.ipynb #2736f0fe
+def _short(s: str) -> str: return f"{s[:80]!r}{'...' if len(s) > 80 else ''}"
+
+def _strict(s: str):
+    try: v = json.loads(s)
+    except ValueError: return None
+    return v if isinstance(v, (dict, list)) else None
+
+def json_values(text: str | None) -> list:
+    "Every JSON object/array in a model reply, in order: strictly valid JSON first, else repaired by json-repair (see the rules above)."
     if text is None: raise ValueError("no reply to parse (the request failed)")
     s = text.strip()
-    try: return json.loads(s)
-    except ValueError: pass
-    for m in _re_fence.finditer(s):
-        try: return json.loads(m.group(1).strip())
-        except ValueError: pass
-    for i, c in enumerate(s):
-        if c in '{[' and (j := _balanced_end(s, i)):
-            try: return json.loads(s[i:j])
-            except ValueError: continue
-    raise ValueError(f"no valid JSON object or array in the reply: {s[:80]!r}{'...' if len(s) > 80 else ''}")
+    if (v := _strict(s)) is not None: return [v]
+    bodies = [m.group(1).strip() for m in _re_fence.finditer(s)]
+    if fenced := [v for b in bodies if (v := _strict(b)) is not None]: return fenced
+    body = next((b for b in bodies if _re_open.search(b)), s)
+    if not (m := _re_open.search(body)): raise ValueError(f"no JSON object or array in the reply: {_short(s)}")
+    region = body[m.start():]
+    if not any(q in region for q in '"“”\'') and '‘' in region: region = region.replace('‘', "'").replace('’', "'")
+    lines = [l.strip().rstrip(',') for l in region.splitlines() if l.strip()]
+    if len(lines) > 1 and all(l[0] == '{' and l[-1] == '}' for l in lines):        # JSON lines: one object per line
+        return [v for l in lines for v in json_values(l)]
+    strict = _strict_values(region)
+    vals, cut = _repair(region)
+    if strict and not _contains(vals[0], strict[0]): return strict       # valid JSON after bracketed prose
+    if cut:                                                               # max_tokens ran out: keep what is complete
+        if len(vals) > 1: vals = vals[:-1]
+        elif isinstance(vals[0], list) and len(vals[0]) > 1: vals = [vals[0][:-1]]
+        else: raise ValueError(f"the reply was cut off inside its JSON, nothing complete to keep: {_short(s)}")
+    vals = [v for v in vals if isinstance(v, (dict, list)) and v]
+    if not vals or not any(q in region for q in '"\'“”‘’:'):
+        raise ValueError(f"no JSON object or array in the reply: {_short(s)}")
+    return vals
 
-_JSON_TYPES = {'object': dict, 'array': list, 'string': str, 'boolean': bool, 'null': type(None),
-               'number': (int, float), 'integer': int}
+def extract_json(text: str | None) -> Any:
+    "The (first) JSON object or array in a model reply, repaired if needed; `ValueError` for prose or a reply cut off mid-object."
+    return json_values(text)[0]
 
-def validate(obj: Any, schema: dict | None, path: str = '$') -> list[str]:
-    "Problems of `obj` against a JSON-Schema subset (type, properties, required, items, enum, min/maxItems, minLength)."
+# %% ../nbs/02_llm.ipynb #6792ca5f
+def schema_errors(obj: Any, schema: dict | None) -> list[str]:
+    "Problems of `obj` against the JSON Schema `schema` (jsonschema), one `path: problem` line each, in path order."
     if not schema: return []
-    errs, t = [], schema.get('type')
-    if t:
-        ok = any(isinstance(obj, _JSON_TYPES[x]) and not (isinstance(obj, bool) and x in ('number', 'integer'))
-                 for x in ([t] if isinstance(t, str) else t))
-        if not ok: return [f"{path}: expected {t}, got {type(obj).__name__}"]
-    if 'enum' in schema and obj not in schema['enum']: errs.append(f"{path}: {obj!r} not in {schema['enum']}")
-    if isinstance(obj, dict):
-        errs += [f"{path}: missing required key {k!r}" for k in schema.get('required', []) if k not in obj]
-        for k, sub in (schema.get('properties') or {}).items():
-            if k in obj: errs += validate(obj[k], sub, f'{path}.{k}')
-    if isinstance(obj, list):
-        if len(obj) < schema.get('minItems', 0): errs.append(f"{path}: expected at least {schema['minItems']} items, got {len(obj)}")
-        if 'maxItems' in schema and len(obj) > schema['maxItems']: errs.append(f"{path}: expected at most {schema['maxItems']} items")
-        for i, x in enumerate(obj): errs += validate(x, schema.get('items'), f'{path}[{i}]')
-    if isinstance(obj, str) and len(obj) < schema.get('minLength', 0): errs.append(f"{path}: shorter than {schema['minLength']}")
-    return errs
+    import jsonschema                                   # 0.12 s to import: only when a schema is checked
+    v = jsonschema.validators.validator_for(schema)(schema)
+    errs = sorted(v.iter_errors(obj), key=lambda e: [str(p) for p in e.absolute_path])
+    return [f"{e.json_path}: {e.message if len(e.message) <= 200 else e.message[:197] + '...'}" for e in errs]
 
 QA_SCHEMA = {'type': 'array', 'minItems': 1, 'items': {'type': 'object', 'required': ['question', 'answer'],
              'properties': {'question': {'type': 'string', 'minLength': 1}, 'answer': {'type': 'string', 'minLength': 1}}}}
@@ -629,9 +508,9 @@ class OfflineBackend:
     async def close(self): pass
 
     async def complete(self, req: Request, params: dict) -> dict:
-        t = TASKS.get(req.task) if req.task else None
+        t = get_task(req.task)
         if t is None or t.offline is None:
-            can = sorted(k for k, v in TASKS.items() if v.offline)
+            can = known_tasks(offline=True)
             raise LLMError(f"the offline backend cannot answer this request (task={req.task!r}): it only runs the built-in "
                            f"tasks {can} and never invents replies. Set DATAALCHEMY_BASE_URL and DATAALCHEMY_MODEL (and the "
                            "API key in OPENAI_API_KEY) to use an OpenAI-compatible endpoint, or use backend='transformers' "
@@ -1417,7 +1296,7 @@ REPAIR_PROMPT = ("Your previous reply could not be used: {problem}. Reply again 
 def _check(text, schema) -> tuple[Any, str | None]:
     try: obj = extract_json(text)
     except ValueError as e: return None, str(e)
-    errs = validate(obj, schema)
+    errs = schema_errors(obj, schema)
     return (obj, None) if not errs else (None, 'the JSON does not match the schema: ' + '; '.join(errs[:5]))
 
 def _repair_request(res: Result, problem: str) -> Request:

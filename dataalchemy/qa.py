@@ -10,18 +10,19 @@ import json, os, re
 from dataclasses import dataclass, asdict
 from pathlib import Path
 from typing import Iterable, Iterator
-from .core import (RecordError, RecordWriter, Stats, has_cjk, normalize, read_records, split_sentences,
+from .core import (RecordError, RecordWriter, Stats, cjk_ratio, has_cjk, normalize, read_records, split_sentences,
                               stable_id, text_len, tokenize, write_records, token_spans)
 from .config import Settings, options
-from .llm import Engine, Request, TASKS, extract_json, offline_qa, parse_all, register_task
+from .llm import Engine, Request, TASKS, extract_json, parse_all, register_task
 import typer
 from .cli import app, fail
 
 # %% auto #0
 __all__ = ['TEXT_SUFFIXES', 'RECORD_SUFFIXES', 'DOC_SUFFIXES', 'DOC_QA_SCHEMA', 'QAOpts', 'qa_options', 'read_pdf', 'read_pptx',
            'read_docling', 'iter_doc_files', 'read_text_file', 'load_documents', 'sentence_spans', 'chunk_spans',
-           'chunk_documents', 'support_score', 'is_supported', 'doc_qa_prompt', 'extractive_summary', 'offline_doc_qa',
-           'qa_payload', 'generate_qa', 'build_qa', 'qa_cmd']
+           'chunk_documents', 'support_score', 'is_supported', 'question_for', 'passage_question', 'qa_prompt',
+           'offline_qa', 'doc_qa_prompt', 'extractive_summary', 'offline_doc_qa', 'qa_payload', 'generate_qa',
+           'build_qa', 'qa_cmd']
 
 # %% ../nbs/09_qa.ipynb #a3fb2850
 @dataclass
@@ -231,6 +232,158 @@ def is_supported(answer: str, context: str, min_support: float = 0.5) -> tuple[b
     "Filter shape: `(True, None)` when the chunk supports `answer`, else `(False, reason)`."
     s = support_score(answer, context)
     return (True, None) if s >= min_support else (False, 'unsupported answer')
+
+# %% ../nbs/09_qa.ipynb #416720ee
+_EN_PRON = {'it', 'this', 'that', 'these', 'those', 'they', 'he', 'she', 'we', 'i', 'you', 'its', 'their', 'his', 'her', 'such'}
+_ZH_PRON = ('它', '他', '她', '这', '那', '其', '该', '此', '我们', '我', '你')
+_EN_LEAD = ('however', 'for example', 'for instance', 'therefore', 'thus', 'so ', 'but ', 'and ', 'also', 'in ', 'on ', 'at ',
+            'for ', 'with ', 'after ', 'before ', 'during ', 'moreover', 'as ', 'because', 'if ', 'when ', 'then ',
+            'otherwise', 'finally', 'here ', 'there ')
+_ZH_LEAD = ('例如', '比如', '因此', '所以', '但是', '但', '而', '如果', '此外', '另外', '同时', '总之', '也就是说', '然而', '不过', '因为',
+            '当', '在', '对于', '每', '一', '这', '那')
+_re_placeholder = re.compile(r'<[A-Z][A-Z_]*(?:_[0-9a-f]{8,32})?>')
+_re_bullet = re.compile(r'^\s*(?:[-*•·]|\d{1,2}[.)、])\s+')
+_re_en_year = re.compile(r'^(?P<s>.+?)\s+(?P<aux>is|are|was|were)\s+(?P<v>.+?)\s+in\s+(?P<y>\d{4})(?P<t>\b.*)$')
+_re_en_copula = re.compile(r'^(?P<x>[^,;:]{2,80}?)\s+(?P<aux>is|are|was|were)\s+(?P<y>(?:an?|the|one)\s.+)$')
+_EN_VERB_Q = {'refers to': 'refer to', 'means': 'mean', 'consists of': 'consist of', 'contains': 'contain',
+              'includes': 'include', 'uses': 'use', 'requires': 'require', 'produces': 'produce', 'measures': 'measure',
+              'causes': 'cause', 'leads to': 'lead to', 'results in': 'result in', 'computes': 'compute',
+              'compares': 'compare', 'controls': 'control', 'determines': 'determine', 'reduces': 'reduce',
+              'increases': 'increase', 'prevents': 'prevent', 'creates': 'create', 'adds': 'add', 'removes': 'remove',
+              'replaces': 'replace', 'returns': 'return', 'stores': 'store', 'decides': 'decide', 'separates': 'separate'}
+_re_en_verb = re.compile(r'^(?P<x>[^,;:]{2,80}?)\s+(?P<v>' + '|'.join(sorted(_EN_VERB_Q, key=len, reverse=True)) + r')\s+(?P<y>.+)$')
+_re_en_passive = re.compile(r'^(?P<x>[^,;:]{2,60}?)\s+(?P<aux>is|are|was|were)\s+(?P<pp>[a-z]+ed|built|made|found|known|'
+                            r'used|called|written|done|given|taken|split|kept|held|drawn|chosen|seen|shown)\s+'
+                            r'(?P<prep>into|by|with|from|as|for|to|on)\s+(?P<y>.+)$')
+_re_en_cmp = re.compile(r'^(?P<x>[^,;:]{2,60}?)\s+(?P<aux>is|are)\s+(?P<adj>[a-z]+er|more [a-z]+|less [a-z]+)\s+than\s+(?P<y>[^,;:]{2,60})$')
+_EN_FINITE = {'is', 'are', 'was', 'were', 'has', 'have', 'had', 'can', 'could', 'will', 'would', 'should', 'must', 'may',
+              'might', 'does', 'do', 'did', 'keeps', 'makes', 'lets', 'tells', 'goes', 'gives', 'needs', 'grows', 'works',
+              'make', 'take', 'need', 'tell', 'differ', 'help', 'cause', 'become', 'give', 'keep', 'show', 'learn',
+              'use', 'find', 'mean', 'contain', 'include', 'require', 'produce', 'allow', 'let', 'get', 'run', 'see'}
+_EN_OBJ = {'the', 'a', 'an', 'every', 'each', 'its', 'their', 'his', 'her', 'one', 'two', 'all', 'no', 'some', 'many', 'more',
+           'less', 'only', 'to', 'on', 'in', 'into', 'with', 'from', 'by', 'for', 'as', 'at', 'out', 'up', 'down', 'what',
+           'whether', 'how', 'you', 'it', 'them', 'that', 'this', 'these', 'those', 'several', 'any', 'new', 'same'}
+_EN_BAD_END = {'and', 'or', 'that', 'which', 'who', 'when', 'where', 'of', 'to', 'the', 'a', 'an', 'in', 'on', 'with', 'for',
+               'it', 'they', 'two', 'one'}
+_EN_CLAUSE = {'when', 'if', 'because', 'that', 'which', 'who', 'whose', 'while', 'although', 'since', 'unless'}
+
+def _subject_ok(x: str) -> bool:
+    "Is `x` a plausible English subject: at most 8 words, no finite verb inside, not ending on a function word?"
+    w = x.split()
+    return (0 < len(w) <= 8 and not any(t.lower() in _EN_FINITE or t.lower() in _EN_CLAUSE for t in w)
+            and w[-1].lower() not in _EN_BAD_END)
+_re_zh_year = re.compile(r'\s*(\d{3,4})\s*年')
+_re_zh_named = re.compile(r'^(?P<y>.{4,})[，,]这(?:种|个|一)(?:现象|方法|做法|情况|过程|问题|技术)(?:叫做|称为|被称为|叫)(?P<x>[^，,。]{2,12})$')
+_re_zh_def = re.compile(r'^(?P<x>[^，,：:；]{1,20}?)(?:是指|指的是|是)(?P<y>.{2,})$')
+_re_zh_adv = re.compile(r'(?:仍然|依然|通常|往往|一般|总是|也|都|就|还|只|才|已经|其实|确实)$')
+_re_zh_has = re.compile(r'^(?P<x>[^，,：:；]{1,20}?)(?P<v>包括|包含|由)(?P<y>.{2,})$')
+_ZH_VERBS = ('意味着', '会导致', '导致', '衡量', '决定了', '决定', '负责', '等于')
+_re_zh_verbs = [(v, re.compile(r'^(?P<x>[^，,：:；是]{1,20}?)' + v + r'(?P<y>.{2,})$')) for v in _ZH_VERBS]
+_ZH_VERB_Q = {'意味着': '意味着什么', '会导致': '会导致什么', '导致': '会导致什么', '衡量': '衡量什么', '决定了': '决定什么',
+              '决定': '决定什么', '负责': '负责什么', '等于': '等于多少'}
+_re_zh_cmp = re.compile(r'^(?P<x>[^，,：:；]{1,15}?)比(?P<y>[^，,：:；]{1,15}?)更(?P<adj>[\u4e00-\u9fff]{1,3})')
+_ZH_SUBJ_END = ('仍然', '依然', '可以', '能够', '应该', '应当', '必须', '需要', '要', '通常', '往往', '一般', '总是', '只在', '只', '也', '都', '就', '会', '能', '使', '让',
+                '把', '被', '对', '在', '通过', '用', '表示', '描述', '提高', '降低', '减少', '增加', '出现', '放在', '有', '与')
+
+def _np(x: str) -> str:
+    "An English noun phrase as it reads mid-sentence: a sentence-initial capital is dropped unless it looks like a name."
+    w = x.split()
+    plain = w[0][:1].isupper() and not any(c.isupper() for c in w[0][1:])     # Self-attention, not GPT or AdamW
+    if w[0] in ('The', 'A', 'An') or (plain and len(w) > 1 and w[1][:1].islower()):   # one word may be a name: Adam
+        return w[0][:1].lower() + x[1:]
+    return x
+
+def _zh(s: str) -> bool:
+    "Chinese rules for a sentence that is mostly Chinese (an English sentence with a Chinese term keeps the English ones)."
+    return cjk_ratio(s) >= 0.3
+
+def _clean(sentence: str) -> str | None:
+    "The sentence without a list marker, or None when no question should be asked about it (question, fragment, placeholder)."
+    s = _re_bullet.sub('', sentence.strip())
+    if not s or s[-1] in '?？' or text_len(s) < 4 or _re_placeholder.search(s): return None
+    if _zh(s):
+        body = s.rstrip('。！；!;.').strip()
+        return None if body.startswith(_ZH_PRON) else body
+    body = s.rstrip('.!;').strip()
+    low = body.lower() + ' '
+    if low.split(' ', 1)[0] in _EN_PRON or low.startswith(_EN_LEAD): return None
+    return body
+
+def question_for(sentence: str) -> str | None:
+    "A standalone question (its subject named) answered by the declarative `sentence`, English or Chinese; None if no template fits."
+    body = _clean(sentence)
+    if body is None: return None
+    if _zh(body):
+        if m := _re_zh_named.match(body): return f"什么是{m['x'].strip()}？"
+        if body.startswith(_ZH_LEAD): return None
+        if _re_zh_year.search(body): return _re_zh_year.sub('哪一年', body, count=1) + '？'
+        if m := _re_zh_cmp.match(body): return f"{m['x']}和{m['y']}相比，哪个更{m['adj']}？"
+        for v, rx in _re_zh_verbs:
+            if m := rx.match(body): return f"{m['x'].strip()}{_ZH_VERB_Q[v]}？"
+        if m := _re_zh_has.match(body): return f"{m['x']}{'由什么组成' if m['v'] == '由' else '包括哪些内容'}？"
+        if (m := _re_zh_def.match(body)) and not _re_zh_adv.search(m['x'].strip()): return f"什么是{m['x'].strip()}？"
+        return None
+    if m := _re_en_year.match(body): return f"In which year {m['aux']} {_np(m['s'])} {m['v']}{m['t'].rstrip()}?"
+    if (m := _re_en_cmp.match(body)) and _subject_ok(m['x']): return f"Which is {m['adj']}: {_np(m['x'])} or {_np(m['y'])}?"
+    if (m := _re_en_verb.match(body)) and _subject_ok(m['x']):
+        last = m['x'].split()[-1]
+        aux = 'do' if last.endswith('s') and not last.endswith('ss') else 'does'
+        return f"What {aux} {_np(m['x'])} {_EN_VERB_Q[m['v']]}?"
+    if (m := _re_en_passive.match(body)) and _subject_ok(m['x']): return f"What {m['aux']} {_np(m['x'])} {m['pp']} {m['prep']}?"
+    if (m := _re_en_copula.match(body)) and _subject_ok(m['x']):
+        if sup := re.match(r'the (?:most|least|first|second|best|main|only) [^,;:]+', m['y']):   # X is the most Y -> what is the most Y?
+            return f"What {m['aux']} {sup.group(0)}?"
+        return f"What {m['aux']} {_np(m['x'])}?"
+    return None
+
+def passage_question(sentence: str) -> str | None:
+    "A question about the subject of `sentence` to ask with its passage as the record's `input`; None without a clear subject."
+    body = _clean(sentence)
+    if body is None: return None
+    if _zh(body):
+        if body.startswith(_ZH_LEAD): return None
+        head = re.split(r'[，,：:；]', body)[0]
+        i = min((j for w in _ZH_SUBJ_END if (j := head.find(w, 2)) > 0), default=-1)
+        subj = head[:i].strip() if i > 0 else ''
+        return f"这段文字对“{subj}”是怎么说的？" if 2 <= len(subj) <= 12 and not subj.startswith(_ZH_LEAD) else None
+    words = body.split()
+    def verb_at(k):
+        w = words[k]
+        if w in _EN_FINITE or (w.islower() and len(w) > 3 and w.endswith('ed')): return True
+        nxt = words[k + 1].lower().strip(',') if k + 1 < len(words) else ''
+        return w.islower() and len(w) > 3 and w.endswith('s') and not w.endswith(('ss', 'us', 'is')) and (nxt in _EN_OBJ or nxt[:1].isdigit())
+    i = next((k for k in range(1, min(8, len(words))) if verb_at(k)), None)
+    if not i or any(w.endswith((',', ';', ':')) for w in words[:i]) or not _subject_ok(' '.join(words[:i])): return None
+    return f"What does the passage say about {_np(' '.join(words[:i]))}?"
+
+def qa_prompt(data: dict) -> list[dict]:
+    "Messages asking a model for `n` grounded question/answer pairs about `text`, as a JSON array."
+    text, n = data.get('text', ''), int(data.get('n', 3))
+    if has_cjk(text):
+        return [{'role': 'system', 'content': '你为训练数据编写有据可依的问答对：只使用文本中明确陈述的事实。'},
+                {'role': 'user', 'content': f'文本：\n{text}\n\n请根据上面的文本写 {n} 个问答对，每个问题都必须能仅凭文本回答。'
+                                            '只输出一个 JSON 数组，每个元素是包含 "question" 和 "answer" 两个键的对象。'}]
+    return [{'role': 'system', 'content': 'You write grounded question-answer pairs for training data, using only facts stated in the text.'},
+            {'role': 'user', 'content': f'Text:\n{text}\n\nWrite {n} question-answer pairs that can be answered from the text alone. '
+                                        'Reply with only a JSON array of objects with the keys "question" and "answer".'}]
+
+def offline_qa(data: dict) -> str:
+    "Up to `n` grounded QA pairs from the sentences of `text` (JSON array): standalone questions first, then questions about the passage, which is the pair's `input`."
+    text, n = data.get('text', ''), int(data.get('n', 3))
+    sents = split_sentences(text)
+    pairs, by_q = [], {}
+    for s in sents:                                                  # standalone: the subject is in the question
+        if len(pairs) >= n: break
+        if not (q := question_for(s)): continue
+        if q in by_q: by_q[q]['answer'] += ('' if has_cjk(s) else ' ') + s.strip(); continue   # two facts, one question
+        by_q[q] = {'question': q, 'answer': s.strip()}; pairs.append(by_q[q])
+    for s in sents:                                                  # the rest: about the passage, which goes along
+        if len(pairs) >= n: break
+        if question_for(s) or not (q := passage_question(s)) or q in by_q: continue
+        by_q[q] = {'question': q, 'input': text, 'answer': s.strip()}; pairs.append(by_q[q])
+    return json.dumps(pairs, ensure_ascii=False)
+
+register_task('qa', qa_prompt, offline_qa)
 
 # %% ../nbs/09_qa.ipynb #622b0a0a
 DOC_QA_SCHEMA = {'type': 'object', 'required': ['qa_pairs'], 'properties': {

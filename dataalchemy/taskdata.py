@@ -20,19 +20,19 @@ from .core import (RecordError, RecordWriter, Stats, cjk_ratio, has_cjk, normali
                               stable_id, text_len)
 from .config import options
 from .cli import app, Verbs, fail
-from .llm import run_batch
+from .llm import json_values, run_batch, schema_errors
 
 # %% auto #0
 __all__ = ['TIER_HINTS', 'LANG_NAMES', 'LABEL_ALIASES', 'SANDBOX_STATUSES', 'ISOLATIONS', 'BOX', 'WORK', 'MATH_FUNCS',
            'MATH_CONSTS', 'taskdata_app', 'result_ok', 'gen_meta', 'ClassifyOptions', 'classify_options',
-           'classification_schema', 'schema_errors', 'classification_plan', 'classification_prompt',
-           'classification_requests', 'parse_examples', 'normalize_label', 'check_example', 'label_balance',
-           'enforce_balance', 'generate_classification', 'to_sft', 'bwrap_command', 'unshare_command', 'SandboxResult',
-           'secret_values', 'redact', 'isolation_available', 'choose_isolation', 'run_sandboxed', 'split_code',
-           'code_sample_parts', 'SandboxOptions', 'sandbox_options', 'verify_code', 'code_requests', 'generate_code',
-           'UnsafeExpression', 'safe_eval', 'prepare_expr', 'extract_answer', 'answer_value', 'same_number',
-           'check_steps', 'MathOptions', 'math_options', 'reference_value', 'verify_math', 'math_requests',
-           'generate_math', 'classify_cmd', 'code_cmd', 'math_cmd']
+           'classification_schema', 'classification_plan', 'classification_prompt', 'classification_requests',
+           'parse_examples', 'normalize_label', 'check_example', 'label_balance', 'enforce_balance',
+           'generate_classification', 'to_sft', 'bwrap_command', 'unshare_command', 'SandboxResult', 'secret_values',
+           'redact', 'isolation_available', 'choose_isolation', 'run_sandboxed', 'split_code', 'code_sample_parts',
+           'SandboxOptions', 'sandbox_options', 'verify_code', 'code_requests', 'generate_code', 'UnsafeExpression',
+           'safe_eval', 'prepare_expr', 'extract_answer', 'answer_value', 'same_number', 'check_steps', 'MathOptions',
+           'math_options', 'reference_value', 'verify_math', 'math_requests', 'generate_math', 'classify_cmd',
+           'code_cmd', 'math_cmd']
 
 # %% ../nbs/08_taskdata.ipynb #435e6222
 def _get(obj, name: str, default=None):
@@ -103,25 +103,6 @@ def classification_schema(opts: ClassifyOptions | None = None) -> dict:
                            'lang': {'type': 'string', 'enum': _list(o.langs)},
                            'meta': {'type': 'object'}}}
 
-# %% ../nbs/08_taskdata.ipynb #8d6279e4
-_TYPES = {'object': dict, 'array': list, 'string': str, 'integer': int, 'number': (int, float), 'boolean': bool, 'null': type(None)}
-
-def schema_errors(obj, schema: dict, path: str = '$') -> list[str]:
-    "Problems of `obj` against a JSON-schema subset: type, required, properties, enum, minLength, items."
-    t = schema.get('type')
-    if t and (not isinstance(obj, _TYPES[t]) or (isinstance(obj, bool) and t in ('integer', 'number'))):
-        return [f"{path}: expected {t}, got {type(obj).__name__}"]
-    errs = []
-    if 'enum' in schema and obj not in schema['enum']: errs.append(f"{path}: {obj!r} is not one of {schema['enum']}")
-    if isinstance(obj, str) and len(obj.strip()) < schema.get('minLength', 0): errs.append(f"{path}: shorter than {schema['minLength']}")
-    if isinstance(obj, dict):
-        errs += [f"{path}: missing required field {k!r}" for k in schema.get('required', []) if k not in obj]
-        for k, sub in schema.get('properties', {}).items():
-            if k in obj: errs += schema_errors(obj[k], sub, f'{path}.{k}')
-    if isinstance(obj, list) and 'items' in schema:
-        for i, x in enumerate(obj): errs += schema_errors(x, schema['items'], f'{path}[{i}]')
-    return errs
-
 # %% ../nbs/08_taskdata.ipynb #67d95982
 def classification_plan(opts: ClassifyOptions | None = None) -> list[dict]:
     "One dict per request: label, domain, tier, lang, count and a stable id; the same number of requests per label."
@@ -159,22 +140,6 @@ def classification_requests(opts: ClassifyOptions | None = None) -> list[dict]:
             for c in classification_plan(o)]
 
 # %% ../nbs/08_taskdata.ipynb #00a0a692
-_re_fence = re.compile(r'```[a-zA-Z]*[ \t]*\n?(.*?)(?:```|$)', re.S)
-_re_trailing_comma = re.compile(r',\s*([}\]])')
-_DEC = json.JSONDecoder()
-
-def _scan_json(s: str) -> list:
-    "Every top-level JSON object or array found in `s`, left to right."
-    out, i = [], 0
-    while i < len(s):
-        if s[i] in '{[':
-            try:
-                val, j = _DEC.raw_decode(s, i)
-                out.append(val); i = j; continue
-            except ValueError: pass
-        i += 1
-    return out
-
 def _as_items(val) -> list:
     if isinstance(val, list): return val
     if isinstance(val, dict):
@@ -183,21 +148,9 @@ def _as_items(val) -> list:
     return []
 
 def parse_examples(text: str | None) -> list[dict]:
-    "The list of example objects in a model reply (array, wrapped array, single object, JSON lines, prose, truncated)."
-    if text is None: raise ValueError("no reply (the request failed)")
-    s = text.strip()
-    cands = [s] + [m.group(1).strip() for m in _re_fence.finditer(s)]
-    for c in cands:
-        for variant in (c, _re_trailing_comma.sub(r'\1', c)):
-            try: items = _as_items(json.loads(variant))
-            except ValueError: continue
-            if items: return [x for x in items if isinstance(x, dict)]
-    found = _scan_json(_re_trailing_comma.sub(r'\1', s))
-    items = [x for v in found for x in _as_items(v) if isinstance(x, dict)]
-    if not items:                                  # a truncated array: salvage its complete objects
-        start = s.find('[')
-        if start >= 0: items = [x for x in _scan_json(s[start + 1:]) if isinstance(x, dict)]
-    if not items: raise ValueError(f"no JSON objects in the reply: {s[:80]!r}{'...' if len(s) > 80 else ''}")
+    "The example objects in a model reply (array, wrapped array, single object, JSON lines, prose, cut off), read by `llm.json_values`."
+    items = [x for v in json_values(text) for x in _as_items(v) if isinstance(x, dict)]
+    if not items: raise ValueError(f"no JSON objects in the reply: {text.strip()[:80]!r}")
     return items
 
 def normalize_label(label, labels: Sequence[str]) -> str | None:
