@@ -412,8 +412,8 @@ ingest_step.fingerprint = _doc_fingerprint
 
 def qa_step(records, stats, ctx, **opts):
     "Chunks -> Alpaca QA records written by the engine (offline without an endpoint); unsupported answers dropped."
-    from dataalchemy.qa import generate_qa, qa_options
-    yield from generate_qa(records, ctx.engine, qa_options(**opts), stats=stats)
+    from dataalchemy.qa import iter_qa, qa_options
+    yield from iter_qa(records, ctx.engine, qa_options(**opts), stats=stats)
 
 def alpaca_step(records, stats, ctx, system=None):
     "Convert to Alpaca and validate; a record that cannot be Alpaca is rejected with the reason."

@@ -10,6 +10,7 @@ import json, os, re
 from dataclasses import dataclass, asdict
 from pathlib import Path
 from typing import Iterable, Iterator
+from fastcore.basics import chunked
 from .core import (RecordError, RecordWriter, Stats, cjk_ratio, has_cjk, normalize, read_records, split_sentences,
                               stable_id, text_len, tokenize, write_records, token_spans)
 from .config import Settings, options
@@ -22,7 +23,7 @@ __all__ = ['TEXT_SUFFIXES', 'RECORD_SUFFIXES', 'DOC_SUFFIXES', 'DOC_QA_SCHEMA', 
            'read_docling', 'iter_doc_files', 'read_text_file', 'load_documents', 'sentence_spans', 'chunk_spans',
            'chunk_documents', 'support_score', 'is_supported', 'question_for', 'passage_question', 'qa_prompt',
            'offline_qa', 'doc_qa_prompt', 'extractive_summary', 'offline_doc_qa', 'qa_payload', 'generate_qa',
-           'build_qa', 'qa_cmd']
+           'iter_qa', 'build_qa', 'qa_cmd']
 
 # %% ../nbs/09_qa.ipynb #a3fb2850
 @dataclass
@@ -488,6 +489,15 @@ def generate_qa(chunks: Iterable[dict], engine: Engine | None = None, opts: QAOp
                                  'context': c['text'], 'backend': r.backend, 'model': r.model}})
         if not kept: st.count('chunks without a kept pair')
     return out
+
+# %% ../nbs/09_qa.ipynb #7d982975
+def iter_qa(chunks: Iterable[dict], engine: Engine | None = None, opts: QAOpts | None = None, stats: Stats | None = None,
+            batch: int = 1024, **overrides) -> Iterator[dict]:
+    "`generate_qa` over `batch` chunks at a time: the same records, as a stream with bounded memory."
+    o = opts or qa_options(**overrides)
+    st = stats if stats is not None else Stats('qa')
+    eng = engine or Engine(progress=False)
+    for b in chunked(chunks, batch): yield from generate_qa(b, eng, o, stats=st)
 
 # %% ../nbs/09_qa.ipynb #929fc524
 def build_qa(paths, out: str | os.PathLike, opts: QAOpts | None = None, engine: Engine | None = None,
