@@ -358,55 +358,43 @@ def cache_key(endpoint: str, model: str, payload: Any) -> str:
     return hashlib.sha256(s.encode('utf-8', 'surrogatepass')).hexdigest()
 
 class Cache:
-    "A persistent reply cache: SQLite (WAL) at `path`, safe for concurrent processes and kills; writes batched per `flush_seconds`."
-    def __init__(self, path: str | os.PathLike, batch: int = 64, flush_seconds: float = 0.25):
-        self.path, self.batch, self.flush_seconds = Path(path), batch, flush_seconds
+    "A persistent reply cache: SQLite (WAL) at `path`, shared by processes; each reply is committed when stored, so a kill loses none."
+    def __init__(self, path: str | os.PathLike, sync_seconds: float = 1.0):
+        self.path, self.sync_seconds = Path(path), sync_seconds
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._pending: dict[str, str] = {}
-        self._last = time.monotonic()
         self.con = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
         self.con.execute('PRAGMA journal_mode=WAL')
-        self.con.execute('PRAGMA synchronous=NORMAL')
+        self.con.execute('PRAGMA synchronous=NORMAL')       # a commit survives a kill; a checkpoint syncs it to the disk
         self.con.execute('CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, value TEXT NOT NULL, created REAL)')
+        self._synced = time.monotonic()
 
     def get(self, key: str) -> dict | None:
-        with self._lock:
-            v = self._pending.get(key)
-            if v is None:
-                row = self.con.execute('SELECT value FROM replies WHERE key=?', (key,)).fetchone()
-                v = row and row[0]
-        return json.loads(v) if v else None
+        with self._lock: row = self.con.execute('SELECT value FROM replies WHERE key=?', (key,)).fetchone()
+        return json.loads(row[0]) if row else None
 
     def put(self, key: str, value: dict):
-        "Store `value`; written in one transaction with others every `batch` puts or `flush_seconds`, and on `flush`."
+        "Store `value` in its own commit (it survives a kill at once); fsync'd by a checkpoint at most every `sync_seconds`."
         with self._lock:
-            self._pending[key] = dumps(value)
-            if len(self._pending) >= self.batch or time.monotonic() - self._last >= self.flush_seconds: self._flush()
+            self.con.execute('INSERT OR REPLACE INTO replies VALUES (?, ?, ?)', (key, dumps(value), time.time()))
+            if time.monotonic() - self._synced >= self.sync_seconds: self._sync()
 
-    def _flush(self):
-        if self._pending:
-            now = time.time()
-            self.con.execute('BEGIN IMMEDIATE')
-            try: self.con.executemany('INSERT OR REPLACE INTO replies VALUES (?, ?, ?)', [(k, v, now) for k, v in self._pending.items()])
-            except BaseException: self.con.execute('ROLLBACK'); raise
-            self.con.execute('COMMIT')
-            self._pending.clear()
-        self._last = time.monotonic()
+    def _sync(self):
+        self.con.execute('PRAGMA wal_checkpoint(PASSIVE)')   # syncs the WAL, copies it into the database, syncs that
+        self._synced = time.monotonic()
 
     def flush(self):
-        with self._lock: self._flush()
+        "Sync what is committed to the disk (the end of a run)."
+        with self._lock: self._sync()
 
     def __len__(self) -> int:
-        with self._lock:
-            self._flush()
-            return self.con.execute('SELECT COUNT(*) FROM replies').fetchone()[0]
+        with self._lock: return self.con.execute('SELECT COUNT(*) FROM replies').fetchone()[0]
 
     def clear(self):
-        with self._lock: self._pending.clear(); self.con.execute('DELETE FROM replies')
+        with self._lock: self.con.execute('DELETE FROM replies')
 
     def close(self):
-        with self._lock: self._flush(); self.con.close()
+        with self._lock: self._sync(); self.con.close()
 
     def __repr__(self): return f'Cache({self.path}, {len(self)} replies)'
 
