@@ -136,7 +136,8 @@ def test_every_llm_verb_spells_the_shared_options_the_same():
         for p in path.split(): c = c.commands[p]
         return c
     want = None
-    for verb in ["self-instruct", "evol", "generate", "qa", "taskdata classify", "augment", "filter", "topk", "retrieval-scores"]:
+    for verb in ["self-instruct", "evol", "generate", "qa", "taskdata classify", "augment", "filter", "topk", "retrieval-scores",
+                 "grpo train"]:
         opts = {p.name: (tuple(p.opts), p.help) for p in cmd(verb).params if p.name in LLM_OPTIONS}
         assert set(opts) == set(LLM_OPTIONS), (verb, set(LLM_OPTIONS) - set(opts))
         want = want or opts
