@@ -142,3 +142,29 @@ def test_every_llm_verb_spells_the_shared_options_the_same():
         assert set(opts) == set(LLM_OPTIONS), (verb, set(LLM_OPTIONS) - set(opts))
         want = want or opts
         assert opts == want, verb
+
+
+def test_self_instruct_killed_resends_no_reply(tmp_path):
+    # the cache keeps every reply the moment it arrives: killed with SIGKILL 0.3 s after its 6th reply left the server,
+    # a rerun of the same self-instruct run (same seed: the same prompts) sends none of the prompts answered before
+    import signal, time
+    sc, answered = tsi.Scripted(), []
+    def reply(messages, params):
+        answered.append(messages[-1]["content"])
+        return sc.reply(messages[-1]["content"])
+    cmd = [EXE, "self-instruct", str(tmp_path / "si.jsonl"), "--num", "12", "--batch", "2", "--concurrency", "2"]
+    with FakeOpenAI(latency=0.5, api_key=KEY, responder=reply) as s:
+        p = subprocess.Popen(cmd + ["--base-url", s.url], env=env(tmp_path, key=KEY), cwd=tmp_path,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while len(answered) < 6 and p.poll() is None and time.monotonic() < deadline: time.sleep(0.01)
+        before = set(answered)
+        time.sleep(0.3)
+        os.kill(p.pid, signal.SIGKILL); p.wait()
+        assert p.returncode == -signal.SIGKILL and len(before) >= 6
+        s.reset()
+        r = subprocess.run(cmd + ["--base-url", s.url], env=env(tmp_path, key=KEY), cwd=tmp_path, capture_output=True,
+                           text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        again = [q[:60] for q in before if s.count(q)]
+        assert not again, f"{len(again)} of {len(before)} prompts answered before the kill were sent again"
