@@ -1448,16 +1448,16 @@ from typing import Optional
 from .cli import app, fail
 
 LLM_OPTIONS = {   # the options every verb that calls a model takes: name -> (type, typer.Option)
-    'model': (Optional[str], typer.Option(None, '--model', help="Model name [llm] model.")),
-    'base_url': (Optional[str], typer.Option(None, '--base-url', help="OpenAI-compatible endpoint [llm] base_url.")),
-    'api_key_env': (Optional[str], typer.Option(None, '--api-key-env', help="Environment variable holding the API key [llm] api_key_env.")),
-    'concurrency': (Optional[int], typer.Option(None, '--concurrency', help="Most requests in flight (the engine adapts below it) [llm] concurrency.")),
-    'rpm': (Optional[float], typer.Option(None, '--rpm', help="Requests per minute, 0 unlimited [llm] rpm.")),
-    'tpm': (Optional[float], typer.Option(None, '--tpm', help="Tokens per minute, 0 unlimited [llm] tpm.")),
-    'timeout': (Optional[float], typer.Option(None, '--timeout', help="Seconds per request [llm] timeout.")),
-    'max_retries': (Optional[int], typer.Option(None, '--max-retries', help="Retries of 429/5xx/timeouts [llm] max_retries.")),
-    'max_tokens': (Optional[int], typer.Option(None, '--max-tokens', help="Output tokens per reply [llm] max_tokens.")),
-    'cache_dir': (Optional[Path], typer.Option(None, '--cache-dir', help="Reply cache directory [cache] dir.")),
+    'model': (Optional[str], typer.Option(None, '--model', help="Model name (setting llm.model).")),
+    'base_url': (Optional[str], typer.Option(None, '--base-url', help="OpenAI-compatible endpoint (setting llm.base_url).")),
+    'api_key_env': (Optional[str], typer.Option(None, '--api-key-env', help="Environment variable holding the API key (setting llm.api_key_env).")),
+    'concurrency': (Optional[int], typer.Option(None, '--concurrency', help="Most requests in flight (the engine adapts below it) (setting llm.concurrency).")),
+    'rpm': (Optional[float], typer.Option(None, '--rpm', help="Requests per minute, 0 unlimited (setting llm.rpm).")),
+    'tpm': (Optional[float], typer.Option(None, '--tpm', help="Tokens per minute, 0 unlimited (setting llm.tpm).")),
+    'timeout': (Optional[float], typer.Option(None, '--timeout', help="Seconds per request (setting llm.timeout).")),
+    'max_retries': (Optional[int], typer.Option(None, '--max-retries', help="Retries of 429/5xx/timeouts (setting llm.max_retries).")),
+    'max_tokens': (Optional[int], typer.Option(None, '--max-tokens', help="Output tokens per reply (setting llm.max_tokens).")),
+    'cache_dir': (Optional[Path], typer.Option(None, '--cache-dir', help="Reply cache directory (setting cache.dir).")),
     'no_cache': (bool, typer.Option(False, '--no-cache', help="Neither read nor write the reply cache."))}
 
 def llm_report(engines, said: str = '') -> int:
