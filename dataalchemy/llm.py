@@ -1468,10 +1468,12 @@ def llm_report(engines, said: str = '') -> int:
     n = failed + sum(e.usage.requests + e.usage.cached for e in engines)
     stop = next((e.stop_reason for e in engines if e.stop_reason), None)
     first = stop or next(e.first_error for e in engines if e.first_error)
+    ns = sum(e.usage.not_sent for e in engines)
+    failed_of = f'{failed} of {n} LLM requests failed' + (f' ({ns} not sent)' if ns else '')
     if first and first in said: return 1
-    if stop: msg = f'error: {failed} of {n} LLM requests failed; the run stopped: {stop}'
+    if stop: msg = f'error: {failed_of}; the run stopped: {stop}'
     elif failed == n: msg = f'error: all {n} LLM requests failed; the first error: {first}'
-    else: msg = f'warning: {failed} of {n} LLM requests failed (their items are counted above, not written); the first error: {first}'
+    else: msg = f'warning: {failed_of} (their items are counted above, not written); the first error: {first}'
     typer.echo(msg, err=True)
     return 1 if stop or failed == n else 0
 
