@@ -1094,8 +1094,10 @@ def augment_dataset(records, target_size: int, method: str | None = None, seed: 
 # %% ../nbs/07_augment.ipynb #347616a4
 import typer
 from .cli import app, fail
+from .llm import llm_options
 
 @app.command('augment')
+@llm_options
 def augment_cmd(inp: Path = typer.Argument(..., help="Input records (jsonl, json, parquet, optionally .gz)."),
                 out: Path = typer.Argument(..., help="Where to write the grown dataset."),
                 method: str = typer.Option(None, '--method', '-m', help="auto | paraphrase | backtranslate | synonym | eda (default: method in the augment section of settings.ini)."),
@@ -1108,7 +1110,8 @@ def augment_cmd(inp: Path = typer.Argument(..., help="Input records (jsonl, json
                 zh_synonyms: str = typer.Option(None, help="lexicon or llm for Chinese synonym replacement."),
                 force: bool = typer.Option(None, '--force/--no-force', help="Also augment code and math tasks."),
                 rejected: Path = typer.Option(None, help="Write dropped candidates with their reason here (jsonl)."),
-                settings: str = typer.Option(None, help="A settings.ini to read instead of ./settings.ini.")):
+                settings: str = typer.Option(None, help="A settings.ini to read instead of ./settings.ini."),
+                llm: dict | None = None):
     "Grow a dataset to --target-size with back-translation, synonym replacement or EDA; duplicates are dropped."
     s = get_settings(settings)
     try:
@@ -1119,7 +1122,7 @@ def augment_cmd(inp: Path = typer.Argument(..., help="Input records (jsonl, json
     engine = None
     if o.uses_llm:
         from dataalchemy.llm import Engine
-        engine = Engine()
+        engine = Engine(settings=s, **llm)
     with Stats('augment', rejected=rejected) as st:
         try: recs = augment_dataset(read_records(inp), target_size, seed=seed, engine=engine, stats=st, opts=o)
         except ValueError as e: fail(e, 2)

@@ -67,7 +67,7 @@ def fail(e: Exception | str, code: int | None = None):
     if code is None:
         from dataalchemy.core import RecordError
         code = 2 if isinstance(e, (RecordError, *USER_ERRORS)) else 1
-    typer.echo(f"error: {e}", err=True)
+    typer.echo(f"error: {e}", err=True); fail.said = str(e)
     raise typer.Exit(code)
 
 # %% ../nbs/99_cli.ipynb #75c4c7fb

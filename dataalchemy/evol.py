@@ -263,9 +263,11 @@ def evolve(records, generate, stats: Stats | None = None, opts: EvolOptions | No
 
 # %% ../nbs/04_evol_instruct.ipynb #26edead7
 from .cli import app
+from .llm import llm_options
 import typer
 
 @app.command('evol')
+@llm_options
 def evol_cmd(inp: Path = typer.Argument(..., metavar='IN', help="Instruction records (need an 'instruction' field)."),
              out: Path = typer.Argument(..., metavar='OUT', help="Output Alpaca file."),
              rounds: int = typer.Option(None, help="Evolution rounds (default: the evol.rounds setting)."),
@@ -273,10 +275,9 @@ def evol_cmd(inp: Path = typer.Argument(..., metavar='IN', help="Instruction rec
              respond: bool = typer.Option(None, '--respond/--no-respond', help="Generate responses (rules 2 and 3)."),
              include_originals: bool = typer.Option(None, '--include-originals/--no-originals',
                                                     help="Also write the round-0 instructions."),
-             model: str = typer.Option(None, help="Model name (default: the llm.model setting)."),
-             base_url: str = typer.Option(None, '--base-url', help="OpenAI-compatible endpoint."),
              seed: int = typer.Option(None, help="Seed for choosing operations."),
-             rejected: Path = typer.Option(None, help="Write eliminated evolutions here (JSONL).")):
+             rejected: Path = typer.Option(None, help="Write eliminated evolutions here (JSONL)."),
+             llm: dict | None = None):
     "Evolve instructions with Evol-Instruct (WizardLM): in-depth and in-breadth rewrites, four elimination rules."
     from dataalchemy.self_instruct import _engine
     o = options(EvolOptions, 'evol', rounds=rounds, ops=ops, respond=respond, include_originals=include_originals,
@@ -284,6 +285,6 @@ def evol_cmd(inp: Path = typer.Argument(..., metavar='IN', help="Instruction rec
     try: parse_ops(o.ops)
     except ValueError as e: raise typer.BadParameter(str(e), param_hint='--ops') from None
     with Stats('evol-instruct', rejected=rejected) as st:
-        n = write_records(evolve(inp, _engine(model, base_url), stats=st, opts=o), out)
+        n = write_records(evolve(inp, _engine(**llm), stats=st, opts=o), out)
     typer.echo(st.table())
     typer.echo(f'wrote {n} records to {out}')

@@ -443,8 +443,10 @@ def run_filter(src, dst: str | os.PathLike, preset: str | None = None, rejected:
 # %% ../nbs/05_filters.ipynb #7439aaec
 import typer
 from .cli import app
+from .llm import llm_options
 
 @app.command('filter')
+@llm_options
 def filter_cmd(src: str = typer.Argument(..., help="Input records (jsonl/json/parquet, optionally .gz)."),
                dst: str = typer.Argument(..., help="Where the kept records go."),
                preset: str = typer.Option(None, help=f"Rule preset: {', '.join(PRESETS)} (default: the preset key of settings.ini, section filters)."),
@@ -454,10 +456,14 @@ def filter_cmd(src: str = typer.Argument(..., help="Input records (jsonl/json/pa
                checkpoint: str = typer.Option(None, help="detoxify checkpoint file (local path)."),
                pii: str = typer.Option('off', help="PII action: replace, mask, hash, drop or off."),
                lenient: bool = typer.Option(False, help="Skip bad input lines (written to --errors) instead of stopping."),
-               errors: str = typer.Option(None, help="With --lenient: where bad input lines go (default: DST's name + .errors.jsonl).")):
+               errors: str = typer.Option(None, help="With --lenient: where bad input lines go (default: DST's name + .errors.jsonl)."),
+               llm: dict | None = None):
     "Drop low-quality records (rules, optional toxicity and PII) and report why."
     if lenient and not errors:                                # nothing dropped without being written somewhere
         errors = str(Path(dst).with_name(Path(dst).name.split('.')[0] + '.errors.jsonl'))
+    if toxicity == 'llm':                                     # the judge takes the shared model options
+        from dataalchemy.toxicity import LLMJudge
+        toxicity = LLMJudge(**llm)
     rep = run_filter(src, dst, preset, rejected=rejected, report=report, toxicity=toxicity, pii=pii,
                      checkpoint=checkpoint, strict=not lenient, errors=errors)
     typer.echo(rep['table'])

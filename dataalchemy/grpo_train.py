@@ -387,11 +387,14 @@ def tiny_config(**overrides) -> TrainingConfig:
     return TrainingConfig(**{**base, **overrides})
 
 # %% ../nbs/11a_grpo_train.ipynb #5d82b0e8
+from .llm import llm_options
+
 grpo_app = Verbs(name='grpo', no_args_is_help=True, add_completion=False,
                        help="Train a competition-question generator (SFT, GRPO, distillation) and use it.")
 app.add_typer(grpo_app, name='grpo')
 
 @grpo_app.command('train')
+@llm_options
 def train_cmd(config: str = typer.Option(None, '--config', '-c', help="A TOML file of TrainingConfig fields."),
               stage: str = typer.Option('all', '--stage', help="1, 2, 3, a comma list, or all."),
               output: str = typer.Option(None, '--output', '-o', help="Checkpoint directory (default: output_dir)."),
@@ -400,7 +403,8 @@ def train_cmd(config: str = typer.Option(None, '--config', '-c', help="A TOML fi
               fallback_model: str = typer.Option(None, help="Model of the transformers path: tiny, a hub id or a dir."),
               group_size: int = typer.Option(None, help="GRPO group size (num_generations)."),
               learning_rate: float = typer.Option(None, help="Learning rate."),
-              no_resume: bool = typer.Option(False, '--no-resume', help="Start over instead of resuming from checkpoints.")):
+              no_resume: bool = typer.Option(False, '--no-resume', help="Start over instead of resuming from checkpoints."),
+              llm: dict | None = None):
     "Train the stages of the question generator; each saves checkpoints and resumes from them."
     try:
         stages = parse_stages(stage)
@@ -408,7 +412,8 @@ def train_cmd(config: str = typer.Option(None, '--config', '-c', help="A TOML fi
         cfg = load_config(config, **{**parse_overrides(set_), **{k: v for k, v in flags.items() if v is not None}})
         if output: cfg.output_dir = output
         typer.echo(choose_backend(cfg)[1])
-        res = run_stages(cfg, stages, cfg.output_dir, resume=not no_resume)
+        teacher = engine_teacher(**{'model': cfg.teacher_model or None, **llm}) if cfg.teacher == 'llm' and 3 in stages else None
+        res = run_stages(cfg, stages, cfg.output_dir, resume=not no_resume, teacher=teacher)
     except (ValueError, TypeError, FileNotFoundError, ImportError, RuntimeError) as e:
         fail(e, 2)
     for s, r in res.items():

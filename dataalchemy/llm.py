@@ -23,7 +23,8 @@ __all__ = ['log', 'PARAMS', 'OFFLINE_MODEL', 'TASKS', 'BUILTIN_TASKS', 'QA_SCHEM
            'extract_json', 'schema_errors', 'cache_key', 'Cache', 'RateLimiter', 'run_sync', 'load_pricing', 'price_of',
            'approx_tokens', 'TokenCounter', 'Estimate', 'LLMError', 'error_reason', 'redact', 'OfflineBackend',
            'embedding_problem', 'OpenAIBackend', 'OnePromptOnly', 'TransformersBackend', 'Usage', 'AdaptiveLimit',
-           'Engine', 'run_batch', 'parse_all', 'parse_json', 'llm_options', 'generate_cmd', 'estimate_cmd']
+           'Engine', 'run_batch', 'parse_all', 'parse_json', 'llm_report', 'llm_options', 'generate_cmd',
+           'estimate_cmd']
 
 # %% ../nbs/02_llm.ipynb #eb9b3979
 PARAMS = ('temperature', 'top_p', 'max_tokens', 'n', 'seed', 'response_format', 'presence_penalty', 'frequency_penalty',
@@ -237,55 +238,43 @@ def cache_key(endpoint: str, model: str, payload: Any) -> str:
     return hashlib.sha256(s.encode('utf-8', 'surrogatepass')).hexdigest()
 
 class Cache:
-    "A persistent reply cache: SQLite (WAL) at `path`, safe for concurrent processes and kills; writes batched per `flush_seconds`."
-    def __init__(self, path: str | os.PathLike, batch: int = 64, flush_seconds: float = 0.25):
-        self.path, self.batch, self.flush_seconds = Path(path), batch, flush_seconds
+    "A persistent reply cache: SQLite (WAL) at `path`, shared by processes; each reply is committed when stored, so a kill loses none."
+    def __init__(self, path: str | os.PathLike, sync_seconds: float = 1.0):
+        self.path, self.sync_seconds = Path(path), sync_seconds
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._pending: dict[str, str] = {}
-        self._last = time.monotonic()
         self.con = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
         self.con.execute('PRAGMA journal_mode=WAL')
-        self.con.execute('PRAGMA synchronous=NORMAL')
+        self.con.execute('PRAGMA synchronous=NORMAL')       # a commit survives a kill; a checkpoint syncs it to the disk
         self.con.execute('CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, value TEXT NOT NULL, created REAL)')
+        self._synced = time.monotonic()
 
     def get(self, key: str) -> dict | None:
-        with self._lock:
-            v = self._pending.get(key)
-            if v is None:
-                row = self.con.execute('SELECT value FROM replies WHERE key=?', (key,)).fetchone()
-                v = row and row[0]
-        return json.loads(v) if v else None
+        with self._lock: row = self.con.execute('SELECT value FROM replies WHERE key=?', (key,)).fetchone()
+        return json.loads(row[0]) if row else None
 
     def put(self, key: str, value: dict):
-        "Store `value`; written in one transaction with others every `batch` puts or `flush_seconds`, and on `flush`."
+        "Store `value` in its own commit (it survives a kill at once); fsync'd by a checkpoint at most every `sync_seconds`."
         with self._lock:
-            self._pending[key] = dumps(value)
-            if len(self._pending) >= self.batch or time.monotonic() - self._last >= self.flush_seconds: self._flush()
+            self.con.execute('INSERT OR REPLACE INTO replies VALUES (?, ?, ?)', (key, dumps(value), time.time()))
+            if time.monotonic() - self._synced >= self.sync_seconds: self._sync()
 
-    def _flush(self):
-        if self._pending:
-            now = time.time()
-            self.con.execute('BEGIN IMMEDIATE')
-            try: self.con.executemany('INSERT OR REPLACE INTO replies VALUES (?, ?, ?)', [(k, v, now) for k, v in self._pending.items()])
-            except BaseException: self.con.execute('ROLLBACK'); raise
-            self.con.execute('COMMIT')
-            self._pending.clear()
-        self._last = time.monotonic()
+    def _sync(self):
+        self.con.execute('PRAGMA wal_checkpoint(PASSIVE)')   # syncs the WAL, copies it into the database, syncs that
+        self._synced = time.monotonic()
 
     def flush(self):
-        with self._lock: self._flush()
+        "Sync what is committed to the disk (the end of a run)."
+        with self._lock: self._sync()
 
     def __len__(self) -> int:
-        with self._lock:
-            self._flush()
-            return self.con.execute('SELECT COUNT(*) FROM replies').fetchone()[0]
+        with self._lock: return self.con.execute('SELECT COUNT(*) FROM replies').fetchone()[0]
 
     def clear(self):
-        with self._lock: self._pending.clear(); self.con.execute('DELETE FROM replies')
+        with self._lock: self.con.execute('DELETE FROM replies')
 
     def close(self):
-        with self._lock: self._flush(); self.con.close()
+        with self._lock: self._sync(); self.con.close()
 
     def __repr__(self): return f'Cache({self.path}, {len(self)} replies)'
 
@@ -481,12 +470,13 @@ def error_reason(body, text: str | None = None) -> str:
     return text[:500] if text else '(empty response body)'
 
 _re_keylike = re.compile(r'\b(sk-[A-Za-z0-9_\-]{2})[A-Za-z0-9_\-]{6,}')
+_re_url_password = re.compile(r'(\b[a-z][a-z0-9+.\-]*://[^/\s:@]*:)[^@\s/]+@', re.I)
 
 def redact(text: str, secret: str | None = None) -> str:
-    "`text` with `secret` and anything shaped like an `sk-...` key replaced by `***`."
+    "`text` with `secret`, anything shaped like an `sk-...` key and the password of a `scheme://user:password@` URL replaced by `***`."
     if text is None: return text
     if secret and len(secret) >= 4: text = text.replace(secret, '***')
-    return _re_keylike.sub(r'\1***', text)
+    return _re_url_password.sub(r'\1***@', _re_keylike.sub(r'\1***', text))
 
 def _retry_after(headers) -> float | None:
     if headers is None: return None
@@ -886,20 +876,24 @@ class _OutFile:
     def close(self): self.f.close()
 
 # %% ../nbs/02_llm.ipynb #276c22c7
+import weakref
+_ENGINES = weakref.WeakSet()   # every engine alive, for a verb to report the failures of those it made (`llm_report`)
+
 class Engine:
     "Concurrent, rate-limited, retrying, cached and resumable LLM calls through one of the `openai`, `transformers` or `offline` backends."
+    log_stops = True               # log a run's stop when it happens (a verb turns this off and reports it once at the end)
     def __init__(self, backend: str | None = None, model=None, base_url: str | None = None, api_key: str | None = None,
                  concurrency: int | None = None, rpm: float | None = None, tpm: float | None = None,
                  timeout: float | None = None, max_retries: int | None = None, cache_dir: str | os.PathLike | None = None,
                  use_cache: bool = True, progress: bool = True, pricing: dict | None = None, tokenizer=None,
                  temperature: float | None = None, max_tokens: int | None = None, backoff: float | None = None,
                  embed_model: str | None = None, adaptive: bool | None = None, retry_budget: int | None = None,
-                 settings: Settings | None = None):
+                 api_key_env: str | None = None, settings: Settings | None = None):
         s = settings or get_settings()
         g = lambda k, v=None, d=None: s.get('llm', k, d, v)
         self.base_url = g('base_url', base_url)
-        self._api_key = s.api_key(api_key)
-        self.api_key_env = g('api_key_env', None, 'OPENAI_API_KEY')
+        self.api_key_env = g('api_key_env', api_key_env, 'OPENAI_API_KEY')
+        self._api_key = api_key or s.env.get(self.api_key_env) or None
         kind = str(g('backend', backend, 'auto')).lower()
         if kind == 'auto': kind = 'openai' if (self.base_url or self._api_key) else 'offline'
         if kind not in ('openai', 'transformers', 'offline'):
@@ -913,6 +907,7 @@ class Engine:
         self.retry_budget = max(0, int(g('retry_budget', retry_budget, 20)))
         self.limit = AdaptiveLimit(self.concurrency, self.timeout, self.adaptive)
         self.stopped: str | None = None
+        self.fatal = self.stop_reason = self.first_error = None   # a wrong key/model/URL; the first stop; the first failure
         self.temperature, self.max_tokens = g('temperature', temperature), g('max_tokens', max_tokens)
         self.embed_model = str(g('embed_model', embed_model, 'text-embedding-3-small'))
         self.use_cache, self.progress = use_cache, progress
@@ -930,6 +925,7 @@ class Engine:
         self._cache: Cache | None = None
         self._inflight: dict[str, asyncio.Future] = {}
         self._one_prompt, self._embed_dims = False, {}
+        _ENGINES.add(self)
 
     # -- helpers -------------------------------------------------------------------------------------------------
     @property
@@ -956,13 +952,13 @@ class Engine:
         "Fresh per-run state: limiters, the in-flight gate, the retry budget (spent per retry, refilled 0.1 per reply)."
         self._rpm, self._tpm = RateLimiter(self.rpm), RateLimiter(self.tpm)
         self.limit.open()
-        self.stopped, self._budget, self._run_ok, self._run_retries, self._gave_up = None, float(self.retry_budget), 0, 0, 0
+        self.stopped, self._budget, self._run_ok, self._run_retries, self._gave_up = self.fatal, float(self.retry_budget), 0, 0, 0
 
     def _stop(self, why: str, quiet: bool = False):
         "End the run: requests not yet sent are not sent (their results say why); logged once unless `quiet`."
         if self.stopped is None:
-            self.stopped = why
-            if not quiet: log.error('stopping the run: %s', why)
+            self.stopped = why = self.redact(why); self.stop_reason = self.stop_reason or why
+            if not quiet and self.log_stops: log.error('stopping the run: %s', why)
 
     async def _call(self, fn: Callable, est_tokens: float = 0) -> tuple[Any, int, str | None]:
         "Run `await fn()` with limits, the adaptive in-flight limit, a client-side deadline and retries: (value, attempts, error)."
@@ -996,7 +992,7 @@ class Engine:
                 await self.limit.release(t0, outcome, work, outcome == 'overload' and str(err).startswith('timed out'))
             msg = self.redact(str(err))
             if not err.retryable:
-                if err.status in (401, 403, 404): self._stop(msg)        # a wrong key, model or URL: no request can succeed
+                if err.status in (401, 403, 404): self._stop(msg); self.fatal = self.stopped   # a wrong key, model or URL: no request can succeed
                 return None, attempts, msg
             if attempts > self.max_retries:
                 self._gave_up += 1
@@ -1069,7 +1065,7 @@ class Engine:
             if key:
                 self.cache.put(key, value)
                 if (f := self._inflight.get(key)) is not None and not f.done(): f.set_result(value)
-        else: self.usage.failed += 1
+        else: self.usage.failed += 1; self.first_error = self.first_error or res.error
         res.latency = time.perf_counter() - t0
         return res
 
@@ -1159,7 +1155,7 @@ class Engine:
                 for i in batch: await run([i])
                 return
             if err:
-                errors.append(err)
+                errors.append(err); self.usage.failed += len(batch); self.first_error = self.first_error or err
                 if not err.endswith(('attempts)', 'stopped)')): self._stop(f'{what} failed: {err}', quiet=True)
                 return
             vs, u = val
@@ -1331,21 +1327,56 @@ from typing import Optional
 from .cli import app, fail
 
 LLM_OPTIONS = {   # the options every verb that calls a model takes: name -> (type, typer.Option)
-    'model': (Optional[str], typer.Option(None, '--model', help="Model name [llm] model.")),
-    'base_url': (Optional[str], typer.Option(None, '--base-url', help="OpenAI-compatible endpoint [llm] base_url.")),
-    'concurrency': (Optional[int], typer.Option(None, '--concurrency', help="Most requests in flight (the engine adapts below it) [llm] concurrency.")),
-    'timeout': (Optional[float], typer.Option(None, '--timeout', help="Seconds per request [llm] timeout.")),
-    'max_tokens': (Optional[int], typer.Option(None, '--max-tokens', help="Output tokens per reply [llm] max_tokens."))}
+    'model': (Optional[str], typer.Option(None, '--model', help="Model name (setting llm.model).")),
+    'base_url': (Optional[str], typer.Option(None, '--base-url', help="OpenAI-compatible endpoint (setting llm.base_url).")),
+    'api_key_env': (Optional[str], typer.Option(None, '--api-key-env', help="Environment variable holding the API key (setting llm.api_key_env).")),
+    'concurrency': (Optional[int], typer.Option(None, '--concurrency', help="Most requests in flight (the engine adapts below it) (setting llm.concurrency).")),
+    'rpm': (Optional[float], typer.Option(None, '--rpm', help="Requests per minute, 0 unlimited (setting llm.rpm).")),
+    'tpm': (Optional[float], typer.Option(None, '--tpm', help="Tokens per minute, 0 unlimited (setting llm.tpm).")),
+    'timeout': (Optional[float], typer.Option(None, '--timeout', help="Seconds per request (setting llm.timeout).")),
+    'max_retries': (Optional[int], typer.Option(None, '--max-retries', help="Retries of 429/5xx/timeouts (setting llm.max_retries).")),
+    'max_tokens': (Optional[int], typer.Option(None, '--max-tokens', help="Output tokens per reply (setting llm.max_tokens).")),
+    'cache_dir': (Optional[Path], typer.Option(None, '--cache-dir', help="Reply cache directory (setting cache.dir).")),
+    'no_cache': (bool, typer.Option(False, '--no-cache', help="Neither read nor write the reply cache."))}
+
+def llm_report(engines, said: str = '') -> int:
+    "Say on stderr, once, how many of `engines`' requests failed and the first error (redacted); 1 if none succeeded or a run stopped, else 0."
+    engines = list(engines)
+    failed = sum(e.usage.failed for e in engines)
+    if not failed: return 0
+    n = failed + sum(e.usage.requests + e.usage.cached for e in engines)
+    stop = next((e.stop_reason for e in engines if e.stop_reason), None)
+    first = stop or next(e.first_error for e in engines if e.first_error)
+    ns = sum(e.usage.not_sent for e in engines)
+    failed_of = f'{failed} of {n} LLM requests failed' + (f' ({ns} not sent)' if ns else '')
+    if first and first in said: return 1
+    if stop: msg = f'error: {failed_of}; the run stopped: {stop}'
+    elif failed == n: msg = f'error: all {n} LLM requests failed; the first error: {first}'
+    else: msg = f'warning: {failed_of} (their items are counted above, not written); the first error: {first}'
+    typer.echo(msg, err=True)
+    return 1 if stop or failed == n else 0
 
 def llm_options(fn):
-    "Give a verb the shared model options (`LLM_OPTIONS`); it gets the ones set as `llm`, a dict for `Engine(**llm)`."
+    "Give a verb the shared model options (`LLM_OPTIONS`) as `llm`, a dict for `Engine(**llm)`; after it, report failed requests (`llm_report`): exit 1 when none succeeded."
     sig = inspect.signature(fn)
     if 'llm' not in sig.parameters: raise TypeError(f"{fn.__name__} needs a parameter `llm` to receive the model options")
     if (clash := set(LLM_OPTIONS) & set(sig.parameters)): raise TypeError(f"{fn.__name__} declares {sorted(clash)} itself")
     @functools.wraps(fn)
     def verb(*args, **kw):
         llm = {k: v for k in LLM_OPTIONS if (v := kw.pop(k, None)) is not None}
-        return fn(*args, llm=llm, **kw)
+        if llm.pop('no_cache', False): llm['use_cache'] = False
+        before, code, said, fail.said = set(_ENGINES), 0, '', ''
+        Engine.log_stops = False                              # a stop is said once, by llm_report
+        result = None
+        try: result = fn(*args, llm=llm, **kw)
+        except typer.Exit as e: code = e.exit_code
+        except Exception as e:                                # what a failed run raised (embedding failed, ...)
+            if not any(x.usage.failed for x in _ENGINES if x not in before): raise
+            said = str(e); typer.echo(f'error: {said}', err=True); code = 1
+        finally: Engine.log_stops = True
+        code = llm_report([x for x in _ENGINES if x not in before], said or fail.said) or code
+        if code: raise typer.Exit(code)
+        return result
     params = [p for p in sig.parameters.values() if p.name != 'llm']
     params += [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=t) for k, (t, opt) in LLM_OPTIONS.items()]
     verb.__signature__ = sig.replace(parameters=params)
@@ -1360,11 +1391,6 @@ def _load_requests(path) -> list[Request]:
 def generate_cmd(inp: Path = typer.Argument(..., help="JSONL of requests: `messages` or `prompt`, optional `id` and parameters."),
                  out: Path = typer.Argument(..., help="JSONL of results (appended to; rerun to resume)."),
                  backend: str = typer.Option(None, help="openai, transformers, offline or auto."),
-                 rpm: float = typer.Option(None, help="Requests per minute (0: unlimited)."),
-                 tpm: float = typer.Option(None, help="Tokens per minute (0: unlimited)."),
-                 max_retries: int = typer.Option(None, '--max-retries', help="Retries of 429/5xx/timeouts."),
-                 cache_dir: Path = typer.Option(None, '--cache-dir', help="Reply cache directory [cache] dir."),
-                 no_cache: bool = typer.Option(False, '--no-cache', help="Neither read nor write the cache."),
                  temperature: float = typer.Option(None, help="Default temperature for requests that set none."),
                  progress: bool = typer.Option(True, '--progress/--no-progress', help="Show a progress bar."),
                  llm: dict | None = None):
@@ -1372,18 +1398,14 @@ def generate_cmd(inp: Path = typer.Argument(..., help="JSONL of requests: `messa
     try: reqs = _load_requests(inp)
     except (RecordError, FileNotFoundError) as e:
         fail(e, 2)
-    eng = Engine(backend=backend, rpm=rpm, tpm=tpm, max_retries=max_retries, cache_dir=cache_dir, use_cache=not no_cache,
-                 temperature=temperature, progress=progress, **llm)
+    eng = Engine(backend=backend, temperature=temperature, progress=progress, **llm)
     res = eng.generate(reqs, out=out)
     n_bad = sum(not r.ok for r in res)
     c = eng.cost()
     typer.echo(f'{len(res) - n_bad} ok, {n_bad} failed, {sum(r.cached for r in res)} from cache or earlier runs; '
                f'{eng.usage.total_tokens:,} tokens sent/received, cost {"n/a" if c is None else f"${c:.4f}"} '
                f'[{eng.backend.name}:{eng.backend.model}] -> {out}', err=True)
-    if n_bad:
-        first = next(r for r in res if not r.ok)
-        typer.echo(f'stopped: {eng.stopped}' if eng.stopped else f'first error ({first.id}): {first.error}', err=True)
-        raise typer.Exit(1)
+    if n_bad: raise typer.Exit(1)                              # the first error is said by llm_options
 
 @app.command('estimate')
 def estimate_cmd(inp: Path = typer.Argument(..., help="JSONL of requests, as for `generate`."),

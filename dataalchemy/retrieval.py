@@ -153,7 +153,8 @@ class HFScorer:
 class CompletionsScorer:
     "Sum of log P(continuation | prefix) from an OpenAI-compatible /v1/completions endpoint (echo + logprobs, as vLLM), through the LLM engine."
     def __init__(self, model: str | None = None, base_url: str | None = None, api_key: str | None = None,
-                 batch_size: int = 8, timeout: float | None = None, settings: Settings | None = None, engine=None):
+                 batch_size: int = 8, timeout: float | None = None, settings: Settings | None = None, engine=None,
+                 **engine_kw):
         s = settings or get_settings()
         self.base_url = base_url or s.get('llm', 'base_url')
         if engine is None and not self.base_url:
@@ -161,7 +162,7 @@ class CompletionsScorer:
                              "that serves /v1/completions with echo and logprobs (e.g. vLLM)")
         from dataalchemy.llm import Engine               # retries, rate limits, concurrency and the cache come from here
         self.engine = engine or Engine(backend='openai', model=model, base_url=self.base_url, api_key=api_key,
-                                       timeout=timeout, progress=False, settings=s)
+                                       timeout=timeout, progress=False, settings=s, **engine_kw)
         self.name, self.batch_size, self.backend = self.engine.backend.model, batch_size, 'openai-completions'
 
     def loglik(self, pairs: Sequence[tuple[str, str]], tokens: bool = False) -> list:
@@ -409,7 +410,10 @@ def tokenize_cross_encoder(triples: Iterable[dict], tokenizer, out: str | os.Pat
     return ds
 
 # %% ../nbs/09b_retrieval.ipynb #977e18e8
+from .llm import llm_options
+
 @app.command('retrieval-scores')
+@llm_options
 def retrieval_scores_cmd(queries: Path = typer.Argument(..., help="Queries with answers (query/question + answer/answers/golden_answers)."),
                          corpus: Path = typer.Argument(..., help="Corpus records (text/contents/content, id)."),
                          out: Path = typer.Argument(..., help="Output JSONL: {query, pos, scores, meta}."),
@@ -417,12 +421,12 @@ def retrieval_scores_cmd(queries: Path = typer.Argument(..., help="Queries with 
                          retriever: str = typer.Option(None, help="bm25 or embed."),
                          embedder: str = typer.Option(None, help="For --retriever embed: local or engine."),
                          lm_backend: str = typer.Option(None, '--lm-backend', help="openai (/v1/completions, echo+logprobs) or hf."),
-                         lm: str = typer.Option(None, '--lm', help="Scoring model: a name (openai) or local path (hf)."),
-                         base_url: str = typer.Option(None, '--base-url', help="Completions endpoint [llm] base_url."),
+                         lm: str = typer.Option(None, '--lm', help="Scoring model: a name (openai, or --model) or local path (hf)."),
                          score: str = typer.Option(None, help="Document score: mean_prob (the seed's), seq_logprob (REPLUG) or mean_logprob."),
                          temperature: float = typer.Option(None, help="Softmax temperature."),
                          batch_size: int = typer.Option(None, '--batch-size', help="Prompts per LM batch."),
-                         rejected: Path = typer.Option(None, help="Write dropped queries with their reason here.")):
+                         rejected: Path = typer.Option(None, help="Write dropped queries with their reason here."),
+                         llm: dict | None = None):
     "REPLUG-style retriever training data: retrieve top-n, score P(answer | doc, query) per token, softmax."
     try:
         o = retrieval_options(top_n=top_n, retriever=retriever, embedder=embedder, lm_backend=lm_backend, lm=lm,
@@ -430,12 +434,13 @@ def retrieval_scores_cmd(queries: Path = typer.Argument(..., help="Queries with 
         if o.lm_backend == 'hf':
             if not o.lm: raise ValueError("--lm-backend hf needs --lm PATH (a local causal LM)")
             scorer = HFScorer(o.lm, batch_size=o.batch_size)
-        else: scorer = CompletionsScorer(o.lm, base_url, batch_size=o.batch_size)
+        else: scorer = CompletionsScorer(llm.pop('model', None) or o.lm, llm.pop('base_url', None), batch_size=o.batch_size, **llm)
         with Stats('retrieval', rejected=rejected) as st:
             recs = retrieval_scores(read_records(queries), read_records(corpus), scorer, o, stats=st, source=str(queries))
             write_records(recs, out)
-    except (RecordError, FileNotFoundError, ValueError, ImportError, RuntimeError) as e:
+    except (RecordError, FileNotFoundError, ValueError, ImportError) as e:
         fail(e, 2)
+    except RuntimeError as e: fail(e, 1)                     # the scoring run failed
     typer.echo(st.table())
 
 @app.command('cross-encoder')

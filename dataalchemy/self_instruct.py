@@ -617,32 +617,33 @@ def self_instruct(generate, num: int, seeds=None, machine: list[dict] | None = N
 
 # %% ../nbs/03_self_instruct.ipynb #0def5e50
 from .cli import app, fail
+from .llm import llm_options
 import typer
 
-def _engine(model: str | None = None, base_url: str | None = None):
-    "The library's LLM engine (imported here, not at module import): `[llm]` settings, overridden by `model`/`base_url`."
+def _engine(**llm):
+    "The library's LLM engine (imported here, not at module import): `[llm]` settings, overridden by the verb's `llm` options."
     from dataalchemy.llm import Engine
-    return Engine(model=model, base_url=base_url)
+    return Engine(**llm)
 
 @app.command('self-instruct')
+@llm_options
 def self_instruct_cmd(out: Path = typer.Argument(..., metavar='OUT', help="Output Alpaca file (.jsonl, .json, .parquet)."),
                       num: int = typer.Option(100, '--num', '-n', help="Machine-generated instructions to produce."),
                       seeds: Path = typer.Option(None, help="Seed tasks (JSONL); default: the packaged pool."),
-                      model: str = typer.Option(None, help="Model name (default: the llm.model setting)."),
-                      base_url: str = typer.Option(None, '--base-url', help="OpenAI-compatible endpoint."),
                       preset: str = typer.Option(None, help="self-instruct-2022 (the paper's code, default) or alpaca-2023."),
                       lang: str = typer.Option(None, help="mixed, en or zh."),
                       batch: int = typer.Option(None, '--batch', help="Prompts per round."),
                       seed: int = typer.Option(None, help="Sampling seed."),
                       classification_only: bool = typer.Option(None, '--classification-only/--all-tasks',
                                                                help="Generate classification tasks only (the paper's classification prompt)."),
-                      rejected: Path = typer.Option(None, help="Write dropped instructions/instances here (JSONL).")):
+                      rejected: Path = typer.Option(None, help="Write dropped instructions/instances here (JSONL)."),
+                      llm: dict | None = None):
     "Generate instruction data with Self-Instruct (Wang et al., 2022) from a seed pool."
     if lang is not None and lang not in ('mixed', 'en', 'zh'): raise typer.BadParameter("use mixed, en or zh", param_hint='--lang')
     try: o = options(SelfInstructOptions, 'self_instruct', preset=preset, lang=lang, request_batch_size=batch, seed=seed,
                      classification_only=classification_only)
     except ValueError as e: fail(e, 2)
-    res = self_instruct(_engine(model, base_url), num, seeds=seeds, rejected=rejected, opts=o)
+    res = self_instruct(_engine(**llm), num, seeds=seeds, rejected=rejected, opts=o)
     n = write_records(res.records, out)
     typer.echo(res.table())
     typer.echo(f'wrote {n} records ({len(res.tasks)} instructions) to {out}')

@@ -20,7 +20,7 @@ from .core import (RecordError, RecordWriter, Stats, cjk_ratio, has_cjk, normali
                               stable_id, text_len)
 from .config import options
 from .cli import app, Verbs, fail
-from .llm import json_values, run_batch, schema_errors
+from .llm import json_values, llm_options, run_batch, schema_errors
 
 # %% auto #0
 __all__ = ['TIER_HINTS', 'LANG_NAMES', 'LABEL_ALIASES', 'SANDBOX_STATUSES', 'ISOLATIONS', 'BOX', 'WORK', 'MATH_FUNCS',
@@ -960,6 +960,7 @@ taskdata_app = Verbs(name='taskdata', no_args_is_help=True, add_completion=False
 app.add_typer(taskdata_app, name='taskdata')
 
 @taskdata_app.command('classify')
+@llm_options
 def classify_cmd(dst: Path = typer.Argument(..., help="Output file for the records (jsonl/json/parquet)."),
                  n: int = typer.Option(None, help="Records wanted (spread equally over labels)."),
                  labels: str = typer.Option(None, help="Comma-separated labels."),
@@ -969,12 +970,12 @@ def classify_cmd(dst: Path = typer.Argument(..., help="Output file for the recor
                  per_request: int = typer.Option(None, help="Examples asked for per request."),
                  sft: bool = typer.Option(False, '--sft', help="Write Alpaca instruction samples instead of raw records."),
                  rejected: Path = typer.Option(None, help="Write dropped items with their reason here."),
-                 model: str = typer.Option(None, help="Model name (default: [llm] model).")):
+                 llm: dict | None = None):
     "Generate balanced, schema-checked sentiment classification data with the configured LLM engine."
     try:
         from dataalchemy.llm import Engine
         o = classify_options(n=n, labels=labels, domains=domains, tiers=tiers, langs=langs, per_request=per_request)
-        with Engine(model=model) as eng, Stats('taskdata.classification', rejected=rejected) as st:
+        with Engine(**llm) as eng, Stats('taskdata.classification', rejected=rejected) as st:
             recs = generate_classification(eng, o, st)
             with RecordWriter(dst) as w: w.write_all(to_sft(r) if sft else r for r in recs)
     except (RecordError, ValueError, ImportError, TypeError) as e: fail(e)

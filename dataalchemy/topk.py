@@ -227,7 +227,10 @@ def topk_file(src, dst: str | os.PathLike, opts: TopkOpts | None = None, corpus=
     rep.update(k=o.k, written=len(recs), flag=f'--generation_top_k {o.k}')
     return st, rep
 
+from .llm import llm_options
+
 @app.command('topk')
+@llm_options
 def topk_cmd(src: Path = typer.Argument(..., help="QA records (dataalchemy qa output, or question/answer/context)."),
              dst: Path = typer.Argument(..., help="Output: CLaRa end-to-end records (question, docs, gold_answer, answer, pos_index)."),
              k: int = typer.Option(None, '--k', help="Documents per record (= --generation_top_k)."),
@@ -239,17 +242,18 @@ def topk_cmd(src: Path = typer.Argument(..., help="QA records (dataalchemy qa ou
              same_doc: bool = typer.Option(None, '--same-doc/--other-docs', help="Allow hard negatives from the positive's document."),
              instruct_out: Path = typer.Option(None, '--instruct-out', help="Also write the instruction-tuning file here."),
              rejected: Path = typer.Option(None, help="Write skipped questions with their reason here."),
-             base_url: str = typer.Option(None, '--base-url', help="Endpoint for --embedder engine [llm] base_url.")):
+             llm: dict | None = None):
     "QA pairs -> exactly-k-document records for CLaRa (generation_top_k > 1)."
     try:
         o = topk_options(k=k, negatives=negatives, embedder=embedder, seed=seed, guard=guard, same_doc=same_doc)
         eng = None
         if o.embedder == 'engine' and o.negatives != 'random':
             from dataalchemy.llm import Engine
-            eng = Engine(base_url=base_url, progress=False)
+            eng = Engine(progress=False, **llm)
         st, rep = topk_file(src, dst, o, corpus=chunks, instruct_out=instruct_out, engine=eng, rejected=rejected)
-    except (RecordError, FileNotFoundError, ValueError, ImportError, RuntimeError) as e:
+    except (RecordError, FileNotFoundError, ValueError, ImportError) as e:
         fail(e, 2)
+    except RuntimeError as e: fail(e, 1)                     # the embedding run failed
     typer.echo(st.table())
     typer.echo(rep['text'])
     if rep['written'] == 0: fail(f"no record written: k={o.k} is too large for this corpus")

@@ -339,3 +339,37 @@ def test_batching_server_with_slow_replies_gets_full_concurrency(tmp_path):
         t0 = time.monotonic(); res = e.generate([f"q{i}" for i in range(80)]); dt = time.monotonic() - t0
         assert all(r.ok for r in res) and e.limit.peak == 16 and s.stats()["max_in_flight"] == 16
         assert dt < 80 / 16 * 0.3 + 6 * 0.3 + 1, dt                # about 5 rounds of slow start, then 16 at a time
+
+
+# -- every reply durable in the cache the moment it arrives (issue 18) -----------------------------------------------
+
+def test_kill_resends_nothing(tmp_path):
+    # replies come in pairs (2 in flight, 0.5 s each); the run is killed with SIGKILL 0.3 s after the 6th reply left the
+    # server. A rerun writing a fresh output file can only skip a request through the cache: none answered before the
+    # kill may be sent again. (With commits batched per 0.25 s and written when a later reply came, the second reply of
+    # the last pair was lost.)
+    from dataalchemy.testing import echo_responder
+    answered, n = [], 20
+    def responder(messages, params):
+        answered.append(messages[-1]["content"])
+        return echo_responder(messages, params)
+    inp = write_inputs(tmp_path / "in.jsonl", n)
+    cmd = [EXE, "generate", str(inp), "--model", "fake-model", "--concurrency", "2", "--no-progress",
+           "--cache-dir", str(tmp_path / "cache")]
+    with FakeOpenAI(latency=0.5, api_key=KEY, responder=responder) as s:
+        p = subprocess.Popen(cmd[:3] + [str(tmp_path / "out1.jsonl")] + cmd[3:] + ["--base-url", s.url], env=cli_env(),
+                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while len(answered) < 6 and p.poll() is None and time.monotonic() < deadline: time.sleep(0.01)
+        before = set(answered)
+        time.sleep(0.3)
+        os.kill(p.pid, signal.SIGKILL); p.wait()
+        assert p.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+        assert 6 <= len(before) < n
+        s.reset()
+        r = subprocess.run(cmd[:3] + [str(tmp_path / "out2.jsonl")] + cmd[3:] + ["--base-url", s.url], env=cli_env(),
+                           cwd=tmp_path, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        again = {q for q in before if s.count(q)}
+        assert not again, f"{len(again)} of {len(before)} replies received before the kill were requested again: {sorted(again)}"
+        assert len(read_out(tmp_path / "out2.jsonl")) == n and s.n_requests <= n - len(before)
