@@ -35,9 +35,9 @@ class DedupOptions:
     fields: str = 'instruction,input,output'   # the fields whose text is compared (comma separated)
     threshold: float = 0.8      # Jaccard similarity above which two records are near-duplicates
     num_perm: int = 128         # MinHash permutations (signature length)
-    ngram: int = 5              # word n-gram size for space-delimited text
+    ngram: int = 5              # word n-gram size for space-delimited text (one size for the whole corpus)
     cjk_ngram: int = 3          # character n-gram size for CJK runs
-    adaptive: bool = True       # shorter shingles for short texts (n <= tokens // 5)
+    adaptive: bool = False      # n <= tokens // 5 per text (short texts get shorter shingles; pairs across a step are missed)
     seed: int = 1               # seed of the permutations (same seed, same signatures)
     engine: str = 'local'       # local | ray
     exact_only: bool = False    # only exact (normalised) duplicates
@@ -110,7 +110,7 @@ def _ngram_sizes(n_tokens, ngram: int, cjk_ngram: int, adaptive: bool):
     cap = np.maximum(np.asarray(n_tokens) // 5, 1)
     return np.minimum(cap, ngram), np.minimum(cap, cjk_ngram)
 
-def shingles(text: str, ngram: int = 5, cjk_ngram: int = 3, adaptive: bool = True, lower: bool = True) -> list[str]:
+def shingles(text: str, ngram: int = 5, cjk_ngram: int = 3, adaptive: bool = False, lower: bool = True) -> list[str]:
     "The shingles of `text`: word n-grams for space-delimited runs, character n-grams for CJK runs (readable form)."
     toks = _tokens(text, lower)
     nw, nc = (int(x) for x in _ngram_sizes(len(toks), ngram, cjk_ngram, adaptive))
@@ -255,7 +255,7 @@ def pair_jaccard(vals: np.ndarray, off: np.ndarray, u: np.ndarray, v: np.ndarray
 
 class Shingler:
     "Hashes the shingles (and exact keys) of many texts at once: numpy operations over the code points of the whole batch."
-    def __init__(self, ngram: int = 5, cjk_ngram: int = 3, adaptive: bool = True, lower: bool = True):
+    def __init__(self, ngram: int = 5, cjk_ngram: int = 3, adaptive: bool = False, lower: bool = True):
         self.ngram, self.cjk_ngram, self.adaptive, self.lower = ngram, cjk_ngram, adaptive, lower
 
     def normalize(self, texts: Sequence[str]) -> list[str]:
@@ -367,7 +367,7 @@ def minhash_signatures(sh: np.ndarray, counts: np.ndarray, num_perm: int = 128, 
 
 class MinHasher:
     "Texts → MinHash signatures (uint32) and token counts, vectorised over a batch."
-    def __init__(self, num_perm: int = 128, seed: int = 1, ngram: int = 5, cjk_ngram: int = 3, adaptive: bool = True,
+    def __init__(self, num_perm: int = 128, seed: int = 1, ngram: int = 5, cjk_ngram: int = 3, adaptive: bool = False,
                  lower: bool = True):
         self.num_perm, self.seed = num_perm, seed
         self.shingler = Shingler(ngram, cjk_ngram, adaptive, lower)
@@ -933,8 +933,10 @@ def dedup_cmd(src: Path = typer.Argument(..., help="Input records (jsonl/json/pa
               exact_only: bool = typer.Option(None, '--exact-only/--near', help="Only exact (normalised) duplicates."),
               threshold: float = typer.Option(None, help="Jaccard threshold for near-duplicates."),
               num_perm: int = typer.Option(None, help="MinHash permutations."),
-              ngram: int = typer.Option(None, help="Word n-gram size."),
+              ngram: int = typer.Option(None, help="Word n-gram size (one size for every text; a shorter text is one shingle)."),
               cjk_ngram: int = typer.Option(None, help="CJK character n-gram size."),
+              adaptive: bool = typer.Option(None, '--adaptive/--fixed-ngram',
+                                            help="Per-text n-gram size min(n, tokens // 5) instead of one size."),
               fields: str = typer.Option(None, help="Comma-separated fields to compare."),
               clusters: Path = typer.Option(None, help="Write the clusters (JSONL) here."),
               rejected: Path = typer.Option(None, help="Write dropped records with their reason here."),
@@ -949,8 +951,11 @@ def dedup_cmd(src: Path = typer.Argument(..., help="Input records (jsonl/json/pa
     "Remove exact and near-duplicate records (MinHash LSH); optionally semantic duplicates."
     try:
         opts = dedup_options(exact_only=exact_only, threshold=threshold, num_perm=num_perm, ngram=ngram, cjk_ngram=cjk_ngram,
+                             adaptive=adaptive,
                              fields=fields, engine=engine, verify=verify, keep=keep, score_field=score_field, seed=seed,
                              workers=workers)
+    except ValueError as e: fail(e, 2)             # a flag or setting out of range: the user's to fix
+    try:
         if semantic is None: st = dedup_file(src, dst, clusters=clusters, rejected=rejected, opts=opts)
         else:
             with Stats('dedup', rejected=rejected) as st, Stats('semantic_dedup') as st2:

@@ -32,13 +32,51 @@ def corpus(n=40, seed=0):
 
 
 def test_cjk_reordering_is_a_near_duplicate():
+    "Chinese shingles are characters, never whitespace words: with adaptive sizes a reordered short instruction is a near copy."
     a, b = "解释什么是机器学习", "解释机器学习是什么"
     assert dd.jaccard(a.lower().split(), b.lower().split()) == 0       # whitespace tokens cannot see it
-    assert dd.jaccard(dd.shingles(a), dd.shingles(b)) == 1.0
+    assert dd.jaccard(dd.shingles(a, adaptive=True), dd.shingles(b, adaptive=True)) == 1.0
+    assert dd.shingles(a)[:2] == ['解释什', '释什么']                     # the default: character 3-grams
     recs = [{'id': 1, 'instruction': a}, {'id': 2, 'instruction': b}, {'id': 3, 'instruction': '什么是深度学习'}]
     st = Stats('d')
-    assert [r['id'] for r in dd.dedup(recs, fields='instruction', stats=st)] == [1, 3]
+    assert [r['id'] for r in dd.dedup(recs, fields='instruction', stats=st, adaptive=True)] == [1, 3]
     assert st.reasons == {'near_duplicate': 1}
+
+
+BOUNDARY = [("Write a short friendly email to my landlord asking whether the broken kitchen window can be repaired "
+             "before the end of this month please", "please"),          # 24 words (+1: 25)
+            ("请帮我写一封邮件给房东询问修", "户")]                          # 14 characters (+1: 15)
+
+
+@pytest.mark.parametrize('text,extra', BOUNDARY)
+def test_boundary_pair_is_found(text, extra, tmp_path):
+    "Issue #24: one token more crosses a step of the adaptive n (tokens // 5); with one n per corpus the pair is found."
+    longer = text + (' ' if text.isascii() else '') + extra
+    nt = len(dd._tokens(text))
+    assert nt % 5 == 4 and len(dd._tokens(longer)) == nt + 1
+    assert dd.jaccard(dd.shingles(text, adaptive=True), dd.shingles(longer, adaptive=True)) == 0.0   # the old default
+    assert dd.jaccard(dd.shingles(text), dd.shingles(longer)) >= 0.9
+    assert dd.DedupOptions().adaptive is False and dd.dedup_options().adaptive is False
+    recs = [{'id': 'a', 'instruction': text}, {'id': 'b', 'instruction': longer}]
+    for verify in (True, False):
+        assert [r['id'] for r in dd.dedup(recs, fields='instruction', verify=verify)] == ['a']
+    assert [r['id'] for r in dd.dedup(recs, fields='instruction', adaptive=True)] == ['a', 'b']
+    write_records(recs, tmp_path / 'in.jsonl')
+    # --ngram 30: the English texts are one whole shingle each (different); Chinese keeps its character 3-grams
+    for flags, kept in (([], 1), (['--adaptive'], 2), (['--fixed-ngram'], 1), (['--ngram', '30'], 2 if text.isascii() else 1)):
+        r = CliRunner().invoke(load_commands(), ['dedup', str(tmp_path / 'in.jsonl'), str(tmp_path / 'o.jsonl'),
+                                                 '--fields', 'instruction'] + flags)
+        assert r.exit_code == 0, r.output
+        assert len(list(read_records(tmp_path / 'o.jsonl'))) == kept, flags
+    r = CliRunner().invoke(load_commands(), ['dedup', str(tmp_path / 'in.jsonl'), str(tmp_path / 'o2.jsonl'), '--ngram', '0'])
+    assert r.exit_code == 2 and 'ngram must be >= 1' in r.output and 'Traceback' not in r.output
+
+
+def test_short_text_is_one_shingle():
+    assert dd.shingles("Explain machine learning") == ['explain machine learning']
+    assert dd.shingles("机器") == ['机器']
+    sh, cnt, _ = dd.Shingler().hashes(["Explain machine learning", "机器", "a b c d e f"])
+    assert cnt.tolist() == [1, 1, 2]
 
 
 def test_signatures_match_datasketch():
@@ -93,9 +131,10 @@ def test_keep_policies():
     recs = [{'id': 0, 't': 'Write a poem about the sea in spring', 'q': 0.1},
             {'id': 1, 't': 'Write a poem about the sea in spring, spring', 'q': 0.9},
             {'id': 2, 't': 'In spring, write a poem about the sea'}]
-    assert [r['id'] for r in dd.dedup(recs, fields='t')] == [0]
-    assert [r['id'] for r in dd.dedup(recs, fields='t', keep='longest')] == [1]
-    assert [r['id'] for r in dd.dedup(recs, fields='t', keep='score', score_field='q')] == [1]
+    assert [r['id'] for r in dd.dedup(recs, fields='t', adaptive=True)] == [0]
+    assert [r['id'] for r in dd.dedup(recs, fields='t', adaptive=True, keep='longest')] == [1]
+    assert [r['id'] for r in dd.dedup(recs, fields='t', adaptive=True, keep='score', score_field='q')] == [1]
+    assert [r['id'] for r in dd.dedup(recs, fields='t', keep='longest')] == [1, 2]     # one n: 2 is reordered
 
 
 def test_missing_fields_error(tmp_path):
