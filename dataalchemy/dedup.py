@@ -24,9 +24,9 @@ from .cli import app, fail
 __all__ = ['SET_BITS', 'DedupOptions', 'dedup_options', 'record_text', 'shingles', 'jaccard', 'Scan', 'pair_jaccard', 'Shingler',
            'permutations', 'minhash_signatures', 'MinHasher', 'estimate_jaccard', 'exact_keys', 'exact_key',
            'exact_dedup', 'lsh_params', 'candidate_probability', 'plot_s_curve', 'band_keys', 'bucket_edges',
-           'union_find', 'lsh_edges', 'LocalEngine', 'RayEngine', 'get_engine', 'DedupResult', 'spanning_forest',
-           'find_clusters', 'NearDupIndex', 'dedup', 'dedup_file', 'minilm_path', 'load_sentence_model', 'embed',
-           'cosine_edges', 'semantic_dedup', 'dedup_cmd']
+           'union_find', 'lsh_edges', 'LocalEngine', 'RayEngine', 'get_engine', 'DedupResult', 'strict_split',
+           'spanning_forest', 'find_clusters', 'NearDupIndex', 'dedup', 'dedup_file', 'minilm_path',
+           'load_sentence_model', 'embed', 'cosine_edges', 'semantic_dedup', 'dedup_cmd']
 
 # %% ../nbs/06_dedup.ipynb #2bac9cdf
 @dataclass
@@ -43,6 +43,7 @@ class DedupOptions:
     exact_only: bool = False    # only exact (normalised) duplicates
     lower: bool = True          # compare case-insensitively
     verify: bool = True         # check candidate pairs' exact Jaccard before joining them
+    strict_clusters: bool = False  # split chains: every removed record within the threshold of the record kept
     keep: str = 'first'         # first | longest | score
     score_field: str = 'score'  # field read by keep='score'
     fp_weight: float = 0.2      # weight of false positives when choosing bands and rows
@@ -649,14 +650,46 @@ def _reiterable(src):
     if isinstance(src, (str, os.PathLike, list, tuple)) or hasattr(src, '__getitem__'): return src
     return list(src)
 
+def _keep_key(ntok: np.ndarray, score: np.ndarray, policy: str) -> np.ndarray:
+    "Per record, the value the keep policy sorts on (smallest first; ties go to the first record)."
+    n = len(ntok)
+    return {'first': np.zeros(n), 'longest': -ntok.astype(float), 'score': -np.nan_to_num(score, nan=-np.inf)}[policy]
+
 def _choose_keepers(label: np.ndarray, ntok: np.ndarray, score: np.ndarray, policy: str) -> np.ndarray:
     n = len(label)
-    idx = np.arange(n)
-    key = {'first': np.zeros(n), 'longest': -ntok.astype(float), 'score': -np.nan_to_num(score, nan=-np.inf)}[policy]
-    order = np.lexsort((idx, key, label))
+    order = np.lexsort((np.arange(n), _keep_key(ntok, score, policy), label))
     first = np.r_[True, label[order][1:] != label[order][:-1]]
     keep = np.zeros(n, bool); keep[order[first]] = True
     return keep
+
+def strict_split(label: np.ndarray, key: np.ndarray, sim, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Split clusters so that every removed record is within `threshold` of the record kept: in each cluster the best
+    record by `key` is kept, the members with `sim(members, keeper) >= threshold` go with it, the rest form the cluster
+    again and the next round repeats (all clusters at once). Returns labels (the keeper's index), keep, each record's
+    similarity to its keeper (1 for keepers) and the number of rounds."""
+    n = len(label)
+    new, keep, s_out = np.arange(n), np.zeros(n, bool), np.ones(n)
+    multi = (np.bincount(label, minlength=n) > 1)[label] if n else np.zeros(0, bool)
+    keep[~multi] = True
+    todo, rounds = np.flatnonzero(multi), 0
+    while len(todo):
+        o = todo[np.lexsort((todo, key[todo], label[todo]))]
+        first = np.r_[True, label[o][1:] != label[o][:-1]]
+        kp, rest = o[first], o[~first]
+        keep[kp] = True
+        k = kp[np.cumsum(first)[~first] - 1]                     # each remaining member's keeper in this round
+        s = np.asarray(sim(rest, k), float) if len(rest) else np.zeros(0)
+        ok = s >= threshold
+        new[rest[ok]], s_out[rest[ok]] = k[ok], s[ok]
+        todo, rounds = rest[~ok], rounds + 1
+    return new, keep, s_out, rounds
+
+def _sig_agreement(sig: np.ndarray, a: np.ndarray, b: np.ndarray, block: int = 1 << 14) -> np.ndarray:
+    "`estimate_jaccard(sig[a], sig[b])` in blocks of rows, so the rows are never copied whole."
+    out = np.empty(len(a))
+    for s in range(0, len(a), block):
+        out[s:s + block] = np.count_nonzero(sig[a[s:s + block]] == sig[b[s:s + block]], axis=1)
+    return out / max(sig.shape[1], 1)
 
 class _Sets:
     "Shingle sets by text number, one after another in a temporary file (memory-mapped back); exact Jaccard of pairs."
@@ -795,23 +828,36 @@ def _find_clusters(src, opts: DedupOptions, stats: Stats | None, sets: _Sets | N
     np.minimum.at(first_doc_of_text, tod, np.arange(n))
     label = first_doc_of_text[text_label[tod]] if n else np.zeros(0, np.int64)
     ntok_arr = ntok[tod] if ntok is not None and n else np.zeros(n, np.int64)
-    keep = _choose_keepers(label, ntok_arr, np.asarray(score, float), opts.keep) if n else np.zeros(0, bool)
+    key_ = _keep_key(ntok_arr, np.asarray(score, float), opts.keep)
+    sim = None
+    if sig is not None and len(sig):
+        if sets is not None:
+            o = np.argsort(known[0]); kk, kj = known[0][o], known[1][o]
+        def sim(a, b):                       # records a[i], b[i] -> Jaccard of their texts (exact with verify)
+            ca, cb = canon[tod[a]], canon[tod[b]]
+            out, d = np.ones(len(a)), np.flatnonzero(ca != cb)
+            ca, cb = np.minimum(ca[d], cb[d]), np.maximum(ca[d], cb[d])
+            if sets is None: out[d] = _sig_agreement(sig, ca, cb); return out
+            at = np.minimum(np.searchsorted(kk, ca * nt + cb), max(len(kk) - 1, 0))
+            hit = (kk[at] == ca * nt + cb) if len(kk) else np.zeros(len(d), bool)   # pairs already checked: no recount
+            out[d[hit]] = kj[at[hit]]
+            out[d[~hit]] = sets.jaccard(ca[~hit], cb[~hit])
+            return out
+    if opts.strict_clusters and sim is not None and n:
+        n_before = len(np.unique(label))
+        label, keep, s_strict, rounds = strict_split(label, key_, sim, opts.threshold)
+        if stats is not None: stats.count('strict_rounds', rounds); stats.count('strict_extra_kept', int(keep.sum()) - n_before)
+    else:
+        keep = _choose_keepers(label, ntok_arr, np.asarray(score, float), opts.keep) if n else np.zeros(0, bool)
     res = DedupResult(ids, label, keep, opts)
     if u is not None: res.pairs = (first_doc_of_text[u], first_doc_of_text[v])   # the joined pairs, as record indices
     if n:
         kdoc = np.where(res.keeper >= 0, res.keeper, np.arange(n))
-        ci, ck = canon[tod], canon[tod[kdoc]]
-        res.exact_dup = (ci == ck) & (kdoc != np.arange(n))
-        if sig is not None and len(sig):
-            res.sim = estimate_jaccard(sig[ci], sig[ck]).astype(float)
-            if sets is not None:                                        # with verify: exact similarities
-                i = np.flatnonzero((res.cluster_id >= 0) & ~res.exact_dup)
-                pk = np.minimum(ci[i], ck[i]) * nt + np.maximum(ci[i], ck[i])
-                o = np.argsort(known[0]); kk, kj = known[0][o], known[1][o]
-                at = np.minimum(np.searchsorted(kk, pk), max(len(kk) - 1, 0))
-                hit = (kk[at] == pk) if len(kk) else np.zeros(len(i), bool)       # pairs already checked: no recount
-                res.sim[i[hit]] = kj[at[hit]]
-                res.sim[i[~hit]] = sets.jaccard(ci[i[~hit]], ck[i[~hit]])
+        res.exact_dup = (canon[tod] == canon[tod[kdoc]]) & (kdoc != np.arange(n))
+        if opts.strict_clusters and sim is not None: res.sim = s_strict
+        elif sim is not None:                                            # each member's similarity to its keeper
+            i = np.flatnonzero(kdoc != np.arange(n))
+            res.sim[i] = sim(i, kdoc[i])
     if stats is not None:
         stats.count('clusters', res.n_clusters)
         if not opts.exact_only: stats.count('bands', bands)
@@ -942,6 +988,8 @@ def dedup_cmd(src: Path = typer.Argument(..., help="Input records (jsonl/json/pa
               rejected: Path = typer.Option(None, help="Write dropped records with their reason here."),
               engine: str = typer.Option(None, help="local or ray."),
               verify: bool = typer.Option(None, '--verify/--no-verify', help="Check candidate pairs' exact Jaccard."),
+              strict_clusters: bool = typer.Option(None, '--strict-clusters/--chain-clusters',
+                                                   help="Split chains: every removed record within the threshold of the kept one."),
               keep: str = typer.Option(None, help="first, longest or score."),
               score_field: str = typer.Option(None, help="Field read by --keep score."),
               seed: int = typer.Option(None, help="Permutation seed."),
@@ -951,7 +999,7 @@ def dedup_cmd(src: Path = typer.Argument(..., help="Input records (jsonl/json/pa
     "Remove exact and near-duplicate records (MinHash LSH); optionally semantic duplicates."
     try:
         opts = dedup_options(exact_only=exact_only, threshold=threshold, num_perm=num_perm, ngram=ngram, cjk_ngram=cjk_ngram,
-                             adaptive=adaptive,
+                             adaptive=adaptive, strict_clusters=strict_clusters,
                              fields=fields, engine=engine, verify=verify, keep=keep, score_field=score_field, seed=seed,
                              workers=workers)
     except ValueError as e: fail(e, 2)             # a flag or setting out of range: the user's to fix

@@ -72,6 +72,48 @@ def test_boundary_pair_is_found(text, extra, tmp_path):
     assert r.exit_code == 2 and 'ngram must be >= 1' in r.output and 'Traceback' not in r.output
 
 
+def chain_records(steps=(30, 70), n=100, seed=3):
+    "A~B~C...: one word changed per step in an n-word text (neighbours Jaccard 0.90 on 5-grams, two steps apart 0.81)."
+    rng = np.random.default_rng(seed)
+    ws = [[f'w{i}' for i in rng.permutation(1000)[:n]]]
+    for p in steps: ws.append(ws[-1][:p] + [f'x{p}'] + ws[-1][p + 1:])
+    return [{'id': 'ABCDEFG'[i], 'text': ' '.join(w)} for i, w in enumerate(ws)]
+
+
+def test_strict_clusters_split_a_chain(tmp_path):
+    "Issue #24: A~B~C with J(A,C) below the threshold; strict clusters keep no removed record that is not near its keeper."
+    recs = chain_records()
+    J = lambda i, j: dd.jaccard(dd.shingles(recs[i]['text']), dd.shingles(recs[j]['text']))
+    t = 0.85
+    assert J(0, 1) >= t and J(1, 2) >= t and J(0, 2) < t                 # the planted chain
+    for verify in (True, False):
+        res = dd.find_clusters(recs, fields='text', threshold=t, verify=verify, num_perm=256)
+        assert res.keep.tolist() == [True, False, False] and res.sim[2] < t          # C removed for A, not near it
+        res = dd.find_clusters(recs, fields='text', threshold=t, verify=verify, num_perm=256, strict_clusters=True)
+        assert res.keep.tolist() == [True, False, True]                              # C split off and kept
+        assert all(s >= t for c in res.clusters() for s in c['similarity'])
+    # the keep policy decides who stands for whom: keep longest with C longest keeps C for B, then A alone
+    recs2 = [dict(r) for r in recs]; recs2[2]['text'] += ' end'
+    res = dd.find_clusters(recs2, fields='text', threshold=t, keep='longest', strict_clusters=True)
+    assert res.keep.tolist() == [True, False, True] and [c['kept'] for c in res.clusters()] == ['C']
+    write_records(recs, tmp_path / 'in.jsonl')
+    for flags, kept in ((['--strict-clusters'], ['A', 'C']), ([], ['A']), (['--chain-clusters'], ['A'])):
+        r = CliRunner().invoke(load_commands(), ['dedup', str(tmp_path / 'in.jsonl'), str(tmp_path / 'o.jsonl'),
+                                                 '--fields', 'text', '--threshold', str(t)] + flags)
+        assert r.exit_code == 0, r.output
+        assert [x['id'] for x in read_records(tmp_path / 'o.jsonl')] == kept, flags
+
+
+def test_strict_split_rounds():
+    "strict_split on its own: a path 0-1-2-3-4 where only neighbours are similar splits into stars of the keep order."
+    label = np.zeros(5, np.int64)
+    sim = lambda a, b: (np.abs(a - b) <= 1).astype(float)
+    new, keep, s, rounds = dd.strict_split(label, np.zeros(5), sim, 0.5)
+    assert keep.tolist() == [True, False, True, False, True] and new.tolist() == [0, 0, 2, 2, 4] and rounds == 3
+    new, keep, s, rounds = dd.strict_split(label, -np.arange(5.0), sim, 0.5)     # the last one preferred
+    assert keep.tolist() == [True, False, True, False, True] and new.tolist() == [0, 2, 2, 4, 4]
+
+
 def test_short_text_is_one_shingle():
     assert dd.shingles("Explain machine learning") == ['explain machine learning']
     assert dd.shingles("机器") == ['机器']
