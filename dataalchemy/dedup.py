@@ -494,7 +494,7 @@ def _trim_heap():
     global _libc
     if _libc is None:
         try: _libc = ctypes.CDLL(None); _libc.malloc_trim
-        except (OSError, AttributeError): _libc = False
+        except (OSError, AttributeError, TypeError): _libc = False
     if _libc: _libc.malloc_trim(0)
 _libc = None
 
@@ -747,8 +747,10 @@ class _Sets:
         mv, fd = memoryview(buf).cast('B'), self.f.fileno()
         for a, e in zip(run.tolist(), ends.tolist()):
             lo, hi = int(out_off[a]) * 8, int(out_off[e]) * 8
-            if hi > lo and os.preadv(fd, [mv[lo:hi]], int(self.off[t[a]]) * 8) != hi - lo:
-                raise OSError('dedup: the temporary shingle-set file was cut short')
+            if hi == lo: continue
+            if hasattr(os, 'preadv'): got = os.preadv(fd, [mv[lo:hi]], int(self.off[t[a]]) * 8)
+            else: self.f.seek(int(self.off[t[a]]) * 8); got = self.f.readinto(mv[lo:hi])      # no preadv (Windows)
+            if got != hi - lo: raise OSError('dedup: the temporary shingle-set file was cut short')
         return buf, out_off
 
     def jaccard(self, u: np.ndarray, v: np.ndarray, block: int = 1 << 15) -> np.ndarray:
