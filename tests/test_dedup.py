@@ -275,3 +275,31 @@ def test_chunking_does_not_change_clusters():
     for kw in (dict(chunk_chars=300), dict(chunk_size=3), dict(chunk_chars=1, workers=2)):
         r = dd.find_clusters(recs, **{'workers': 1, **kw})
         assert (r.label == ref.label).all() and (r.keep == ref.keep).all() and (r.sim == ref.sim).all(), kw
+
+
+def test_memory_stays_near_the_signatures():
+    "Issue #24: traced peak of find_clusters in signature sizes (now 3.4x with verify, 2.3x without; before the fix 4.05x, 3.09x)."
+    import tracemalloc
+    rng = np.random.default_rng(0)
+    words = [f'w{i}' for i in range(5000)]
+    recs = []
+    for i in range(20000):
+        t = ' '.join(rng.choice(words, 60)); recs.append({'id': i, 'text': t})
+        if i % 4 == 0: recs.append({'id': f'{i}b', 'text': t + ' extra'})
+    sig_bytes = len(recs) * 128 * 4
+    dd.find_clusters(recs[:50], fields='text', workers=1)            # imports and cached permutations: not traced
+    for verify, bound in ((True, 3.7), (False, 2.7)):
+        tracemalloc.start()
+        try:
+            res = dd.find_clusters(recs, fields='text', workers=1, chunk_size=1024, verify=verify)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert res.n_dropped == 5000
+        assert peak < bound * sig_bytes, (verify, peak / sig_bytes)
+
+
+def test_stack_frees_parts():
+    parts = [np.full((3, 2), i, np.uint32) for i in range(4)]
+    out = dd._stack(parts, (2,), np.uint32)
+    assert parts == [None] * 4 and out.shape == (12, 2) and out[-1, 0] == 3
