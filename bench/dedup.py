@@ -9,6 +9,12 @@ Signature paths alone: datasketch's own batched `MinHash.bulk` (update_batch per
 the same shingles. Quality: on a sample, every pair with true Jaccard >= threshold is found by brute force on the same
 shingle sets; recall (true pairs that end in one cluster) and precision (joined pairs that are true) without and with
 --verify.
+Against the fastest peer: rensa (Rust MinHash + LSH, `pip install rensa`, in the `dev` extra), fed the same word
+5-gram shingles, and `dedup_file` as whole jobs on the same file in the same run: read the gzipped JSONL, decide,
+write the kept records. rensa's job makes the shingles in Python (our tokens, then 5-word windows: the shingles
+`dedup.shingles` gives for English text), builds `RMinHash` objects with `from_token_sets` and runs the
+query-then-insert loop over an `RMinHashLSH` (keep the first; rensa has no exact check). Its time is also split into
+shingling and MinHash + LSH.
 """
 from __future__ import annotations
 import argparse, gzip, json, os, sys, time
@@ -43,6 +49,31 @@ class SimpleDeduplicator:
             lsh.insert(f'doc_{idx}', mh)
             unique.append(dataset[idx])
         return unique
+
+
+def word_shingles(toks, n=5):
+    "Word n-grams of a token list; a list shorter than n is one shingle (what `dedup.shingles` does for English text)."
+    return [' '.join(toks[i:i + n]) for i in range(len(toks) - n + 1)] if len(toks) >= n else ([' '.join(toks)] if toks else [])
+
+
+def rensa_job(path, out, fields, threshold=0.8, num_perm=128, num_bands=16, times=None):
+    "A whole rensa dedup job: read, shingle (Python), R-MinHash + LSH query-then-insert (Rust), write the kept records."
+    import rensa
+    from dataalchemy.dedup import _tokens, record_text
+    t0 = time.perf_counter()
+    with gzip.open(path, 'rt', encoding='utf-8') as f: recs = [json.loads(l) for l in f]
+    sets = [word_shingles(_tokens(record_text(r, fields))) for r in recs]
+    t1 = time.perf_counter()
+    mhs = rensa.RMinHash.from_token_sets(sets, num_perm=num_perm, seed=1)
+    lsh, keep = rensa.RMinHashLSH(threshold, num_perm, num_bands), []
+    for i, mh in enumerate(mhs):
+        if lsh.query(mh): continue
+        lsh.insert(i, mh); keep.append(i)
+    t2 = time.perf_counter()
+    with open(out, 'w', encoding='utf-8') as f:
+        for i in keep: f.write(json.dumps(recs[i], ensure_ascii=False) + '\n')
+    if times is not None: times.update(read_shingle=t1 - t0, minhash_lsh=t2 - t1, write=time.perf_counter() - t2)
+    return len(recs) - len(keep)
 
 
 class Timer:
@@ -90,6 +121,8 @@ def main():
     ap.add_argument('--num-perm', type=int, default=128)
     ap.add_argument('--workers', type=int, default=0)
     ap.add_argument('--skip-baseline', action='store_true')
+    ap.add_argument('--rensa-only', action='store_true', help='only the whole-job comparison with rensa')
+    ap.add_argument('--rounds', type=int, default=3, help='alternating rounds of the rensa comparison (best of each)')
     a = ap.parse_args()
     from dataalchemy.dedup import DedupOptions, MinHasher, Shingler, find_clusters, record_text, shingles
     from dataalchemy.core import Stats
@@ -99,6 +132,36 @@ def main():
     fields = ('prompt', 'completion')
     print(f'corpus: {path.name}, {len(recs):,} records, fields {",".join(fields)}, threshold {a.threshold}, '
           f'num_perm {a.num_perm}, cores {os.cpu_count()}')
+
+    # ---- whole jobs against rensa, the fastest peer: same file, same run, alternating, best of --rounds each
+    try:
+        import rensa  # noqa: F401
+    except ImportError:
+        print('rensa is not installed (pip install rensa): comparison skipped')
+    else:
+        import tempfile
+        from dataalchemy.dedup import dedup_file
+        out = Path(tempfile.mkdtemp(prefix='bench-dedup-'))
+        best = {}
+        for r in range(a.rounds):
+            for name in ('rensa', 'verify', 'no-verify', 'strict'):
+                tm = {}
+                with Timer() as t:
+                    if name == 'rensa': n_drop = rensa_job(path, out / 'r.jsonl', fields, a.threshold, a.num_perm, times=tm)
+                    else:
+                        st = dedup_file(path, out / 'd.jsonl', fields=','.join(fields), threshold=a.threshold,
+                                        num_perm=a.num_perm, workers=a.workers, verify=name != 'no-verify',
+                                        strict_clusters=name == 'strict')
+                        n_drop = st.n_in - st.n_out
+                if name not in best or t.wall < best[name][0].wall: best[name] = (t, n_drop, tm)
+        for name, (t, n_drop, tm) in best.items():
+            extra = (f" (reading + Python shingling {tm['read_shingle']:.2f} s, R-MinHash + LSH {tm['minhash_lsh']:.2f} s, "
+                     f"writing {tm['write']:.2f} s)") if tm else ''
+            print(f'whole job {name:9}: {t.wall:6.2f} s wall, {t.cpu:6.2f} s CPU, dropped {n_drop:,}{extra}')
+        rw = best['rensa'][0].wall
+        for name in ('verify', 'no-verify', 'strict'):
+            print(f'rensa / dataalchemy ({name}): {rw / best[name][0].wall:.2f}x wall-clock')
+        if a.rensa_only: return
 
     # ---- speed: the whole dedup decision, same records, same run; both warmed up first on a few records (imports,
     # datasketch's permutation tables, numpy's first calls), so the figures are throughput, not start-up
@@ -138,9 +201,9 @@ def main():
     sets = Shingler().sets([record_text(r, fields) for r in samp])
     truth, jac = brute_force_pairs(sets, a.threshold)
     print(f'quality sample: {len(samp):,} records, {len(truth):,} pairs with Jaccard >= {a.threshold} (brute force)')
-    for verify in (False, True):
+    for verify, strict in ((False, False), (True, False), (True, True)):
         r = find_clusters(samp, DedupOptions(fields=','.join(fields), threshold=a.threshold, num_perm=a.num_perm,
-                                             verify=verify, workers=a.workers))
+                                             verify=verify, workers=a.workers, strict_clusters=strict))
         found = sum(r.label[i] == r.label[j] for i, j in truth)
         u, v = r.pairs
         uv = [(min(x, y), max(x, y)) for x, y in zip(u.tolist(), v.tolist())]
@@ -149,8 +212,12 @@ def main():
         same = [(i, j) for c in np.unique(lab[np.bincount(lab, minlength=len(lab))[lab] > 1])
                 for idx in [np.flatnonzero(lab == c)] for k, i in enumerate(idx.tolist()) for j in idx[k + 1:].tolist()]
         cp = sum((i, j) in truth for i, j in same) / max(len(same), 1)
-        print(f'  verify={str(verify):5}: recall {found / max(len(truth), 1):.4f}, precision of joined pairs '
-              f'{good / max(len(uv), 1):.4f} ({len(uv):,} pairs), same-cluster pair precision {cp:.4f}')
+        gone = ~r.keep
+        below = gone & (r.sim < a.threshold)
+        print(f'  verify={str(verify):5} strict={str(strict):5}: recall {found / max(len(truth), 1):.4f}, precision of '
+              f'joined pairs {good / max(len(uv), 1):.4f} ({len(uv):,} pairs), same-cluster pair precision {cp:.4f}; '
+              f'dropped {int(gone.sum()):,}, of them below the threshold to the kept record {int(below.sum()):,} '
+              f'({below.sum() / max(gone.sum(), 1):.1%}, min {r.sim[gone].min() if gone.any() else 1:.3f})')
 
 
 if __name__ == '__main__':

@@ -6,7 +6,7 @@ Docs: https://dataalchemy.github.io/dataalchemy/dedup.html.md"""
 
 # %% ../nbs/06_dedup.ipynb #a45d7bc6
 from __future__ import annotations
-import collections, contextlib, importlib, itertools, os, re, tempfile, unicodedata
+import array, collections, contextlib, ctypes, importlib, itertools, os, re, tempfile, unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -24,9 +24,9 @@ from .cli import app, fail
 __all__ = ['SET_BITS', 'DedupOptions', 'dedup_options', 'record_text', 'shingles', 'jaccard', 'Scan', 'pair_jaccard', 'Shingler',
            'permutations', 'minhash_signatures', 'MinHasher', 'estimate_jaccard', 'exact_keys', 'exact_key',
            'exact_dedup', 'lsh_params', 'candidate_probability', 'plot_s_curve', 'band_keys', 'bucket_edges',
-           'union_find', 'lsh_edges', 'LocalEngine', 'RayEngine', 'get_engine', 'DedupResult', 'spanning_forest',
-           'find_clusters', 'NearDupIndex', 'dedup', 'dedup_file', 'minilm_path', 'load_sentence_model', 'embed',
-           'cosine_edges', 'semantic_dedup', 'dedup_cmd']
+           'union_find', 'lsh_edges', 'LocalEngine', 'RayEngine', 'get_engine', 'DedupResult', 'strict_split',
+           'spanning_forest', 'find_clusters', 'NearDupIndex', 'dedup', 'dedup_file', 'minilm_path',
+           'load_sentence_model', 'embed', 'cosine_edges', 'semantic_dedup', 'dedup_cmd']
 
 # %% ../nbs/06_dedup.ipynb #2bac9cdf
 @dataclass
@@ -35,14 +35,15 @@ class DedupOptions:
     fields: str = 'instruction,input,output'   # the fields whose text is compared (comma separated)
     threshold: float = 0.8      # Jaccard similarity above which two records are near-duplicates
     num_perm: int = 128         # MinHash permutations (signature length)
-    ngram: int = 5              # word n-gram size for space-delimited text
+    ngram: int = 5              # word n-gram size for space-delimited text (one size for the whole corpus)
     cjk_ngram: int = 3          # character n-gram size for CJK runs
-    adaptive: bool = True       # shorter shingles for short texts (n <= tokens // 5)
+    adaptive: bool = False      # n <= tokens // 5 per text (short texts get shorter shingles; pairs across a step are missed)
     seed: int = 1               # seed of the permutations (same seed, same signatures)
     engine: str = 'local'       # local | ray
     exact_only: bool = False    # only exact (normalised) duplicates
     lower: bool = True          # compare case-insensitively
     verify: bool = True         # check candidate pairs' exact Jaccard before joining them
+    strict_clusters: bool = False  # split chains: every removed record within the threshold of the record kept
     keep: str = 'first'         # first | longest | score
     score_field: str = 'score'  # field read by keep='score'
     fp_weight: float = 0.2      # weight of false positives when choosing bands and rows
@@ -110,7 +111,7 @@ def _ngram_sizes(n_tokens, ngram: int, cjk_ngram: int, adaptive: bool):
     cap = np.maximum(np.asarray(n_tokens) // 5, 1)
     return np.minimum(cap, ngram), np.minimum(cap, cjk_ngram)
 
-def shingles(text: str, ngram: int = 5, cjk_ngram: int = 3, adaptive: bool = True, lower: bool = True) -> list[str]:
+def shingles(text: str, ngram: int = 5, cjk_ngram: int = 3, adaptive: bool = False, lower: bool = True) -> list[str]:
     "The shingles of `text`: word n-grams for space-delimited runs, character n-grams for CJK runs (readable form)."
     toks = _tokens(text, lower)
     nw, nc = (int(x) for x in _ngram_sizes(len(toks), ngram, cjk_ngram, adaptive))
@@ -232,7 +233,7 @@ def _ranges(start: np.ndarray, length: np.ndarray) -> np.ndarray:
     if total == 0: return np.zeros(0, np.int64)
     return np.repeat(start - np.cumsum(length) + length, length) + np.arange(total)
 
-def pair_jaccard(vals: np.ndarray, off: np.ndarray, u: np.ndarray, v: np.ndarray, max_elems: int = 1 << 23) -> np.ndarray:
+def pair_jaccard(vals: np.ndarray, off: np.ndarray, u: np.ndarray, v: np.ndarray, max_elems: int = 1 << 20) -> np.ndarray:
     "Exact Jaccard of many pairs of sets at once: set `i` is `vals[off[i]:off[i+1]]` (sorted unique `SET_BITS`-bit values)."
     u, v = np.asarray(u, np.int64), np.asarray(v, np.int64)
     lu, lv = off[u + 1] - off[u], off[v + 1] - off[v]
@@ -255,7 +256,7 @@ def pair_jaccard(vals: np.ndarray, off: np.ndarray, u: np.ndarray, v: np.ndarray
 
 class Shingler:
     "Hashes the shingles (and exact keys) of many texts at once: numpy operations over the code points of the whole batch."
-    def __init__(self, ngram: int = 5, cjk_ngram: int = 3, adaptive: bool = True, lower: bool = True):
+    def __init__(self, ngram: int = 5, cjk_ngram: int = 3, adaptive: bool = False, lower: bool = True):
         self.ngram, self.cjk_ngram, self.adaptive, self.lower = ngram, cjk_ngram, adaptive, lower
 
     def normalize(self, texts: Sequence[str]) -> list[str]:
@@ -367,7 +368,7 @@ def minhash_signatures(sh: np.ndarray, counts: np.ndarray, num_perm: int = 128, 
 
 class MinHasher:
     "Texts → MinHash signatures (uint32) and token counts, vectorised over a batch."
-    def __init__(self, num_perm: int = 128, seed: int = 1, ngram: int = 5, cjk_ngram: int = 3, adaptive: bool = True,
+    def __init__(self, num_perm: int = 128, seed: int = 1, ngram: int = 5, cjk_ngram: int = 3, adaptive: bool = False,
                  lower: bool = True):
         self.num_perm, self.seed = num_perm, seed
         self.shingler = Shingler(ngram, cjk_ngram, adaptive, lower)
@@ -488,14 +489,43 @@ def union_find(n: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         if np.array_equal(new, labels): return labels
         labels = new
 
+def _trim_heap():
+    "Give the heap's free pages back to the OS (glibc `malloc_trim`; elsewhere nothing): freed chunk results otherwise stay in RSS."
+    global _libc
+    if _libc is None:
+        try: _libc = ctypes.CDLL(None); _libc.malloc_trim
+        except (OSError, AttributeError, TypeError): _libc = False
+    if _libc: _libc.malloc_trim(0)
+_libc = None
+
+def _stack(parts: list, shape: tuple, dtype) -> np.ndarray:
+    "`np.concatenate(parts)`, emptying `parts` as it goes: each part is freed once copied, so rows are never held twice."
+    out = np.empty((sum(len(p) for p in parts), *shape), dtype)
+    at = 0
+    for i in range(len(parts)):
+        p, parts[i] = parts[i], None
+        out[at:at + len(p)] = p; at += len(p)
+        del p
+        if i % 8 == 7: _trim_heap()
+    return out
+
 def lsh_edges(sig: np.ndarray, bands: int, rows: int, valid: np.ndarray | None = None, all_pairs: bool = False,
               max_bucket: int = 64, counts: bool = False) -> tuple[np.ndarray, ...]:
     "Candidate edges of all bands (duplicates removed) for signatures `sig`; with `counts`, also how many bands each pair shares."
-    keys = band_keys(sig, bands, rows)
-    us, vs = zip(*(bucket_edges(keys[:, j], valid, all_pairs, max_bucket) for j in range(bands)))
-    u, v = np.concatenate(us), np.concatenate(vs)
-    e, c = np.unique(u * len(sig) + v, return_counts=True)
-    return (e // len(sig), e % len(sig)) + ((c,) if counts else ())
+    n, es = len(sig), []
+    for j in range(bands):                                           # one band's keys at a time
+        u, v = bucket_edges(band_keys(sig[:, j * rows:(j + 1) * rows], 1, rows)[:, 0], valid, all_pairs, max_bucket)
+        u *= n; u += v                                               # a pair is one int64: u * n + v
+        es.append(u); del u, v
+    e = _stack(es, (), np.int64)
+    e.sort()
+    first = np.empty(len(e), bool); first[:1] = True
+    np.not_equal(e[1:], e[:-1], out=first[1:])
+    at = np.flatnonzero(first); del first
+    c = np.minimum(np.diff(np.r_[at, len(e)]), 255).astype(np.uint8) if counts else None   # bands shared (a weight)
+    e = e[at]; del at
+    u = e // n; e -= u * n                                           # e becomes v in place
+    return (u, e) + ((c,) if counts else ())
 
 # %% ../nbs/06_dedup.ipynb #2a37a4cb
 _HASHERS: dict = {}
@@ -649,19 +679,51 @@ def _reiterable(src):
     if isinstance(src, (str, os.PathLike, list, tuple)) or hasattr(src, '__getitem__'): return src
     return list(src)
 
+def _keep_key(ntok: np.ndarray, score: np.ndarray, policy: str) -> np.ndarray:
+    "Per record, the value the keep policy sorts on (smallest first; ties go to the first record)."
+    n = len(ntok)
+    return {'first': np.zeros(n), 'longest': -ntok.astype(float), 'score': -np.nan_to_num(score, nan=-np.inf)}[policy]
+
 def _choose_keepers(label: np.ndarray, ntok: np.ndarray, score: np.ndarray, policy: str) -> np.ndarray:
     n = len(label)
-    idx = np.arange(n)
-    key = {'first': np.zeros(n), 'longest': -ntok.astype(float), 'score': -np.nan_to_num(score, nan=-np.inf)}[policy]
-    order = np.lexsort((idx, key, label))
+    order = np.lexsort((np.arange(n), _keep_key(ntok, score, policy), label))
     first = np.r_[True, label[order][1:] != label[order][:-1]]
     keep = np.zeros(n, bool); keep[order[first]] = True
     return keep
 
+def strict_split(label: np.ndarray, key: np.ndarray, sim, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Split clusters so that every removed record is within `threshold` of the record kept: in each cluster the best
+    record by `key` is kept, the members with `sim(members, keeper) >= threshold` go with it, the rest form the cluster
+    again and the next round repeats (all clusters at once). Returns labels (the keeper's index), keep, each record's
+    similarity to its keeper (1 for keepers) and the number of rounds."""
+    n = len(label)
+    new, keep, s_out = np.arange(n), np.zeros(n, bool), np.ones(n)
+    multi = (np.bincount(label, minlength=n) > 1)[label] if n else np.zeros(0, bool)
+    keep[~multi] = True
+    todo, rounds = np.flatnonzero(multi), 0
+    while len(todo):
+        o = todo[np.lexsort((todo, key[todo], label[todo]))]
+        first = np.r_[True, label[o][1:] != label[o][:-1]]
+        kp, rest = o[first], o[~first]
+        keep[kp] = True
+        k = kp[np.cumsum(first)[~first] - 1]                     # each remaining member's keeper in this round
+        s = np.asarray(sim(rest, k), float) if len(rest) else np.zeros(0)
+        ok = s >= threshold
+        new[rest[ok]], s_out[rest[ok]] = k[ok], s[ok]
+        todo, rounds = rest[~ok], rounds + 1
+    return new, keep, s_out, rounds
+
+def _sig_agreement(sig: np.ndarray, a: np.ndarray, b: np.ndarray, block: int = 1 << 14) -> np.ndarray:
+    "`estimate_jaccard(sig[a], sig[b])` in blocks of rows, so the rows are never copied whole."
+    out = np.empty(len(a))
+    for s in range(0, len(a), block):
+        out[s:s + block] = np.count_nonzero(sig[a[s:s + block]] == sig[b[s:s + block]], axis=1)
+    return out / max(sig.shape[1], 1)
+
 class _Sets:
-    "Shingle sets by text number, one after another in a temporary file (memory-mapped back); exact Jaccard of pairs."
+    "Shingle sets by text number, one after another in a temporary file, read back (`pread`) for the pairs being checked; exact Jaccard of pairs."
     def __init__(self):
-        self.f, self.sizes, self.vals = tempfile.TemporaryFile(prefix='dataalchemy-dedup-sets-'), [], None
+        self.f, self.sizes = tempfile.TemporaryFile(prefix='dataalchemy-dedup-sets-'), []
 
     def add(self, vals: np.ndarray, sizes: np.ndarray):
         "Append the sets of the next texts (values and sizes, as `Shingler.set_arrays`)."
@@ -670,12 +732,39 @@ class _Sets:
     def ready(self) -> '_Sets':
         self.f.flush()
         self.off = np.r_[0, np.cumsum(np.concatenate(self.sizes))] if self.sizes else np.zeros(1, np.int64)
-        self.vals = np.memmap(self.f, np.uint64, 'r') if self.off[-1] else np.zeros(0, np.uint64)
+        self.sizes = []
         return self
 
     def size(self, t: np.ndarray) -> np.ndarray: return self.off[t + 1] - self.off[t]
-    def jaccard(self, u: np.ndarray, v: np.ndarray) -> np.ndarray: return pair_jaccard(self.vals, self.off, u, v)
-    def close(self): self.vals = None; self.f.close()
+
+    def read(self, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        "The sets of the sorted unique texts `t`: values one after another and offsets (runs of consecutive texts in one read)."
+        size = self.size(t)
+        buf = np.empty(int(size.sum()), np.uint64)
+        out_off = np.r_[0, np.cumsum(size)]
+        run = np.flatnonzero(np.r_[True, t[1:] != t[:-1] + 1])           # first text of each run of consecutive texts
+        ends = np.r_[run[1:], len(t)]
+        mv, fd = memoryview(buf).cast('B'), self.f.fileno()
+        for a, e in zip(run.tolist(), ends.tolist()):
+            lo, hi = int(out_off[a]) * 8, int(out_off[e]) * 8
+            if hi == lo: continue
+            if hasattr(os, 'preadv'): got = os.preadv(fd, [mv[lo:hi]], int(self.off[t[a]]) * 8)
+            else: self.f.seek(int(self.off[t[a]]) * 8); got = self.f.readinto(mv[lo:hi])      # no preadv (Windows)
+            if got != hi - lo: raise OSError('dedup: the temporary shingle-set file was cut short')
+        return buf, out_off
+
+    def jaccard(self, u: np.ndarray, v: np.ndarray, block: int = 1 << 15) -> np.ndarray:
+        "Exact Jaccard of the sets of texts `u[i]` and `v[i]`, block by block: only a block's sets are in memory (no file mapping)."
+        u, v = np.asarray(u, np.int64), np.asarray(v, np.int64)
+        out = np.empty(len(u))
+        for s in range(0, len(u), block):
+            ub, vb = u[s:s + block], v[s:s + block]
+            t = np.unique(np.r_[ub, vb])
+            vals, off = self.read(t)
+            out[s:s + block] = pair_jaccard(vals, off, np.searchsorted(t, ub), np.searchsorted(t, vb))
+        return out
+
+    def close(self): self.f.close()
     def __enter__(self): return self
     def __exit__(self, *exc): self.close()
 
@@ -703,10 +792,12 @@ def spanning_forest(n: int, u: np.ndarray, v: np.ndarray, weight: np.ndarray | N
 def _verify_edges(u, v, weight, sets: _Sets, opts, stats=None) -> tuple[np.ndarray, ...]:
     "The candidate pairs (of texts) whose exact Jaccard reaches the threshold and that the clusters need, and the Jaccard of every checked pair.\n\n    Round by round, only the edges of a spanning forest between clusters not yet joined are checked (pairs sharing more\n    bands first): a pair inside a joined cluster could not change it."
     n, t = len(sets.off) - 1, opts.threshold
-    labels, ok, checked, jac = np.arange(n), np.zeros(len(u), bool), np.zeros(len(u), bool), np.full(len(u), np.nan)
-    su, sv = sets.size(u), sets.size(v)
-    refused = np.minimum(su, sv) < t * np.maximum(su, sv)             # J <= min / max size: a cheap exact refusal
-    checked[refused] = True
+    labels, ok, checked = np.arange(n), np.zeros(len(u), bool), np.zeros(len(u), bool)
+    jac = np.full(len(u), np.nan, np.float32)                         # 4 bytes a candidate pair
+    for s in range(0, len(u), 1 << 20):                               # J <= min / max size: a cheap exact refusal
+        su, sv = sets.size(u[s:s + (1 << 20)]), sets.size(v[s:s + (1 << 20)])
+        checked[s:s + (1 << 20)] = np.minimum(su, sv) < t * np.maximum(su, sv)
+    n_refused = int(checked.sum())
     check_all = False
     while True:
         todo = np.flatnonzero(~checked)
@@ -718,12 +809,12 @@ def _verify_edges(u, v, weight, sets: _Sets, opts, stats=None) -> tuple[np.ndarr
             check_all = len(todo) - len(tree) <= 1024               # a round costs more than ~1,000 checks
         e = todo if check_all else todo[tree]
         checked[e] = True
-        jac[e] = sets.jaccard(u[e], v[e])
-        ok[e] = jac[e] >= t
+        j_e = sets.jaccard(u[e], v[e])
+        jac[e], ok[e] = j_e, j_e >= t
         check_all = check_all or 2 * int(ok[e].sum()) < len(e)      # most forest pairs failed: the rest in one batch
         labels = union_find(n, u[ok], v[ok])
     if stats is not None:
-        stats.count('refused_on_size', int(refused.sum())); stats.count('checked_pairs', int((checked & ~refused).sum()))
+        stats.count('refused_on_size', n_refused); stats.count('checked_pairs', int(checked.sum()) - n_refused)
     known = ~np.isnan(jac)
     return u[ok], v[ok], (u[known] * n + v[known], jac[known])
 
@@ -737,7 +828,9 @@ def _find_clusters(src, opts: DedupOptions, stats: Stats | None, sets: _Sets | N
     fields, file = opts.field_list, (src if isinstance(src, (str, os.PathLike)) else None)
     engine = None if opts.exact_only else get_engine(opts)
     params = (opts.num_perm, opts.seed, opts.ngram, opts.cjk_ngram, opts.adaptive, opts.lower)
-    ids, score, text_of_doc, first_of_raw = [], [], [], {}
+    ids, first_of_raw = [], {}
+    score = array.array('d') if opts.keep == 'score' else None   # per record: 8 bytes in arrays, not Python objects
+    text_of_doc = array.array('q')
 
     def texts():                                   # chunks of texts to hash; records are not kept
         chunk, chars = [], 0
@@ -745,8 +838,9 @@ def _find_clusters(src, opts: DedupOptions, stats: Stats | None, sets: _Sets | N
             if stats is not None: stats.seen()
             text = record_text(rec, fields, i + 1 if file else i, file)
             ids.append(rec.get(opts.id_field, i))
-            s = rec.get(opts.score_field) if opts.keep == 'score' else None
-            score.append(float(s) if isinstance(s, (int, float)) and not isinstance(s, bool) else np.nan)
+            if score is not None:
+                s = rec.get(opts.score_field)
+                score.append(float(s) if isinstance(s, (int, float)) and not isinstance(s, bool) else np.nan)
             h = hash(text)                         # a byte-identical copy reuses its first occurrence's text number
             t = first_of_raw.get(h)
             if t is None:
@@ -762,11 +856,14 @@ def _find_clusters(src, opts: DedupOptions, stats: Stats | None, sets: _Sets | N
         ntok = None
     else:
         parts, cnts, ntoks, keys = [], [], [], []              # with verify, the shingle sets wait on disk in `sets`
-        for s_, c_, n_, k_, *set_ in engine.map_chunks(texts(), params, 'sigset' if opts.verify else 'sig'):
+        for j, (s_, c_, n_, k_, *set_) in enumerate(engine.map_chunks(texts(), params, 'sigset' if opts.verify else 'sig')):
             parts.append(s_); cnts.append(c_); ntoks.append(n_); keys.append(k_)
             if set_: sets.add(*set_)
+            if j % 4 == 3: _trim_heap()
         cnt, ntok, key = (np.concatenate(x) if x else np.zeros(0, np.int64) for x in (cnts, ntoks, keys))
-        sig = np.concatenate(engine.gather(parts)) if parts else np.zeros((0, opts.num_perm), np.uint32)
+        del cnts, ntoks, keys
+        sig = _stack(engine.gather(parts), (opts.num_perm,), np.uint32)     # the local engine's parts are freed as copied
+        _trim_heap()
     nt = len(key)
     _, first, inv = np.unique(key, return_index=True, return_inverse=True)
     canon = first[inv.ravel()] if nt else np.zeros(0, np.int64)          # per text: the first text with its exact key
@@ -788,30 +885,44 @@ def _find_clusters(src, opts: DedupOptions, stats: Stats | None, sets: _Sets | N
             lab = engine.components(parts, bands, rows, valid)      # Ray: banding and clustering in tasks
             moved = np.flatnonzero(lab != np.arange(nt))
             text_label = union_find(nt, np.r_[moved, eu], np.r_[lab[moved], ev])
-    tod = np.asarray(text_of_doc, np.int64)
+    tod = np.frombuffer(text_of_doc, np.int64) if len(text_of_doc) else np.zeros(0, np.int64)
+    score = np.frombuffer(score, np.float64) if score is not None and len(score) else np.full(len(tod), np.nan)
     n = len(tod)
     # a record's cluster: the smallest record index among the records whose texts share a text cluster
     first_doc_of_text = np.full(max(nt, 1), n, np.int64)
     np.minimum.at(first_doc_of_text, tod, np.arange(n))
     label = first_doc_of_text[text_label[tod]] if n else np.zeros(0, np.int64)
     ntok_arr = ntok[tod] if ntok is not None and n else np.zeros(n, np.int64)
-    keep = _choose_keepers(label, ntok_arr, np.asarray(score, float), opts.keep) if n else np.zeros(0, bool)
+    key_ = _keep_key(ntok_arr, score, opts.keep)
+    sim = None
+    if sig is not None and len(sig):
+        if sets is not None:
+            o = np.argsort(known[0]); kk, kj = known[0][o], known[1][o]
+        def sim(a, b):                       # records a[i], b[i] -> Jaccard of their texts (exact with verify)
+            ca, cb = canon[tod[a]], canon[tod[b]]
+            out, d = np.ones(len(a)), np.flatnonzero(ca != cb)
+            ca, cb = np.minimum(ca[d], cb[d]), np.maximum(ca[d], cb[d])
+            if sets is None: out[d] = _sig_agreement(sig, ca, cb); return out
+            at = np.minimum(np.searchsorted(kk, ca * nt + cb), max(len(kk) - 1, 0))
+            hit = (kk[at] == ca * nt + cb) if len(kk) else np.zeros(len(d), bool)   # pairs already checked: no recount
+            out[d[hit]] = kj[at[hit]]
+            out[d[~hit]] = sets.jaccard(ca[~hit], cb[~hit])
+            return out
+    if opts.strict_clusters and sim is not None and n:
+        n_before = len(np.unique(label))
+        label, keep, s_strict, rounds = strict_split(label, key_, sim, opts.threshold)
+        if stats is not None: stats.count('strict_rounds', rounds); stats.count('strict_extra_kept', int(keep.sum()) - n_before)
+    else:
+        keep = _choose_keepers(label, ntok_arr, score, opts.keep) if n else np.zeros(0, bool)
     res = DedupResult(ids, label, keep, opts)
     if u is not None: res.pairs = (first_doc_of_text[u], first_doc_of_text[v])   # the joined pairs, as record indices
     if n:
         kdoc = np.where(res.keeper >= 0, res.keeper, np.arange(n))
-        ci, ck = canon[tod], canon[tod[kdoc]]
-        res.exact_dup = (ci == ck) & (kdoc != np.arange(n))
-        if sig is not None and len(sig):
-            res.sim = estimate_jaccard(sig[ci], sig[ck]).astype(float)
-            if sets is not None:                                        # with verify: exact similarities
-                i = np.flatnonzero((res.cluster_id >= 0) & ~res.exact_dup)
-                pk = np.minimum(ci[i], ck[i]) * nt + np.maximum(ci[i], ck[i])
-                o = np.argsort(known[0]); kk, kj = known[0][o], known[1][o]
-                at = np.minimum(np.searchsorted(kk, pk), max(len(kk) - 1, 0))
-                hit = (kk[at] == pk) if len(kk) else np.zeros(len(i), bool)       # pairs already checked: no recount
-                res.sim[i[hit]] = kj[at[hit]]
-                res.sim[i[~hit]] = sets.jaccard(ci[i[~hit]], ck[i[~hit]])
+        res.exact_dup = (canon[tod] == canon[tod[kdoc]]) & (kdoc != np.arange(n))
+        if opts.strict_clusters and sim is not None: res.sim = s_strict
+        elif sim is not None:                                            # each member's similarity to its keeper
+            i = np.flatnonzero(kdoc != np.arange(n))
+            res.sim[i] = sim(i, kdoc[i])
     if stats is not None:
         stats.count('clusters', res.n_clusters)
         if not opts.exact_only: stats.count('bands', bands)
@@ -933,13 +1044,17 @@ def dedup_cmd(src: Path = typer.Argument(..., help="Input records (jsonl/json/pa
               exact_only: bool = typer.Option(None, '--exact-only/--near', help="Only exact (normalised) duplicates."),
               threshold: float = typer.Option(None, help="Jaccard threshold for near-duplicates."),
               num_perm: int = typer.Option(None, help="MinHash permutations."),
-              ngram: int = typer.Option(None, help="Word n-gram size."),
+              ngram: int = typer.Option(None, help="Word n-gram size (one size for every text; a shorter text is one shingle)."),
               cjk_ngram: int = typer.Option(None, help="CJK character n-gram size."),
+              adaptive: bool = typer.Option(None, '--adaptive/--fixed-ngram',
+                                            help="Per-text n-gram size min(n, tokens // 5) instead of one size."),
               fields: str = typer.Option(None, help="Comma-separated fields to compare."),
               clusters: Path = typer.Option(None, help="Write the clusters (JSONL) here."),
               rejected: Path = typer.Option(None, help="Write dropped records with their reason here."),
               engine: str = typer.Option(None, help="local or ray."),
               verify: bool = typer.Option(None, '--verify/--no-verify', help="Check candidate pairs' exact Jaccard."),
+              strict_clusters: bool = typer.Option(None, '--strict-clusters/--chain-clusters',
+                                                   help="Split chains: every removed record within the threshold of the kept one."),
               keep: str = typer.Option(None, help="first, longest or score."),
               score_field: str = typer.Option(None, help="Field read by --keep score."),
               seed: int = typer.Option(None, help="Permutation seed."),
@@ -949,8 +1064,11 @@ def dedup_cmd(src: Path = typer.Argument(..., help="Input records (jsonl/json/pa
     "Remove exact and near-duplicate records (MinHash LSH); optionally semantic duplicates."
     try:
         opts = dedup_options(exact_only=exact_only, threshold=threshold, num_perm=num_perm, ngram=ngram, cjk_ngram=cjk_ngram,
+                             adaptive=adaptive, strict_clusters=strict_clusters,
                              fields=fields, engine=engine, verify=verify, keep=keep, score_field=score_field, seed=seed,
                              workers=workers)
+    except ValueError as e: fail(e, 2)             # a flag or setting out of range: the user's to fix
+    try:
         if semantic is None: st = dedup_file(src, dst, clusters=clusters, rejected=rejected, opts=opts)
         else:
             with Stats('dedup', rejected=rejected) as st, Stats('semantic_dedup') as st2:

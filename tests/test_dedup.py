@@ -32,13 +32,93 @@ def corpus(n=40, seed=0):
 
 
 def test_cjk_reordering_is_a_near_duplicate():
+    "Chinese shingles are characters, never whitespace words: with adaptive sizes a reordered short instruction is a near copy."
     a, b = "解释什么是机器学习", "解释机器学习是什么"
     assert dd.jaccard(a.lower().split(), b.lower().split()) == 0       # whitespace tokens cannot see it
-    assert dd.jaccard(dd.shingles(a), dd.shingles(b)) == 1.0
+    assert dd.jaccard(dd.shingles(a, adaptive=True), dd.shingles(b, adaptive=True)) == 1.0
+    assert dd.shingles(a)[:2] == ['解释什', '释什么']                     # the default: character 3-grams
     recs = [{'id': 1, 'instruction': a}, {'id': 2, 'instruction': b}, {'id': 3, 'instruction': '什么是深度学习'}]
     st = Stats('d')
-    assert [r['id'] for r in dd.dedup(recs, fields='instruction', stats=st)] == [1, 3]
+    assert [r['id'] for r in dd.dedup(recs, fields='instruction', stats=st, adaptive=True)] == [1, 3]
     assert st.reasons == {'near_duplicate': 1}
+
+
+BOUNDARY = [("Write a short friendly email to my landlord asking whether the broken kitchen window can be repaired "
+             "before the end of this month please", "please"),          # 24 words (+1: 25)
+            ("请帮我写一封邮件给房东询问修", "户")]                          # 14 characters (+1: 15)
+
+
+@pytest.mark.parametrize('text,extra', BOUNDARY)
+def test_boundary_pair_is_found(text, extra, tmp_path):
+    "Issue #24: one token more crosses a step of the adaptive n (tokens // 5); with one n per corpus the pair is found."
+    longer = text + (' ' if text.isascii() else '') + extra
+    nt = len(dd._tokens(text))
+    assert nt % 5 == 4 and len(dd._tokens(longer)) == nt + 1
+    assert dd.jaccard(dd.shingles(text, adaptive=True), dd.shingles(longer, adaptive=True)) == 0.0   # the old default
+    assert dd.jaccard(dd.shingles(text), dd.shingles(longer)) >= 0.9
+    assert dd.DedupOptions().adaptive is False and dd.dedup_options().adaptive is False
+    recs = [{'id': 'a', 'instruction': text}, {'id': 'b', 'instruction': longer}]
+    for verify in (True, False):
+        assert [r['id'] for r in dd.dedup(recs, fields='instruction', verify=verify)] == ['a']
+    assert [r['id'] for r in dd.dedup(recs, fields='instruction', adaptive=True)] == ['a', 'b']
+    write_records(recs, tmp_path / 'in.jsonl')
+    # --ngram 30: the English texts are one whole shingle each (different); Chinese keeps its character 3-grams
+    for flags, kept in (([], 1), (['--adaptive'], 2), (['--fixed-ngram'], 1), (['--ngram', '30'], 2 if text.isascii() else 1)):
+        r = CliRunner().invoke(load_commands(), ['dedup', str(tmp_path / 'in.jsonl'), str(tmp_path / 'o.jsonl'),
+                                                 '--fields', 'instruction'] + flags)
+        assert r.exit_code == 0, r.output
+        assert len(list(read_records(tmp_path / 'o.jsonl'))) == kept, flags
+    r = CliRunner().invoke(load_commands(), ['dedup', str(tmp_path / 'in.jsonl'), str(tmp_path / 'o2.jsonl'), '--ngram', '0'])
+    assert r.exit_code == 2 and 'ngram must be >= 1' in r.output and 'Traceback' not in r.output
+
+
+def chain_records(steps=(30, 70), n=100, seed=3):
+    "A~B~C...: one word changed per step in an n-word text (neighbours Jaccard 0.90 on 5-grams, two steps apart 0.81)."
+    rng = np.random.default_rng(seed)
+    ws = [[f'w{i}' for i in rng.permutation(1000)[:n]]]
+    for p in steps: ws.append(ws[-1][:p] + [f'x{p}'] + ws[-1][p + 1:])
+    return [{'id': 'ABCDEFG'[i], 'text': ' '.join(w)} for i, w in enumerate(ws)]
+
+
+def test_strict_clusters_split_a_chain(tmp_path):
+    "Issue #24: A~B~C with J(A,C) below the threshold; strict clusters keep no removed record that is not near its keeper."
+    recs = chain_records()
+    J = lambda i, j: dd.jaccard(dd.shingles(recs[i]['text']), dd.shingles(recs[j]['text']))
+    t = 0.85
+    assert J(0, 1) >= t and J(1, 2) >= t and J(0, 2) < t                 # the planted chain
+    for verify in (True, False):
+        res = dd.find_clusters(recs, fields='text', threshold=t, verify=verify, num_perm=256)
+        assert res.keep.tolist() == [True, False, False] and res.sim[2] < t          # C removed for A, not near it
+        res = dd.find_clusters(recs, fields='text', threshold=t, verify=verify, num_perm=256, strict_clusters=True)
+        assert res.keep.tolist() == [True, False, True]                              # C split off and kept
+        assert all(s >= t for c in res.clusters() for s in c['similarity'])
+    # the keep policy decides who stands for whom: keep longest with C longest keeps C for B, then A alone
+    recs2 = [dict(r) for r in recs]; recs2[2]['text'] += ' end'
+    res = dd.find_clusters(recs2, fields='text', threshold=t, keep='longest', strict_clusters=True)
+    assert res.keep.tolist() == [True, False, True] and [c['kept'] for c in res.clusters()] == ['C']
+    write_records(recs, tmp_path / 'in.jsonl')
+    for flags, kept in ((['--strict-clusters'], ['A', 'C']), ([], ['A']), (['--chain-clusters'], ['A'])):
+        r = CliRunner().invoke(load_commands(), ['dedup', str(tmp_path / 'in.jsonl'), str(tmp_path / 'o.jsonl'),
+                                                 '--fields', 'text', '--threshold', str(t)] + flags)
+        assert r.exit_code == 0, r.output
+        assert [x['id'] for x in read_records(tmp_path / 'o.jsonl')] == kept, flags
+
+
+def test_strict_split_rounds():
+    "strict_split on its own: a path 0-1-2-3-4 where only neighbours are similar splits into stars of the keep order."
+    label = np.zeros(5, np.int64)
+    sim = lambda a, b: (np.abs(a - b) <= 1).astype(float)
+    new, keep, s, rounds = dd.strict_split(label, np.zeros(5), sim, 0.5)
+    assert keep.tolist() == [True, False, True, False, True] and new.tolist() == [0, 0, 2, 2, 4] and rounds == 3
+    new, keep, s, rounds = dd.strict_split(label, -np.arange(5.0), sim, 0.5)     # the last one preferred
+    assert keep.tolist() == [True, False, True, False, True] and new.tolist() == [0, 2, 2, 4, 4]
+
+
+def test_short_text_is_one_shingle():
+    assert dd.shingles("Explain machine learning") == ['explain machine learning']
+    assert dd.shingles("机器") == ['机器']
+    sh, cnt, _ = dd.Shingler().hashes(["Explain machine learning", "机器", "a b c d e f"])
+    assert cnt.tolist() == [1, 1, 2]
 
 
 def test_signatures_match_datasketch():
@@ -93,9 +173,10 @@ def test_keep_policies():
     recs = [{'id': 0, 't': 'Write a poem about the sea in spring', 'q': 0.1},
             {'id': 1, 't': 'Write a poem about the sea in spring, spring', 'q': 0.9},
             {'id': 2, 't': 'In spring, write a poem about the sea'}]
-    assert [r['id'] for r in dd.dedup(recs, fields='t')] == [0]
-    assert [r['id'] for r in dd.dedup(recs, fields='t', keep='longest')] == [1]
-    assert [r['id'] for r in dd.dedup(recs, fields='t', keep='score', score_field='q')] == [1]
+    assert [r['id'] for r in dd.dedup(recs, fields='t', adaptive=True)] == [0]
+    assert [r['id'] for r in dd.dedup(recs, fields='t', adaptive=True, keep='longest')] == [1]
+    assert [r['id'] for r in dd.dedup(recs, fields='t', adaptive=True, keep='score', score_field='q')] == [1]
+    assert [r['id'] for r in dd.dedup(recs, fields='t', keep='longest')] == [1, 2]     # one n: 2 is reordered
 
 
 def test_missing_fields_error(tmp_path):
@@ -194,3 +275,31 @@ def test_chunking_does_not_change_clusters():
     for kw in (dict(chunk_chars=300), dict(chunk_size=3), dict(chunk_chars=1, workers=2)):
         r = dd.find_clusters(recs, **{'workers': 1, **kw})
         assert (r.label == ref.label).all() and (r.keep == ref.keep).all() and (r.sim == ref.sim).all(), kw
+
+
+def test_memory_stays_near_the_signatures():
+    "Issue #24: traced peak of find_clusters in signature sizes (now 3.4x with verify, 2.3x without; before the fix 4.05x, 3.09x)."
+    import tracemalloc
+    rng = np.random.default_rng(0)
+    words = [f'w{i}' for i in range(5000)]
+    recs = []
+    for i in range(20000):
+        t = ' '.join(rng.choice(words, 60)); recs.append({'id': i, 'text': t})
+        if i % 4 == 0: recs.append({'id': f'{i}b', 'text': t + ' extra'})
+    sig_bytes = len(recs) * 128 * 4
+    dd.find_clusters(recs[:50], fields='text', workers=1)            # imports and cached permutations: not traced
+    for verify, bound in ((True, 3.7), (False, 2.7)):
+        tracemalloc.start()
+        try:
+            res = dd.find_clusters(recs, fields='text', workers=1, chunk_size=1024, verify=verify)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert res.n_dropped == 5000
+        assert peak < bound * sig_bytes, (verify, peak / sig_bytes)
+
+
+def test_stack_frees_parts():
+    parts = [np.full((3, 2), i, np.uint32) for i in range(4)]
+    out = dd._stack(parts, (2,), np.uint32)
+    assert parts == [None] * 4 and out.shape == (12, 2) and out[-1, 0] == 3
