@@ -499,11 +499,11 @@ def augment_step(records, stats, ctx, factor=None, target_size=None, seed=0, **o
 
 def topk_step(records, stats, ctx, corpus='ingest', decontaminate=None, **opts):
     "Branch: CLaRa top-k records from the QA records, negatives drawn from the chunks of stage `corpus`; `decontaminate`: its options, for the documents too."
-    from dataalchemy.topk import build_topk, topk_options
+    from dataalchemy.topk import iter_topk, topk_options
     o = topk_options(**opts)
-    extra = list(ctx.records(corpus)) if corpus else None
+    extra = ctx.records(corpus) if corpus else None               # read once, into the on-disk corpus
     eng = ctx.engine if (o.negatives != 'random' and o.embedder == 'engine') else None
-    out = build_topk(records, o, corpus=extra, engine=eng, stats=stats)
+    out = iter_topk(ctx.input_path() or records, o, corpus=extra, engine=eng, stats=stats)   # the QA file, read twice
     if decontaminate:                       # a document that copies a benchmark item is as bad as a question that does
         from dataalchemy.decontam import decontam_records
         out = decontam_records(out, _Recount(stats), **{**decontaminate, 'action': 'drop'})

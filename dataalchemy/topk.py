@@ -6,10 +6,11 @@ Docs: https://dataalchemy.github.io/dataalchemy/topk.html.md"""
 
 # %% ../nbs/09a_topk.ipynb #605846b2
 from __future__ import annotations
-import math, os, random, time
+import math, os, random, tempfile, time
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 import typer
 from .core import RecordError, Stats, read_records, stable_id, write_records
@@ -18,8 +19,9 @@ from .qa import support_score
 from .cli import app, fail
 
 # %% auto #0
-__all__ = ['TopkOpts', 'topk_options', 'recommend_k', 'normalize_rows', 'mine_hard_negatives', 'naive_hard_negatives',
-           'embed_texts', 'is_false_negative', 'qa_items', 'build_topk', 'topk_file', 'topk_cmd']
+__all__ = ['MALFORMED', 'TopkOpts', 'topk_options', 'recommend_k', 'normalize_rows', 'mine_hard_negatives',
+           'naive_hard_negatives', 'embed_texts', 'is_false_negative', 'qa_item', 'qa_items', 'TextStore', 'Corpus',
+           'iter_topk', 'build_topk', 'topk_file', 'topk_cmd']
 
 # %% ../nbs/09a_topk.ipynb #dff6cd41
 @dataclass
@@ -118,36 +120,149 @@ def is_false_negative(doc: str, answer: str, threshold: float = 0.8) -> bool:
     return bool(threshold) and support_score(answer, doc) >= threshold
 
 # %% ../nbs/09a_topk.ipynb #bd5c0339
+def qa_item(r: dict) -> dict | None:
+    "The question, answer and positive chunk of one QA record (dataalchemy.qa Alpaca output, or question/answer/context); None when one is missing."
+    m = r.get('meta') if isinstance(r.get('meta'), dict) else {}
+    q = r.get('question') or r.get('instruction')
+    a = r.get('gold_answer') or r.get('answer') or r.get('output')
+    docs = r.get('docs') if isinstance(r.get('docs'), list) else []
+    pos = m.get('context') or r.get('context') or r.get('positive') or (docs[0] if docs else None)
+    if not all(isinstance(x, str) and x.strip() for x in (q, a, pos)): return None
+    cid = str(m.get('chunk_id') or r.get('chunk_id') or stable_id(pos))
+    return {'id': str(r.get('id') or stable_id([q, a, cid])), 'question': q, 'answer': a, 'pos': pos, 'chunk_id': cid,
+            'doc_id': str(m.get('doc_id') or r.get('doc_id') or cid), 'backend': m.get('backend'), 'model': m.get('model')}
+
+MALFORMED = 'malformed record: needs a question, an answer and the positive chunk'
+
 def qa_items(records: Iterable[dict], stats: Stats | None = None) -> list[dict]:
-    "Questions with answer and positive chunk from QA records (dataalchemy.qa Alpaca output, or question/answer/context)."
+    "The `qa_item` of every record; malformed ones dropped (with the reason) in `stats`."
     st = stats if stats is not None else Stats('topk')
     out = []
     for i, r in enumerate(records):
-        m = r.get('meta') if isinstance(r.get('meta'), dict) else {}
-        q = r.get('question') or r.get('instruction')
-        a = r.get('gold_answer') or r.get('answer') or r.get('output')
-        docs = r.get('docs') if isinstance(r.get('docs'), list) else []
-        pos = m.get('context') or r.get('context') or r.get('positive') or (docs[0] if docs else None)
-        if not all(isinstance(x, str) and x.strip() for x in (q, a, pos)):
-            st.seen(); st.drop(r, 'malformed record: needs a question, an answer and the positive chunk', index=i); continue
-        cid = str(m.get('chunk_id') or r.get('chunk_id') or stable_id(pos))
-        out.append({'id': str(r.get('id') or stable_id([q, a, cid])), 'question': q, 'answer': a, 'pos': pos,
-                    'chunk_id': cid, 'doc_id': str(m.get('doc_id') or r.get('doc_id') or cid),
-                    'backend': m.get('backend'), 'model': m.get('model')})
+        if (it := qa_item(r)) is None: st.seen(); st.drop(r, MALFORMED, index=i)
+        else: out.append(it)
     return out
 
-def _corpus(items: list[dict], extra: Iterable[dict] | None) -> tuple[list[str], list[str], list[str]]:
-    texts, cids, dids, seen = [], [], [], {}
-    def add(t, c, d):
-        if c in seen or not isinstance(t, str) or not t.strip(): return
-        seen[c] = len(texts); texts.append(t); cids.append(c); dids.append(d)
-    for it in items: add(it['pos'], it['chunk_id'], it['doc_id'])
-    for j, c in enumerate(extra or []):
-        t = c.get('text')
-        cid = str(c.get('chunk_id') or stable_id(t))
-        add(t, cid, str(c.get('doc_id') or cid))
-    o = sorted(range(len(texts)), key=lambda i: cids[i])      # a canonical order: the input order does not matter
-    return [texts[i] for i in o], [cids[i] for i in o], [dids[i] for i in o]
+
+# %% ../nbs/09a_topk.ipynb #effc65b3
+class TextStore:
+    "Texts in a temporary file, read back by index: a corpus of millions of chunks without holding them in memory."
+    def __init__(self, dir: str | os.PathLike | None = None):
+        self._f = tempfile.TemporaryFile(dir=dir)
+        self._off = array('q', [0])
+
+    def add(self, text: str) -> int:
+        b = text.encode('utf-8', 'surrogatepass')
+        self._f.write(b); self._off.append(self._off[-1] + len(b))
+        return len(self._off) - 2
+
+    def __len__(self): return len(self._off) - 1
+
+    def __getitem__(self, i: int) -> str:
+        self._f.flush()
+        a, b = self._off[i], self._off[i + 1]
+        return os.pread(self._f.fileno(), b - a, a).decode('utf-8', 'surrogatepass')
+
+
+# %% ../nbs/09a_topk.ipynb #248b2c26
+class Corpus:
+    "Distinct chunks (each positive, then the `extra` chunks) in a canonical order (by chunk id): texts on disk, ids in memory."
+    def __init__(self, dir=None):
+        self.store, self.seen, self.cids, self.docs, self.doc_code = TextStore(dir), set(), [], [], {}
+        self._dids, self.positives = array('i'), set()      # positives: the chunks that have a question
+
+    def add(self, text, cid: str, did: str):
+        if cid in self.seen or not isinstance(text, str) or not text.strip(): return
+        self.seen.add(cid); self.store.add(text); self.cids.append(cid)
+        self._dids.append(self.doc_code.setdefault(did, len(self.doc_code)))
+
+    def freeze(self) -> 'Corpus':
+        "Sort by chunk id (the input order does not matter); `texts[i]`, `cids[i]`, `dids[i]` then follow that order."
+        self.order = np.array(sorted(range(len(self.cids)), key=self.cids.__getitem__), dtype=np.int64)
+        self.cids = [self.cids[j] for j in self.order]
+        self.dids = np.asarray(self._dids, dtype=np.int32)[self.order]
+        self.doc_names = list(self.doc_code)
+        self.pos_of = {c: i for i, c in enumerate(self.cids)}
+        del self.seen
+        return self
+
+    def __len__(self): return len(self.cids)
+    def text(self, i: int) -> str: return self.store[int(self.order[i])]
+    def doc(self, i: int) -> str: return self.doc_names[self.dids[i]]
+
+
+# %% ../nbs/09a_topk.ipynb #3670f94e
+def iter_topk(records, opts: TopkOpts | None = None, corpus: Iterable[dict] | None = None, engine=None,
+              embedder: str | Callable | None = None, stats: Stats | None = None, **overrides) -> Iterator[dict]:
+    "CLaRa records with exactly k documents each (positive + k-1 negatives), `pos_index`, seeded shuffle and guard; two passes over `records`, the corpus on disk."
+    o = opts or topk_options(**overrides)
+    st = stats if stats is not None else Stats('topk')
+    src = records if isinstance(records, (str, os.PathLike, list, tuple)) else list(records)
+    each = lambda: read_records(src, allow_empty=True) if isinstance(src, (str, os.PathLike)) else iter(src)
+    cor, bad = Corpus(), 0
+    for i, r in enumerate(each()):
+        if (it := qa_item(r)) is None: st.seen(); st.drop(r, MALFORMED, index=i); bad += 1
+        else: cor.add(it['pos'], it['chunk_id'], it['doc_id']); cor.positives.add(it['chunk_id'])
+    for c in corpus or []:
+        t = c.get('text'); cid = str(c.get('chunk_id') or stable_id(t))
+        cor.add(t, cid, str(c.get('doc_id') or cid))
+    cor.freeze()
+    k, n = int(o.k), len(cor)
+    st.count('corpus chunks', n)
+    items = (it for r in each() if (it := qa_item(r)) is not None)
+    if n < k:
+        rec = recommend_k(n)
+        for it in items: st.seen(); st.drop(it, f'corpus smaller than k (k={k})', n_chunks=n, recommendation=rec['text'])
+        return
+    yield from _draw(items, cor, o, engine, embedder, st)
+
+
+# %% ../nbs/09a_topk.ipynb #a3a762ee
+def _draw(items, cor: Corpus, o: TopkOpts, engine, embedder, st: Stats) -> Iterator[dict]:
+    "The k documents of each item: hard negatives (mined once for every positive), then random ones, guarded, shuffled."
+    k = int(o.k)
+    n_hard = 0 if o.negatives == 'random' else (k - 1 if o.negatives == 'hard' else int(round((k - 1) * o.mixed_hard)))
+    hard = {}
+    if n_hard and k > 1:
+        rows = sorted(cor.pos_of[c] for c in cor.positives)
+        E = embed_texts([cor.text(i) for i in range(len(cor))], embedder or o.embedder, engine)
+        idx, _ = mine_hard_negatives(E, max(o.hard_pool, n_hard), rows=rows, groups=None if o.same_doc else cor.dids,
+                                     block=o.block, normalized=True)
+        hard = {r: [j for j in row if j >= 0] for r, row in zip(rows, idx.tolist())}
+    for it in items:
+        st.seen()
+        p = cor.pos_of[it['chunk_id']]
+        rng = random.Random(f"{o.seed}:{it['id']}")
+        chosen, guarded = [], 0
+        def take(cands, limit):
+            nonlocal guarded
+            got = 0
+            if limit <= 0: return 0
+            for j in cands:                                   # lazily: a big corpus is never listed whole
+                t = cor.text(j)
+                if j in chosen or t.strip() == it['pos'].strip(): continue
+                if is_false_negative(t, it['answer'], o.guard): guarded += 1; continue
+                chosen.append(j); got += 1
+                if got >= limit: break
+            return got
+        nh = take(hard.get(p, []), n_hard) if n_hard else 0
+        take(_random_candidates(rng, p, cor.dids, 20 * k), k - 1 - len(chosen))
+        if guarded: st.count('false negatives replaced', guarded)
+        if len(chosen) < k - 1:
+            st.drop(it, 'not enough negatives after the false-negative guard', found=len(chosen), k=k); continue
+        order = [p] + chosen
+        rng.shuffle(order)
+        st.kept(); st.count('hard negatives', nh); st.count('random negatives', k - 1 - nh)
+        yield {'question': it['question'], 'docs': [cor.text(j) for j in order], 'gold_answer': it['answer'],
+               'answer': it['answer'], 'pos_index': [order.index(p)],
+               'meta': {'k': k, 'negatives': o.negatives, 'n_hard': nh, 'seed': o.seed, 'qa_id': it['id'],
+                        'chunk_ids': [cor.cids[j] for j in order], 'doc_ids': [cor.doc(j) for j in order],
+                        'backend': it['backend'], 'model': it['model']}}
+
+def build_topk(records, opts: TopkOpts | None = None, corpus: Iterable[dict] | None = None, engine=None,
+               embedder: str | Callable | None = None, stats: Stats | None = None, **overrides) -> list[dict]:
+    "`iter_topk` as a list."
+    return list(iter_topk(records, opts, corpus, engine, embedder, stats, **overrides))
 
 def _random_candidates(rng: random.Random, p: int, dids: list[str], tries: int):
     "Random corpus indices: other documents first (sampled, then exhaustively), then the same document."
@@ -160,65 +275,13 @@ def _random_candidates(rng: random.Random, p: int, dids: list[str], tries: int):
     yield from (j for j in rest if dids[j] != dids[p])
     yield from (j for j in rest if dids[j] == dids[p])
 
-def build_topk(records: Iterable[dict], opts: TopkOpts | None = None, corpus: Iterable[dict] | None = None,
-               engine=None, embedder: str | Callable | None = None, stats: Stats | None = None, **overrides) -> list[dict]:
-    "CLaRa records with exactly k documents each (positive + k-1 negatives), `pos_index`, seeded shuffle and guard."
-    o = opts or topk_options(**overrides)
-    st = stats if stats is not None else Stats('topk')
-    items = qa_items(records, st)
-    texts, cids, dids = _corpus(items, corpus)
-    pos_of = {c: i for i, c in enumerate(cids)}
-    k, n = int(o.k), len(texts)
-    st.count('corpus chunks', n)
-    if n < k:
-        rec = recommend_k(n)
-        for it in items: st.seen(); st.drop(it, f'corpus smaller than k (k={k})', n_chunks=n, recommendation=rec['text'])
-        return []
-    n_hard = 0 if o.negatives == 'random' else (k - 1 if o.negatives == 'hard' else int(round((k - 1) * o.mixed_hard)))
-    hard = {}
-    if n_hard and k > 1:
-        rows = sorted({pos_of[it['chunk_id']] for it in items})
-        E = embed_texts(texts, embedder or o.embedder, engine)
-        idx, _ = mine_hard_negatives(E, max(o.hard_pool, n_hard), rows=rows, groups=None if o.same_doc else dids,
-                                     block=o.block, normalized=True)
-        hard = {r: [j for j in row if j >= 0] for r, row in zip(rows, idx.tolist())}
-    out = []
-    for it in items:
-        st.seen()
-        p = pos_of[it['chunk_id']]
-        rng = random.Random(f"{o.seed}:{it['id']}")
-        chosen, guarded = [], 0
-        def take(cands, limit):
-            nonlocal guarded
-            got = 0
-            if limit <= 0: return 0
-            for j in cands:                                   # lazily: a big corpus is never listed whole
-                if j in chosen or texts[j].strip() == it['pos'].strip(): continue
-                if is_false_negative(texts[j], it['answer'], o.guard): guarded += 1; continue
-                chosen.append(j); got += 1
-                if got >= limit: break
-            return got
-        nh = take(hard.get(p, []), n_hard) if n_hard else 0
-        take(_random_candidates(rng, p, dids, 20 * k), k - 1 - len(chosen))
-        if guarded: st.count('false negatives replaced', guarded)
-        if len(chosen) < k - 1:
-            st.drop(it, 'not enough negatives after the false-negative guard', found=len(chosen), k=k); continue
-        order = [p] + chosen
-        rng.shuffle(order)
-        st.kept(); st.count('hard negatives', nh); st.count('random negatives', k - 1 - nh)
-        out.append({'question': it['question'], 'docs': [texts[j] for j in order], 'gold_answer': it['answer'],
-                    'answer': it['answer'], 'pos_index': [order.index(p)],
-                    'meta': {'k': k, 'negatives': o.negatives, 'n_hard': nh, 'seed': o.seed, 'qa_id': it['id'],
-                             'chunk_ids': [cids[j] for j in order], 'doc_ids': [dids[j] for j in order],
-                             'backend': it['backend'], 'model': it['model']}})
-    return out
 
 # %% ../nbs/09a_topk.ipynb #fa20e3bf
 def topk_file(src, dst: str | os.PathLike, opts: TopkOpts | None = None, corpus=None, instruct_out=None, engine=None,
               rejected=None, **overrides) -> tuple[Stats, dict]:
     "QA records in `src` (+ chunks in `corpus`) -> CLaRa top-k records in `dst` (and `instruct_out`); `(stats, report)`."
     o = opts or topk_options(**overrides)
-    extra = list(read_records(corpus)) if isinstance(corpus, (str, os.PathLike)) else corpus
+    extra = read_records(corpus) if isinstance(corpus, (str, os.PathLike)) else corpus
     with Stats('topk', rejected=rejected) as st:
         recs = build_topk(read_records(src), o, extra, engine, stats=st)
         write_records(recs, dst)
