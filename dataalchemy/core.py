@@ -280,6 +280,8 @@ def dumps(rec: Any) -> str:
     "One-line JSON for `rec`, keeping non-ASCII text readable."
     return json.dumps(rec, ensure_ascii=False, default=_json_default)
 
+_UMASK = os.umask(0o022); os.umask(_UMASK)          # the process's umask, read once
+
 class RecordWriter:
     "Write dict records to `path` (jsonl/json/parquet, optionally .gz) atomically: temp file + rename on `close()`."
     def __init__(self, path: str | os.PathLike, fmt: str | None = None, parquet_batch: int = 4096):
@@ -342,6 +344,7 @@ class RecordWriter:
         else:
             if self.fmt == 'json': self._f.write('\n]\n' if self.n else ']\n')
             self._f.flush(); self._f.close()
+        os.chmod(self.tmp, 0o666 & ~_UMASK)            # mkstemp made it 0600: give the file the mode any new file gets
         os.replace(self.tmp, self.path)
         self.tmp = None
 

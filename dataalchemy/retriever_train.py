@@ -176,7 +176,7 @@ def retrieval_metrics(rankings: Sequence[Sequence], qrels: Sequence[dict], ks: S
 
 # %% ../nbs/10_retriever_train.ipynb #50c822da
 def _quiet():
-    os.environ.setdefault('HF_HUB_OFFLINE', '1')
+    "Silence transformers' logging and progress bars (no environment variable is changed: models load from local paths only)."
     try:
         from transformers.utils import logging as hl
         hl.set_verbosity_error(); hl.disable_progress_bar()
@@ -215,7 +215,7 @@ def load_retriever(model=None, device: str = 'auto', max_seq_length: int | None 
     _require('the retriever')
     from sentence_transformers import SentenceTransformer
     if isinstance(model, SentenceTransformer): return model
-    m = SentenceTransformer(_model_path(model), device=pick_device(device))
+    m = SentenceTransformer(_model_path(model), device=pick_device(device), local_files_only=True)
     if max_seq_length: m.max_seq_length = min(m.max_seq_length or max_seq_length, max_seq_length)
     return m
 
@@ -223,7 +223,7 @@ def unk_rate(model, texts: Sequence[str]) -> float:
     "Fraction of the tokens of `texts` that the tokenizer of `model` (a path or a loaded model) maps to its unknown token."
     _require('unk_rate')
     from transformers import AutoTokenizer
-    tok = getattr(model, 'tokenizer', None) or AutoTokenizer.from_pretrained(_model_path(model))
+    tok = getattr(model, 'tokenizer', None) or AutoTokenizer.from_pretrained(_model_path(model), local_files_only=True)
     ids = [i for t in texts for i in tok(t, add_special_tokens=False)['input_ids']]
     return sum(i == tok.unk_token_id for i in ids) / len(ids) if ids else 0.0
 
@@ -439,11 +439,11 @@ def _load_reranker(model, device: str = 'auto', num_labels: int | None = None, i
     _require('the reranker')
     from transformers import AutoTokenizer, AutoModelForSequenceClassification
     path = _model_path(model)
-    tok = AutoTokenizer.from_pretrained(path)
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
     kw = {'num_labels': num_labels} if num_labels else {}
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        net, load_info = AutoModelForSequenceClassification.from_pretrained(path, output_loading_info=True, **kw)
+        net, load_info = AutoModelForSequenceClassification.from_pretrained(path, output_loading_info=True, local_files_only=True, **kw)
     if net.config.num_labels != 1: raise ValueError(f"{path}: a reranker needs one output logit, this model has {net.config.num_labels}")
     out = (tok, net.to(pick_device(device)), path)
     return out + (set(load_info.get('missing_keys') or ()),) if info else out

@@ -319,5 +319,7 @@ def topk_cmd(src: Path = typer.Argument(..., help="QA records (dataalchemy qa ou
     except RuntimeError as e: fail(e, 1)                     # the embedding run failed
     typer.echo(st.table())
     typer.echo(rep['text'])
+    if rep['written'] == 0 and st.n_in and st.reasons.get(MALFORMED, 0) == st.n_in:
+        fail(f"{src}: no usable QA record: {MALFORMED} (all {st.n_in:,} records)" + (f"; they are in {rejected}" if rejected else ''), 2)
     if rep['written'] == 0: fail(f"no record written: k={o.k} is too large for this corpus")
     typer.echo(f"train with: {rep['flag']}")
