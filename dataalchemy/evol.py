@@ -9,7 +9,7 @@ from __future__ import annotations
 import random, re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterator
 
 from .core import RecordError, Stats, normalize, read_records, stable_id, text_len, tokenize, write_records
 from .config import options

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import typer
-from .core import (RecordError, ErrorLog, RecordReader, Stats, RecordWriter, write_records, dumps,
+from .core import (RecordError, ErrorLog, RecordReader, Stats, write_records, dumps,
                               text_len, has_cjk, normalize)
 from .config import options, get_settings
 from .cli import app, fail

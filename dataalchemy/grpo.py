@@ -6,12 +6,12 @@ Docs: https://dataalchemy.github.io/dataalchemy/grpo.html.md"""
 
 # %% ../nbs/11_grpo.ipynb #69bddaca
 from __future__ import annotations
-import dataclasses, json, math, os, random, re, statistics, tomllib, unicodedata, warnings
-from dataclasses import dataclass, field, fields, asdict
+import json, math, os, random, re, statistics, tomllib, unicodedata, warnings
+from dataclasses import dataclass, fields, asdict
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 import dataalchemy
-from .core import RecordError, read_records, normalize, tokenize, text_len, has_cjk, Stats, stable_id
+from .core import RecordError, read_records, normalize, text_len, has_cjk, Stats, stable_id
 from .config import Settings, options
 from .llm import extract_json
 

@@ -6,14 +6,13 @@ Docs: https://dataalchemy.github.io/dataalchemy/grpo_train.html.md"""
 
 # %% ../nbs/11a_grpo_train.ipynb #92cdb730
 from __future__ import annotations
-import importlib.util, json, math, os, shutil, time, warnings
-from dataclasses import asdict
+import importlib.util, json, os, shutil, time, warnings
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 import typer
-from .core import Stats, write_records, read_records, normalize
+from .core import Stats, write_records, read_records
 from .grpo import (TrainingConfig, load_config, parse_overrides, config_toml, load_bank, mix_dataset,
-                              grpo_prompts, make_reward_funcs, offline_teacher, llm_teacher, engine_teacher, select_for_distillation,
+                              grpo_prompts, make_reward_funcs, offline_teacher, engine_teacher, select_for_distillation,
                               score_questions, reward_table, NoveltyIndex, REWARD_PARTS, TOPICS)
 from .cli import app, Verbs, fail
 

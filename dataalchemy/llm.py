@@ -10,8 +10,7 @@ import asyncio, base64, concurrent.futures, email.utils, hashlib, importlib, jso
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Any, Callable, Iterable
-from .core import (RecordError, dumps, has_cjk, is_cjk, read_records, split_sentences, stable_id, text_len,
-                              tokenize)
+from .core import (RecordError, dumps, is_cjk, read_records, stable_id, tokenize)
 from .config import Settings, get_settings
 import json_repair
 

@@ -170,8 +170,8 @@ def _need_presidio(torch_ok: bool = False):
     probe = 'PRESIDIO_DEVICE' not in os.environ and 'torch' not in sys.modules
     if probe: os.environ['PRESIDIO_DEVICE'] = 'cpu'
     try:
-        import presidio_analyzer, presidio_anonymizer, spacy
-        from presidio_analyzer.nlp_engine import device_detector
+        import presidio_analyzer, presidio_anonymizer, spacy  # noqa: F401 (are they installed?)
+        from presidio_analyzer.nlp_engine import device_detector  # noqa: F401
     except ImportError as e:
         raise ImportError(f"PII scrubbing needs presidio and spaCy ({e.name} is missing): "
                           "pip install presidio-analyzer presidio-anonymizer spacy  (or pip install 'dataalchemy[safety]')") from None

@@ -6,14 +6,14 @@ Docs: https://dataalchemy.github.io/dataalchemy/pipeline.html.md"""
 
 # %% ../nbs/12_pipeline.ipynb #139b60fc
 from __future__ import annotations
-import base64, dataclasses, difflib, hashlib, html, io, json, os, re, shutil, sys, tempfile, time, tomllib
+import dataclasses, difflib, hashlib, json, os, re, shutil, sys, tempfile, time, tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 import typer
 from fastcore.basics import patch
-from .core import (RecordError, RecordWriter, Stats, dumps, has_cjk, plot_label, read_records, stable_id,
-                              text_len, use_cjk_font, write_records)
+from .core import (RecordError, RecordWriter, Stats, has_cjk, read_records, stable_id,
+                              text_len, write_records)
 from .cli import app, fail
 
 # %% auto #0

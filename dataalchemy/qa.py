@@ -7,14 +7,14 @@ Docs: https://dataalchemy.github.io/dataalchemy/qa.html.md"""
 # %% ../nbs/09_qa.ipynb #78c76328
 from __future__ import annotations
 import json, os, re
-from dataclasses import dataclass, asdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 from fastcore.basics import chunked
-from .core import (RecordError, RecordWriter, Stats, cjk_ratio, has_cjk, normalize, read_records, split_sentences,
+from .core import (RecordError, Stats, cjk_ratio, has_cjk, normalize, read_records, split_sentences,
                               stable_id, text_len, tokenize, write_records, token_spans)
 from .config import Settings, options
-from .llm import Engine, Request, TASKS, extract_json, parse_all, register_task
+from .llm import Engine, Request, extract_json, parse_all, register_task
 import typer
 from .cli import app, fail
 

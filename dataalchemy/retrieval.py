@@ -9,10 +9,10 @@ from __future__ import annotations
 import functools, math, os, re, warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 import numpy as np
 import typer
-from .core import RecordError, Stats, has_cjk, read_records, stable_id, tokenize, write_records
+from .core import RecordError, Stats, has_cjk, read_records, tokenize, write_records
 from .config import Settings, get_settings, options
 from .cli import app, fail
 

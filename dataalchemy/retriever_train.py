@@ -9,7 +9,7 @@ from __future__ import annotations
 import json, math, os, random, time, warnings
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 import numpy as np
 import typer
 from .core import read_records, write_records, RecordError, Stats, normalize, tokenize, stable_id
@@ -384,7 +384,6 @@ def train_retriever(data, out: str | os.PathLike, opts: RetrieverOptions | None 
     if o.loss == 'mnrl': train = [{**r, 'positive': r['pos'][int(np.argmax(r['scores']))]} for r in train]
     _require('train_retriever')
     import torch
-    from sentence_transformers import SentenceTransformer
     t0, out = time.time(), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     base = _model_path(o.model)
@@ -657,7 +656,7 @@ def train_retriever_cmd(data: str = typer.Argument(..., help="LM-scored {query, 
     "Fine-tune a retriever on LM-scored lists (listwise KL distillation, or contrastive in-batch negatives)."
     o = retriever_options(**_num_opts(model=model, loss=loss, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
                                       learning_rate=lr, temperature=temperature, eval_frac=eval_frac, seed=seed, device=device))
-    with Stats('train_retriever', rejected=rejected) as st: res = train_retriever(data, out, o, stats=st)
+    with Stats('train_retriever', rejected=rejected) as st: train_retriever(data, out, o, stats=st)
     typer.echo(st.table())
 
 @app.command('train-reranker')

@@ -7,13 +7,13 @@ Docs: https://dataalchemy.github.io/dataalchemy/self_instruct.html.md"""
 # %% ../nbs/03_self_instruct.ipynb #6e6e6e9e
 from __future__ import annotations
 import functools, random, re, string, unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import dataalchemy
-from .core import (CJK_RANGES, RecordError, Stats, has_cjk, is_cjk, normalize, read_records, stable_id, text_len,
+from .core import (CJK_RANGES, RecordError, Stats, has_cjk, is_cjk, read_records, stable_id, text_len,
                               tokenize, write_records)
 from .config import options
 from .llm import run_batch

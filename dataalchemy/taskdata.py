@@ -17,7 +17,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import typer
 
 from .core import (RecordError, RecordWriter, Stats, cjk_ratio, has_cjk, normalize, read_records,
-                              stable_id, text_len)
+                              stable_id)
 from .config import options
 from .cli import app, Verbs, fail
 from .llm import json_values, llm_options, run_batch, schema_errors
@@ -762,7 +762,7 @@ def safe_eval(expr: str, max_exponent: int = 1000, max_bits: int = 20000, max_le
     "The value of arithmetic `expr` (int, Fraction or float), computed without `eval`; raises `UnsafeExpression`/`ValueError`."
     if len(expr) > max_len: raise UnsafeExpression(f"expression longer than {max_len} characters")
     try: tree = ast.parse(expr.strip(), mode='eval')
-    except SyntaxError as e: raise ValueError(f"not an arithmetic expression: {expr!r}") from None
+    except SyntaxError: raise ValueError(f"not an arithmetic expression: {expr!r}") from None
     bins = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Mod: operator.mod,
             ast.FloorDiv: operator.floordiv}
     def ev(n):

@@ -7,7 +7,7 @@ Docs: https://dataalchemy.github.io/dataalchemy/testserver.html.md"""
 # %% ../nbs/02a_testserver.ipynb #f3a753ec
 from __future__ import annotations
 import argparse, asyncio, base64, collections, hashlib, json, math, re, struct, subprocess, sys, threading, time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 from .core import CJK_RANGES, has_cjk, normalize
 
@@ -240,7 +240,6 @@ class FakeOpenAI:
 
     # -- request handling ---------------------------------------------------------------------------------------
     async def _handle(self, request, path: str, prompt_of: Callable[[dict], str], reply: Callable[[dict, Fault | None], dict]):
-        from aiohttp import web
         auth = request.headers.get('Authorization', '')
         try: body = await request.json()
         except Exception: body = None
@@ -415,9 +414,8 @@ def task_responder(messages: list[dict], params: dict) -> str:
     system = next((message_text(m.get('content')) for m in messages or [] if m.get('role') == 'system'), '')
     for kind, pats in (('doc_qa', _re_doc_qa), ('qa', _re_qa)):
         if m := next((x for p in pats if (x := p.search(text))), None):
-            from dataalchemy.llm import TASKS
-            import dataalchemy.qa                                      # registers doc_qa
-            body = TASKS[kind].offline({'text': m['text'], 'n': int(m['n'])})
+            from dataalchemy.llm import get_task                       # registers the QA chapter's tasks on first use
+            body = get_task(kind).offline({'text': m['text'], 'n': int(m['n'])})
             return 'Here is the JSON you asked for:\n```json\n' + body + '\n```'
     if 'toxicity' in system and 'identity_attack' in system and text.startswith('Text:\n'):
         from dataalchemy.toxicity import offline_judge

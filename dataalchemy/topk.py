@@ -6,7 +6,7 @@ Docs: https://dataalchemy.github.io/dataalchemy/topk.html.md"""
 
 # %% ../nbs/09a_topk.ipynb #605846b2
 from __future__ import annotations
-import math, os, random, tempfile, time
+import os, random, tempfile
 from array import array
 from dataclasses import dataclass
 from pathlib import Path

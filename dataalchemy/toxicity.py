@@ -8,7 +8,7 @@ Docs: https://dataalchemy.github.io/dataalchemy/toxicity.html.md"""
 from __future__ import annotations
 import os, re, warnings
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Iterator
 from .core import Stats, has_cjk, read_records, record_texts, split_sentences
 from .config import options
 

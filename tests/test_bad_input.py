@@ -89,7 +89,6 @@ def test_hostile_inputs(verb, cases, capsys, monkeypatch, tmp_path):
 
 def test_files_get_the_umask_mode(tmp_path):
     "Data files are created with the mode any new file gets (0644 under umask 022), not mkstemp's 0600."
-    from dataalchemy.core import write_records
     old = os.umask(0o022)
     try:
         code = "from dataalchemy.core import write_records; write_records([{'a': 1}], 'x.jsonl')"

@@ -1,6 +1,5 @@
 "Benchmark decontamination through the real command: planted copies (whole, inside longer answers, Chinese) are caught and named."
 import json, subprocess, sys
-from pathlib import Path
 from dataalchemy.core import read_records, write_records
 
 BENCH = [{'id': 'q1', 'question': 'Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May.',

@@ -1,5 +1,4 @@
 "Dedup: exact and MinHash near-dedup, streaming files, engines (local pool, Ray local mode), CLI."
-import json
 import numpy as np
 import pytest
 from typer.testing import CliRunner

@@ -183,7 +183,6 @@ def run(tmp_path_factory):
 
 
 def _state(path):
-    import torch
     from transformers import AutoModelForCausalLM
     return {k: v.clone() for k, v in AutoModelForCausalLM.from_pretrained(path).state_dict().items()}
 

@@ -2,7 +2,6 @@
 import random, re
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 
 import dataalchemy.self_instruct as si

@@ -1,6 +1,6 @@
 """Task data and balance: the code sandbox against hostile code (per isolation: bwrap, unshare, none), tests that must run, the math verifier (en/zh), classification generation
 (scripted engine and the real Engine against FakeOpenAI), rebalancing, routing and the CLI verbs."""
-import json, os, re, shutil, socket, subprocess, sys, tempfile, time
+import json, os, re, shutil, socket, subprocess, sys, time
 from fractions import Fraction
 from pathlib import Path
 
