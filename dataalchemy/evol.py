@@ -170,6 +170,7 @@ def _clean(text: str) -> str:
     if len(t) > 1 and t[0] in '"“' and t[-1] in '"”': t = t[1:-1].strip()
     return t
 
+# %% ../nbs/04_evol_instruct.ipynb #654d350e
 def evolve(records, generate, stats: Stats | None = None, opts: EvolOptions | None = None, **overrides) -> Iterator[dict]:
     "Evol-Instruct over instruction `records`: yields evolved Alpaca records (with lineage) round by round."
     o = options(EvolOptions, 'evol', **overrides) if opts is None else \

@@ -204,6 +204,7 @@ def _parse_tools(rec, P):
     if tools is not None and not isinstance(tools, list): P('tools', f"must be a list of tool definitions, got {_tname(tools)}"); return None
     return tools
 
+# %% ../nbs/01_formats.ipynb #f19b1890
 def _parse_function_call(value, base, P, ids) -> list[dict]:
     try: obj = json.loads(value)
     except json.JSONDecodeError as e: P(base + '.value', f"function_call value is not valid JSON ({e.msg})"); return []
@@ -245,6 +246,7 @@ def _parse_sharegpt(rec: dict, P) -> Conv:
     extra = {k: v for k, v in rec.items() if k not in FORMAT_KEYS['sharegpt']}
     return Conv(msgs, _parse_tools(rec, P), extra, paths, 'sharegpt')
 
+# %% ../nbs/01_formats.ipynb #5562102c
 def _parse_message_list(items, name: str, P, msgs: list, paths: list):
     if not isinstance(items, list): P(name, f"must be a list of messages, got {_tname(items)}"); return
     for i, m in enumerate(items):
@@ -282,6 +284,7 @@ def _parse_messages(rec: dict, P) -> Conv:
     extra = {k: v for k, v in rec.items() if k not in FORMAT_KEYS['messages']}
     return Conv(msgs, _parse_tools(rec, P), extra, paths, 'messages')
 
+# %% ../nbs/01_formats.ipynb #cda54f99
 def _parse_pc(rec: dict, P) -> Conv:
     p, c = rec.get('prompt'), rec.get('completion')
     extra = {k: v for k, v in rec.items() if k not in FORMAT_KEYS['prompt-completion']}
@@ -381,6 +384,7 @@ def _function_call_value(calls: list[dict]) -> str:
         objs.append({'name': c['name'], 'arguments': args})
     return json.dumps(objs[0] if len(objs) == 1 else objs, ensure_ascii=False)
 
+# %% ../nbs/01_formats.ipynb #235ceb68
 def to_sharegpt(record: dict | Conv, frm: str | None = None, system: str | None = None) -> dict:
     "`record` (any format, or a `Conv`) as a ShareGPT `{'conversations': [...], 'system': ...}` record."
     conv = _with_system(record if isinstance(record, Conv) else parse(record, frm), system)
@@ -429,6 +433,7 @@ def to_alpaca(record: dict | Conv, frm: str | None = None, system: str | None = 
     if conv.tools is not None: out['tools'] = copy.deepcopy(conv.tools)
     return _merge(out, conv, 'alpaca')
 
+# %% ../nbs/01_formats.ipynb #ce051796
 def to_prompt_completion(record: dict | Conv, frm: str | None = None, system: str | None = None,
                          conversational: bool = True) -> dict:
     "`record` as TRL prompt/completion: the last assistant turn is the completion, everything before it the prompt."
@@ -672,6 +677,7 @@ def _apply(tok, msgs, tools, **kw):
     if tools: kw['tools'] = tools
     return tok.apply_chat_template(msgs, tokenize=False, **kw)
 
+# %% ../nbs/01_formats.ipynb #a5648196
 def _render_chat(conv: Conv, tok) -> tuple[str, list]:
     if not getattr(tok, 'chat_template', None):
         raise ValueError("this tokenizer has no chat_template: set tokenizer.chat_template "
@@ -706,6 +712,7 @@ def _token_labels(text: str, spans, tok) -> tuple[list[int], list[int]]:
               for t, (a, b) in zip(enc['input_ids'], enc['offset_mapping'])]
     return list(enc['input_ids']), labels
 
+# %% ../nbs/01_formats.ipynb #728b2b77
 def render(record: dict | Conv, tokenizer=None, template: str | None = None, fmt: str | None = None,
            train_on: str | None = None) -> Rendered:
     """`record` rendered as the trainer sees it, with the assistant spans that get loss (and token `labels` with a tokenizer).

@@ -100,6 +100,7 @@ class TrainingConfig:
         "Weights of the reward parts, in the order of `REWARD_PARTS`."
         return [self.w_difficulty, self.w_novelty, self.w_rigor, self.w_diversity]
 
+# %% ../nbs/11_grpo.ipynb #dd3a110e
 def _bad_type(name, v, t): raise TypeError(f"{name}: expected {t}, got {v!r}")
 
 def _as_bool(v):
@@ -531,6 +532,7 @@ def llm_teacher(complete: Callable[[list[list[dict]]], list[str]], model: str = 
 
 RATING_TASK = 'grpo_rate_question'
 
+# %% ../nbs/11_grpo.ipynb #831c4949
 def _offline_rating(data: dict) -> str:
     r = offline_teacher()([data.get('question', '')])[0]
     return json.dumps({k: round(r[k]) for k in RATING_KEYS} | {'comment': 'rule-based rating (offline backend)'})

@@ -29,6 +29,7 @@ __all__ = ['log', 'PARAMS', 'OFFLINE_MODEL', 'TASKS', 'BUILTIN_TASKS', 'QA_SCHEM
 PARAMS = ('temperature', 'top_p', 'max_tokens', 'n', 'seed', 'response_format', 'presence_penalty', 'frequency_penalty',
           'stop', 'logit_bias')
 
+# %% ../nbs/02_llm.ipynb #8420a720
 @dataclass
 class Request:
     "Chat `messages` plus sampling parameters; `id` defaults to a stable hash of the content; `task`/`data` name a built-in task."
@@ -87,6 +88,7 @@ class Request:
         try: return cls(msgs, **kw)
         except (ValueError, TypeError) as e: raise RecordError(str(e), file, line, 'messages') from None
 
+# %% ../nbs/02_llm.ipynb #ca82d8d1
 @dataclass
 class Result:
     "The outcome of one request: reply `text` (and all `texts` when n > 1), usage, timing, cache and error, backend and model."
@@ -362,6 +364,7 @@ def approx_tokens(text: str) -> int:
     n_cjk = sum(1 for t in toks if len(t) == 1 and is_cjk(t))
     return math.ceil(n_cjk + 1.3 * (len(toks) - n_cjk) + len(_re_punct.findall(text or '')))
 
+# %% ../nbs/02_llm.ipynb #6ee23e73
 class TokenCounter:
     "Counts tokens for `model`: its HF `tokenizer` if given, tiktoken for OpenAI models, else the CJK-aware estimate."
     def __init__(self, model: str | None = None, tokenizer=None):
@@ -394,6 +397,7 @@ def _content_text(content) -> str:
     if isinstance(content, list): return ''.join(p.get('text', '') for p in content if isinstance(p, dict))
     return '' if content is None else str(content)
 
+# %% ../nbs/02_llm.ipynb #89521cf2
 @dataclass
 class Estimate:
     "Tokens, cost and time of a run, before it happens."
@@ -489,6 +493,7 @@ def _retry_after(headers) -> float | None:
     try: return max(0.0, email.utils.parsedate_to_datetime(ra).timestamp() - time.time())
     except (TypeError, ValueError): return None
 
+# %% ../nbs/02_llm.ipynb #f7a310e9
 class OfflineBackend:
     "Deterministic rule-based replies for built-in tasks (see `TASKS`); anything else fails with a clear message."
     name, cacheable, endpoint = 'offline', False, 'offline'
@@ -533,6 +538,7 @@ def _shape(v) -> tuple:
     if v and isinstance(v[0], list): return (len(v), *_shape(v[0]))
     return (len(v),)
 
+# %% ../nbs/02_llm.ipynb #5bb974c4
 def embedding_problem(vecs: list, n: int, dim: int | None = None) -> str | None:
     "What is wrong with `vecs` as `n` embeddings (of dimension `dim`, if known): None when they are `n` flat numeric vectors of one length."
     if len(vecs) != n: return f'{len(vecs)} embeddings'
@@ -547,6 +553,7 @@ def embedding_problem(vecs: list, n: int, dim: int | None = None) -> str | None:
     if dim is not None and dims[0] != dim: return f'{dims[0]}-dimensional vectors after {dim}-dimensional ones'
     return None
 
+# %% ../nbs/02_llm.ipynb #8c92ed14
 class OpenAIBackend:
     "Any OpenAI-compatible endpoint through `openai.AsyncOpenAI` (one client per run, connection pool sized to the concurrency)."
     name, cacheable = 'openai', True
@@ -660,9 +667,11 @@ class OpenAIBackend:
             out.append(xs if tokens else float(sum(xs)))
         return out, {'prompt_tokens': (d.get('usage') or {}).get('prompt_tokens') or 0}
 
+# %% ../nbs/02_llm.ipynb #45007c16
 class OnePromptOnly(Exception):
     "A `/completions` server that failed a request with several prompts: ask again one prompt per request."
 
+# %% ../nbs/02_llm.ipynb #f0a79646
 class TransformersBackend:
     "A local Hugging Face causal LM (a name/path, or a model object with its `tokenizer`); one generation at a time."
     name = 'transformers'
@@ -763,6 +772,7 @@ class Usage:
     def as_dict(self) -> dict: return {**asdict(self), 'total_tokens': self.total_tokens}
     def __repr__(self): return ', '.join(f'{k}={v:.2f}' if isinstance(v, float) else f'{k}={v}' for k, v in self.as_dict().items())
 
+# %% ../nbs/02_llm.ipynb #240a0b57
 class AdaptiveLimit:
     """How many requests may be in flight: AIMD, with TCP Vegas's signal of queueing. Starts at `start`. A reply grows the
     limit by one (slow start, until the first reply that does not grow it) or else by 1/limit when it came back in under
@@ -817,6 +827,7 @@ class AdaptiveLimit:
 
     def __repr__(self): return f'AdaptiveLimit({self.limit:.1f} of {self.maximum}, {self.in_flight} in flight, {self.cuts} cuts)'
 
+# %% ../nbs/02_llm.ipynb #f8facb72
 class _Progress:
     def __init__(self, total: int, initial: int, enabled: bool, desc: str):
         self.bar = None
@@ -844,6 +855,7 @@ class _Progress:
                                      refresh=False)
             self.bar.close()
 
+# %% ../nbs/02_llm.ipynb #111de64d
 class _OutFile:
     "Append-only JSONL of results; on open, keeps only the successful lines of a previous run (one per id)."
     def __init__(self, path: str | os.PathLike):
@@ -878,6 +890,7 @@ class _OutFile:
 import weakref
 _ENGINES = weakref.WeakSet()   # every engine alive, for a verb to report the failures of those it made (`llm_report`)
 
+# %% ../nbs/02_llm.ipynb #79979ca7
 class Engine:
     "Concurrent, rate-limited, retrying, cached and resumable LLM calls through one of the `openai`, `transformers` or `offline` backends."
     log_stops = True               # log a run's stop when it happens (a verb turns this off and reports it once at the end)
@@ -1355,6 +1368,7 @@ def llm_report(engines, said: str = '') -> int:
     typer.echo(msg, err=True)
     return 1 if stop or failed == n else 0
 
+# %% ../nbs/02_llm.ipynb #61fd4ce7
 def llm_options(fn):
     "Give a verb the shared model options (`LLM_OPTIONS`) as `llm`, a dict for `Engine(**llm)`; after it, report failed requests (`llm_report`): exit 1 when none succeeded."
     sig = inspect.signature(fn)
@@ -1385,6 +1399,7 @@ def llm_options(fn):
 def _load_requests(path) -> list[Request]:
     return [Request.coerce(rec, path, i) for i, rec in enumerate(read_records(path), 1)]
 
+# %% ../nbs/02_llm.ipynb #985ef03e
 @app.command('generate')
 @llm_options
 def generate_cmd(inp: Path = typer.Argument(..., help="JSONL of requests: `messages` or `prompt`, optional `id` and parameters."),

@@ -138,6 +138,8 @@ Alexis Lori Jane Emily Anne Peter Tom Tim Jim Bob Mike Dave Steve Chris Dan Matt
 Sue Jenny Jessie Lucy Oliver Harry Jacqueline Sophie Chloe Mia Ella Leah Zoe Ava Emma Lily Grace""".split()) - {'Grace'}
 EN_TITLES = ('Mr', 'Mrs', 'Ms', 'Miss', 'Dr', 'Prof', 'Professor', 'Sir', 'Madam')
 _CAP = r'[A-Z][a-z]+(?:[-\'][A-Z][a-z]+)?'
+
+# %% ../nbs/05b_pii.ipynb #7ca4bccd
 EN_NAME_CONTEXT = ('contact', 'call ', 'email', 'e-mail', 'named', 'name is', 'i am ', "i'm ", 'reach ', 'write to',
                    'dear ', 'signed', 'regards', 'patient', 'customer', 'client', 'employee')
 _re_en_name = re.compile(r'(?i:\b(?:' + '|'.join(re.escape(w.strip()) for w in EN_NAME_CONTEXT) + r'))[,:]?\s+(?P<name>(?:'
@@ -199,6 +201,7 @@ def ner_model(name: str | None = 'auto') -> str | None:
     cand = 'en_core_web_lg' if name == 'auto' else name
     return cand if spacy.util.is_package(cand) or Path(cand).exists() else None
 
+# %% ../nbs/05b_pii.ipynb #a19606c3
 def build_analyzer(spacy_model: str | None = 'auto', cache_dir=None):
     "A presidio `AnalyzerEngine` with a blank (or installed NER) spaCy pipeline, precise built-ins and the Chinese recognizers."
     _need_presidio()
@@ -407,6 +410,7 @@ def _own_hits(text: str, own: dict, threshold: float) -> list:
         out += [(e, s, x, sc) for s, x, sc in f(text) if sc >= threshold]
     return out
 
+# %% ../nbs/05b_pii.ipynb #73252a24
 @patch
 def _keep(self: PIIScrubber, text: str, hits) -> list[Finding]:
     "Findings from raw `(entity, start, end, score)` hits: code blocks, our placeholders and look-alikes removed."

@@ -66,6 +66,7 @@ def as_step(x) -> Step:
         return Step(x[0], x[1], dict(x[2]) if len(x) == 3 else {})
     raise TypeError(f"a pipeline step must be a Step or a (name, fn[, options]) tuple, got {x!r:.80}")
 
+# %% ../nbs/12_pipeline.ipynb #b756b7f3
 class Context:
     "What a step may use besides its records: its folder, the LLM engine, the output of an earlier stage."
     def __init__(self, pipeline: 'Pipeline | None', name: str, input: Path | None = None):

@@ -94,6 +94,7 @@ def iter_doc_files(paths: Iterable[str | os.PathLike]) -> Iterator[Path]:
         elif p.exists(): yield p
         else: raise FileNotFoundError(f"{p}: no such file or directory")
 
+# %% ../nbs/09_qa.ipynb #e39a7907
 def read_text_file(path: str | os.PathLike) -> str:
     "A text file as UTF-8 (with or without BOM), else GB18030 (older Chinese files); a `RecordError` naming the file and byte otherwise."
     data = Path(path).read_bytes()
@@ -181,6 +182,7 @@ def sentence_spans(text: str) -> list[tuple[int, int]]:
         spans.append((i, i + len(s))); pos = i + len(s)
     return spans
 
+# %% ../nbs/09_qa.ipynb #0150e9d0
 def _sentence_windows(text: str, size: int, overlap: int) -> list[tuple[int, int]]:
     sents = sentence_spans(text)
     lens = [text_len(text[s:e]) for s, e in sents]
@@ -286,6 +288,7 @@ _re_zh_cmp = re.compile(r'^(?P<x>[^，,：:；]{1,15}?)比(?P<y>[^，,：:；]{1
 _ZH_SUBJ_END = ('仍然', '依然', '可以', '能够', '应该', '应当', '必须', '需要', '要', '通常', '往往', '一般', '总是', '只在', '只', '也', '都', '就', '会', '能', '使', '让',
                 '把', '被', '对', '在', '通过', '用', '表示', '描述', '提高', '降低', '减少', '增加', '出现', '放在', '有', '与')
 
+# %% ../nbs/09_qa.ipynb #86c8fb18
 def _np(x: str) -> str:
     "An English noun phrase as it reads mid-sentence: a sentence-initial capital is dropped unless it looks like a name."
     w = x.split()
@@ -310,6 +313,7 @@ def _clean(sentence: str) -> str | None:
     if low.split(' ', 1)[0] in _EN_PRON or low.startswith(_EN_LEAD): return None
     return body
 
+# %% ../nbs/09_qa.ipynb #be48fba3
 def question_for(sentence: str) -> str | None:
     "A standalone question (its subject named) answered by the declarative `sentence`, English or Chinese; None if no template fits."
     body = _clean(sentence)
@@ -357,6 +361,7 @@ def passage_question(sentence: str) -> str | None:
     if not i or any(w.endswith((',', ';', ':')) for w in words[:i]) or not _subject_ok(' '.join(words[:i])): return None
     return f"What does the passage say about {_np(' '.join(words[:i]))}?"
 
+# %% ../nbs/09_qa.ipynb #1aebcada
 def qa_prompt(data: dict) -> list[dict]:
     "Messages asking a model for `n` grounded question/answer pairs about `text`, as a JSON array."
     text, n = data.get('text', ''), int(data.get('n', 3))

@@ -104,6 +104,7 @@ def lm_continuation(answer: str, query: str) -> str:
     "The answer as it follows the prefix (a leading space in English)."
     return answer if has_cjk(query) else ' ' + answer
 
+# %% ../nbs/09b_retrieval.ipynb #3e301801
 class HFScorer:
     "Sum of log P(continuation | prefix) under a local Hugging Face causal LM (a path/name, or a model with its tokenizer)."
     def __init__(self, model, tokenizer=None, batch_size: int = 8, device: str | None = None, max_length: int | None = None):
@@ -150,6 +151,7 @@ class HFScorer:
                 out.append([float(x) for x in lp] if tokens else float(lp.sum()))
         return out
 
+# %% ../nbs/09b_retrieval.ipynb #8a499e67
 class CompletionsScorer:
     "Sum of log P(continuation | prefix) from an OpenAI-compatible /v1/completions endpoint (echo + logprobs, as vLLM), through the LLM engine."
     def __init__(self, model: str | None = None, base_url: str | None = None, api_key: str | None = None,
@@ -218,6 +220,7 @@ def warn_test_split(name: str | None = None, records: Sequence[dict] = (), stats
         return True
     return False
 
+# %% ../nbs/09b_retrieval.ipynb #6c79fa33
 def retrieval_scores(queries: Iterable[dict], corpus: Iterable[dict] | Sequence[str], scorer,
                      opts: RetrievalOpts | None = None, index=None, engine=None, stats: Stats | None = None,
                      source: str | None = None, **overrides) -> list[dict]:
@@ -299,6 +302,7 @@ def parse_long_data_collections(text: str) -> tuple[dict | None, str | None]:
     return {'question': vals['Question'], 'answer': vals.get('Answer'), 'long_answer': vals.get('Long Answer'),
             'documents': docs, 'gold_document_id': gold}, None
 
+# %% ../nbs/09b_retrieval.ipynb #44600504
 def cross_encoder_triple(rec: dict, negative: str = 'least', question_field: str = 'question',
                          documents_field: str = 'documents', gold_fields: Sequence[str] = ('gold_document_id', 'gold_id', 'gold_index'),
                          answer_field: str = 'answer', long_answer_field: str = 'long_answer') -> tuple[dict | None, str | None]:
@@ -331,6 +335,7 @@ def _triple_or_reason(r, negative: str = 'least', **fields):
     if not isinstance(r, dict): return None, 'not a record'
     return cross_encoder_triple(r, negative, **fields)
 
+# %% ../nbs/09b_retrieval.ipynb #5ff38203
 def cross_encoder_triples(records: Iterable[dict], negative: str = 'least', stats: Stats | None = None, num_proc: int = 1,
                           **fields) -> Iterable[dict]:
     "Yield cross-encoder triples (streaming; `num_proc` processes); unusable records are dropped with their reason (and written to `stats.rejected`)."
@@ -443,6 +448,7 @@ def retrieval_scores_cmd(queries: Path = typer.Argument(..., help="Queries with 
     except RuntimeError as e: fail(e, 1)                     # the scoring run failed
     typer.echo(st.table())
 
+# %% ../nbs/09b_retrieval.ipynb #2af57e3b
 @app.command('cross-encoder')
 def cross_encoder_cmd(src: Path = typer.Argument(..., help="Records with question, documents, gold document id, answer, long answer."),
                       out: Path = typer.Argument(..., help="Output JSONL triples: question, answer, long_answer, positive, negative."),

@@ -219,6 +219,7 @@ def load_retriever(model=None, device: str = 'auto', max_seq_length: int | None 
     if max_seq_length: m.max_seq_length = min(m.max_seq_length or max_seq_length, max_seq_length)
     return m
 
+# %% ../nbs/10_retriever_train.ipynb #745b2d6a
 def unk_rate(model, texts: Sequence[str]) -> float:
     "Fraction of the tokens of `texts` that the tokenizer of `model` (a path or a loaded model) maps to its unknown token."
     _require('unk_rate')
@@ -268,6 +269,7 @@ def build_tiny_retriever(texts: Iterable[str], out: str | os.PathLike, dim: int 
     SentenceTransformer(modules=[tm, Pooling(dim, 'mean')], device='cpu').save(str(out))
     return out
 
+# %% ../nbs/10_retriever_train.ipynb #86b2c4b9
 def build_tiny_reranker(texts: Iterable[str], out: str | os.PathLike, dim: int = 64, layers: int = 2,
                         vocab_size: int = 2000, seed: int = 0) -> Path:
     "Save a random tiny BERT sequence classifier (one logit) and its tokenizer into `out`; returns `out`."
@@ -360,6 +362,7 @@ def _batches(n: int, bs: int, epochs: int, max_steps: int, seed: int):
             steps += 1
             yield idx[s:s + bs]
 
+# %% ../nbs/10_retriever_train.ipynb #9355d2a2
 def _n_steps(n: int, bs: int, epochs: int, max_steps: int) -> int:
     return max_steps if max_steps > 0 else max(1, math.ceil(n / bs)) * max(1, epochs)
 
@@ -372,6 +375,7 @@ def _write_info(out: Path, res: TrainResult, opts, train_recs, extra: dict | Non
     info = {**asdict(res), 'options': asdict(opts), 'train_query_ids': sorted(query_ids(train_recs)), **(extra or {})}
     (out / TRAIN_INFO).write_text(json.dumps(info, ensure_ascii=False, indent=1), encoding='utf-8')
 
+# %% ../nbs/10_retriever_train.ipynb #f368a943
 def train_retriever(data, out: str | os.PathLike, opts: RetrieverOptions | None = None, stats: Stats | None = None,
                     verbose: bool = True, **overrides) -> TrainResult:
     "Fine-tune a sentence-transformers retriever on `{'query','pos','scores'}` records; save it in `out`."
@@ -457,6 +461,7 @@ def _reranker_pairs(batch: list[dict], extra: int) -> tuple[list[str], list[str]
             if query_key(other) != query_key(r['positive']): qs.append(r['question']); ds.append(other); ys.append(0.0)
     return qs, ds, ys
 
+# %% ../nbs/10_retriever_train.ipynb #a68f65ed
 def train_reranker(data, out: str | os.PathLike, opts: RetrieverOptions | None = None, stats: Stats | None = None,
                    verbose: bool = True, **overrides) -> TrainResult:
     "Train a cross-encoder reranker on `{'question','positive','negative'}` triples; save it in `out`."
@@ -505,6 +510,7 @@ def train_reranker(data, out: str | os.PathLike, opts: RetrieverOptions | None =
     if verbose: print(res.summary())
     return res
 
+# %% ../nbs/10_retriever_train.ipynb #788be58a
 def rerank_scores(reranker, query: str, docs: Sequence[str], batch_size: int = 32, max_length: int = 256) -> np.ndarray:
     "Relevance logits of `docs` for `query` from a reranker (a directory, or a `(tokenizer, model, path)` from loading)."
     import torch
@@ -567,6 +573,7 @@ def _trained_queries(path) -> set[str]:
     if path is None or not isinstance(path, (str, os.PathLike)) or not (Path(path) / TRAIN_INFO).exists(): return set()
     return set(json.loads((Path(path) / TRAIN_INFO).read_text(encoding='utf-8')).get('train_query_ids', []))
 
+# %% ../nbs/10_retriever_train.ipynb #2bc56fd1
 def embed_texts(model, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
     "Unit-length float32 embeddings of `texts` with a loaded SentenceTransformer."
     return np.asarray(model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,

@@ -134,6 +134,7 @@ class _Block:
                         dtype=np.uint64)
         return m - _popcount(V & full[:, None]).sum(0)
 
+# %% ../nbs/03_self_instruct.ipynb #a86a0b73
 class RougeLPool:
     "A growing set of instructions that scores a new text's ROUGE-L against all of them at once (bit-parallel LCS)."
     def __init__(self, texts: Iterable[str] = (), merge_every: int = 256):
@@ -348,6 +349,7 @@ _re_in = re.compile(r'^\s*' + _LBL('input', '输入'), re.I | re.M)
 _re_out = re.compile(r'^\s*' + _LBL('output', '输出'), re.I | re.M)
 _re_label = re.compile(r'^\s*' + _LBL('class label', 'label', '类别标签', '标签'), re.I | re.M)
 
+# %% ../nbs/03_self_instruct.ipynb #af19fe6f
 def _input_output(c: str) -> tuple[str, str]:
     "The original's `parse_input_output`: input before the first Output:, output up to the next Output: or Input:."
     m = _re_out.search(c)
@@ -463,12 +465,14 @@ class SelfInstructOptions:
         if self.truncated not in ('drop_reply', 'drop_last'): raise ValueError(f"truncated must be drop_reply or drop_last, not {self.truncated!r}")
         if self.blacklist not in BLACKLISTS: raise ValueError(f"blacklist must be {' or '.join(BLACKLISTS)}, not {self.blacklist!r}")
 
+# %% ../nbs/03_self_instruct.ipynb #414e6d92
 def _opts(opts: SelfInstructOptions | None, **overrides) -> SelfInstructOptions:
     if opts is None: return options(SelfInstructOptions, 'self_instruct', **overrides)
     return SelfInstructOptions(**{**opts.__dict__, **{k: v for k, v in overrides.items() if v is not None}})
 
 def _lang_ok(text: str, lang: str) -> bool: return lang == 'mixed' or task_lang(text) == lang
 
+# %% ../nbs/03_self_instruct.ipynb #601908b9
 def bootstrap_instructions(generate, num: int, seeds=None, machine: list[dict] | None = None,
                            opts: SelfInstructOptions | None = None, stats: Stats | None = None,
                            **overrides) -> list[dict]:

@@ -253,6 +253,7 @@ def to_sft(rec: dict) -> dict:
 SANDBOX_STATUSES = ('passed', 'failed', 'no_test_ran', 'timeout', 'memory', 'network', 'write_blocked',
                     'process_blocked', 'file_size', 'error')
 
+# %% ../nbs/08_taskdata.ipynb #b80472bc
 _RUNNER = r'''
 import ast, os, sys
 VERDICT_FD, MAIN, HOOK = int(sys.argv[1]), sys.argv[3], sys.argv[4]
@@ -758,6 +759,7 @@ def _pow(a, b, max_exponent: int, max_bits: int):
     if isinstance(r, complex): raise ValueError("complex result")
     return r
 
+# %% ../nbs/08_taskdata.ipynb #e4b650b8
 def safe_eval(expr: str, max_exponent: int = 1000, max_bits: int = 20000, max_len: int = 500):
     "The value of arithmetic `expr` (int, Fraction or float), computed without `eval`; raises `UnsafeExpression`/`ValueError`."
     if len(expr) > max_len: raise UnsafeExpression(f"expression longer than {max_len} characters")
@@ -993,6 +995,7 @@ def _isolation_here() -> str:
     if shutil.which('unshare'): return 'Here: no bubblewrap; unshare is used if namespaces are allowed, else the run is NOT isolated.'
     return 'Here: neither bubblewrap nor unshare: the run is NOT isolated unless you install bubblewrap.'
 
+# %% ../nbs/08_taskdata.ipynb #97d3bc31
 @taskdata_app.command('code', epilog=_isolation_here())
 def code_cmd(src: Path = typer.Argument(..., help="Code samples (output with code; tests in `tests` or after the code)."),
              dst: Path = typer.Argument(..., help="Output file for the samples that pass their tests."),

@@ -82,6 +82,7 @@ def truncate_tokens(text: str, max_tokens: int | None) -> tuple[str, bool]:
 
 def _h64(s: str) -> int: return int.from_bytes(hashlib.blake2b(s.encode('utf-8'), digest_size=8).digest(), 'little')
 
+# %% ../nbs/02a_testserver.ipynb #d7977bbd
 def hash_embedding(text: str, dim: int = 256) -> list[float]:
     "A deterministic unit vector of hashed character 2- and 3-grams: similar strings get similar vectors."
     t = ' ' + normalize(text, lower=True) + ' '
@@ -120,6 +121,7 @@ class _Raw(Exception):
     "A reply that is not an OpenAI JSON body: `status` and raw `text` (e.g. an empty 500, as llama.cpp sends)."
     def __init__(self, status: int, text: str = ''): self.status, self.text = status, text
 
+# %% ../nbs/02a_testserver.ipynb #95f16620
 class FakeOpenAI:
     "A local OpenAI-compatible HTTP server with deterministic replies, injectable latency and faults, and request counting."
     def __init__(self, latency: float = 0.0, responder: Callable[[list, dict], str] | None = None,

@@ -229,6 +229,7 @@ def get_backend(backend: str | None = None, checkpoint=None, hf_config=None, dev
     if b == 'llm': return LLMJudge()
     return OfflineToxicity()
 
+# %% ../nbs/05a_toxicity.ipynb #5d279702
 class ToxicityFilter:
     "Drop records whose fields score at or above a category threshold; scores and backend name go to `meta`."
     name = 'toxicity'
@@ -280,6 +281,7 @@ class ToxicityFilter:
             for k, v in s.items(): out[i][k] = max(out[i].get(k, 0.0), v)
         return out
 
+# %% ../nbs/05a_toxicity.ipynb #bff3fef1
 def filter_toxicity(records, stats: Stats | None = None, batch_size: int = 64, **kw) -> Iterator[dict]:
     "Drop toxic records from `records` (a path or records); reasons counted in `stats`."
     from dataalchemy.filters import FilterPipeline
