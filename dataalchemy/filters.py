@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 from .core import (tokenize, text_len, cjk_ratio, is_cjk, normalize, read_records, RecordWriter, Stats,
                               ErrorLog)
-from .config import options, get_settings
+from .config import options
 
 # %% auto #0
 __all__ = ['FIELD_ALIASES', 'PLACEHOLDERS', 'GOPHER_TOP_NGRAM', 'GOPHER_DUP_NGRAM', 'GOPHER_STOPWORDS', 'SELF_INSTRUCT_BLACKLIST',
