@@ -13,9 +13,10 @@ from .core import Stats, has_cjk, read_records, record_texts, split_sentences
 from .config import options
 
 # %% auto #0
-__all__ = ['ZH_LEXICON', 'DETOXIFY_NAMES', 'JUDGE_CATEGORIES', 'JUDGE_SYSTEM', 'BACKENDS', 'ChineseLexicon', 'ProfanityCheck',
-           'OfflineToxicity', 'DetoxifyBackend', 'make_test_checkpoint', 'judge_prompt', 'offline_judge', 'LLMJudge',
-           'ToxicityOptions', 'parse_thresholds', 'get_backend', 'ToxicityFilter', 'filter_toxicity']
+__all__ = ['ZH_LEXICON', 'DETOXIFY_NAMES', 'DETOXIFY_MODELS', 'JUDGE_CATEGORIES', 'JUDGE_SYSTEM', 'BACKENDS', 'ChineseLexicon',
+           'ProfanityCheck', 'OfflineToxicity', 'DetoxifyBackend', 'make_test_checkpoint', 'judge_prompt',
+           'offline_judge', 'LLMJudge', 'ToxicityOptions', 'parse_thresholds', 'get_backend', 'ToxicityFilter',
+           'filter_toxicity']
 
 # %% ../nbs/05a_toxicity.ipynb #bf7d9975
 ZH_LEXICON = {
@@ -79,22 +80,35 @@ class OfflineToxicity:
 # %% ../nbs/05a_toxicity.ipynb #5fb22514
 DETOXIFY_NAMES = {'toxic': 'toxicity', 'identity_hate': 'identity_attack', 'severe_toxic': 'severe_toxicity'}
 
+DETOXIFY_MODELS = ('original', 'unbiased', 'multilingual', 'original-small', 'unbiased-small')
+
+def _detoxify_load(checkpoint: str, device: str) -> dict:
+    "A detoxify checkpoint from a file, or by model name from detoxify's release (torch's hub cache first, then a download)."
+    import torch, detoxify.detoxify as dd
+    if os.path.exists(checkpoint): return torch.load(checkpoint, map_location=device, weights_only=False)
+    if checkpoint not in dd.MODEL_URLS:
+        raise FileNotFoundError(f"{checkpoint}: no such detoxify checkpoint file, and not a detoxify model name "
+                                f"({', '.join(dd.MODEL_URLS)})")
+    try: return torch.hub.load_state_dict_from_url(dd.MODEL_URLS[checkpoint], map_location=device, weights_only=False)
+    except Exception as e:
+        raise OSError(f"detoxify model {checkpoint!r}: not in the local cache and the download failed ({type(e).__name__}: "
+                      f"{str(e)[:160]}); where there is no internet, download {dd.MODEL_URLS[checkpoint]} once and set "
+                      "[toxicity] checkpoint to the file, or use backend='offline'") from None
+
 class DetoxifyBackend:
-    "detoxify from a local checkpoint (+ local HF config/tokenizer folder), batched, on CPU or GPU."
-    def __init__(self, checkpoint: str | os.PathLike | None = None, hf_config: str | os.PathLike | None = None,
+    "detoxify by model name (downloaded once, where there is internet) or from a local checkpoint (+ local HF config/tokenizer folder), batched, on CPU or GPU."
+    def __init__(self, checkpoint: str | os.PathLike | None = 'original', hf_config: str | os.PathLike | None = None,
                  device: str | None = 'auto', batch_size: int = 32):
         if not checkpoint:
-            raise ValueError("the detoxify backend needs a local checkpoint and cannot download one here: set "
-                             "[toxicity] checkpoint in settings.ini (or DATAALCHEMY_TOXICITY_CHECKPOINT, or checkpoint=...) "
-                             "to a detoxify .ckpt file, e.g. toxic_original-c1212f89.ckpt downloaded once; or use backend='offline'")
-        if not os.path.exists(checkpoint): raise FileNotFoundError(f"{checkpoint}: detoxify checkpoint not found")
+            raise ValueError("the detoxify backend needs a model: a detoxify model name (original, unbiased, multilingual) "
+                             "or a local .ckpt file in [toxicity] checkpoint (DATAALCHEMY_TOXICITY_CHECKPOINT); or use backend='offline'")
         try:
             import torch, detoxify.detoxify as dd
         except ImportError:
             raise ImportError("the detoxify backend needs torch and detoxify: pip install 'dataalchemy[ml]'") from None
         if device in (None, 'auto'): device = 'cuda' if torch.cuda.is_available() else 'cpu'
         self.device, self.batch_size, self.checkpoint = device, batch_size, str(checkpoint)
-        loaded = torch.load(checkpoint, map_location=device, weights_only=False)
+        loaded = _detoxify_load(str(checkpoint), device)
         if 'config' not in loaded or 'state_dict' not in loaded:
             raise ValueError(f"{checkpoint}: not a detoxify checkpoint (needs 'config' and 'state_dict')")
         args = dict(loaded['config']['arch']['args'])
@@ -224,7 +238,7 @@ def get_backend(backend: str | None = None, checkpoint=None, hf_config=None, dev
     b = o.backend
     if b not in BACKENDS: raise ValueError(f"unknown toxicity backend {b!r}; choose one of {', '.join(BACKENDS)}")
     if b == 'auto': b = 'detoxify' if o.checkpoint else 'offline'
-    if b == 'detoxify': return DetoxifyBackend(o.checkpoint, o.hf_config, o.device, o.batch_size)
+    if b == 'detoxify': return DetoxifyBackend(o.checkpoint or 'original', o.hf_config, o.device, o.batch_size)
     if b == 'lexicon': return ChineseLexicon()
     if b == 'llm': return LLMJudge()
     return OfflineToxicity()

@@ -21,7 +21,13 @@ def test_offline_and_thresholds():
 
 def test_auto_backend(monkeypatch, tmp_path):
     assert T.get_backend('auto').name.startswith('offline')
-    with pytest.raises(ValueError, match='cannot download'): T.get_backend('detoxify')
+    with pytest.raises(FileNotFoundError, match='not a detoxify model name'): T.get_backend('detoxify', checkpoint='/no/such.ckpt')
+    import detoxify.detoxify as dd, torch                        # by name, neither cached nor downloadable: one clear error
+    monkeypatch.setitem(dd.MODEL_URLS, 'original', 'http://127.0.0.1:9/not_cached.ckpt')
+    hub = torch.hub.get_dir(); torch.hub.set_dir(str(tmp_path / 'hub'))
+    try:
+        with pytest.raises(OSError, match="detoxify model 'original': not in the local cache and the download failed"): T.get_backend('detoxify')
+    finally: torch.hub.set_dir(hub)
     ckpt, hfc = T.make_test_checkpoint(tmp_path)
     monkeypatch.setenv('DATAALCHEMY_TOXICITY_CHECKPOINT', ckpt)
     monkeypatch.setenv('DATAALCHEMY_TOXICITY_HF_CONFIG', hfc)
