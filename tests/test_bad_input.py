@@ -33,6 +33,8 @@ def verbs(d: Path) -> dict:
     bench = d / 'bench.jsonl'
     bench.write_text(json.dumps({'id': 'b1', 'question': 'What is the capital of France? Paris is the capital of France.'}) + '\n', encoding='utf-8')
     o = lambda name: str(d / f'out.{name}.jsonl')
+    good = d / 'good.jsonl'
+    good.write_text(''.join(json.dumps({**r, 'id': str(i), 'text': r['output']}, ensure_ascii=False) + '\n' for i, r in enumerate(GOOD)), encoding='utf-8')
     return {
         'convert': lambda p: ['convert', str(p), o('convert'), '--to', 'sharegpt'],
         'validate': lambda p: ['validate', str(p)],
@@ -52,6 +54,15 @@ def verbs(d: Path) -> dict:
         'taskdata math': lambda p: ['taskdata', 'math', str(p), o('math')],
         'grpo score': lambda p: ['grpo', 'score', str(p)],
         'review --summary': lambda p: ['review', '--summary', str(p)],
+        'generate': lambda p: ['generate', str(p), o('generate')],
+        'cross-encoder': lambda p: ['cross-encoder', str(p), o('ce')],
+        'retrieval-scores': lambda p: ['retrieval-scores', str(p), str(good), o('rs')],
+        'taskdata route': lambda p: ['taskdata', 'route', str(p)],
+        'eval-retrieval': lambda p: ['eval-retrieval', str(p), str(good), '--model', str(d)],
+        'train-retriever': lambda p: ['train-retriever', str(p), '--out', str(d / 'ret')],
+        'train-reranker': lambda p: ['train-reranker', str(p), '--out', str(d / 'rr')],
+        'ab': lambda p: ['ab', str(p), str(good), '--eval', str(good), '--steps', '1'],
+        'qa': lambda p: ['qa', str(p), o('qa')],
     }
 
 
@@ -63,7 +74,8 @@ def cases(tmp_path_factory):
 
 FIXTURES = ['empty', 'bad line', 'directory', 'missing', 'corrupt gz', 'truncated gz', 'wrong fields', 'array in jsonl', 'not utf-8', 'not records']
 VERBS = ['convert', 'validate', 'stats', 'estimate', 'filter', 'pii', 'audit', 'dedup', 'augment', 'balance', 'decontam', 'judge',
-         'evol', 'topk', 'taskdata code', 'taskdata math', 'grpo score', 'review --summary']
+         'evol', 'topk', 'taskdata code', 'taskdata math', 'grpo score', 'review --summary', 'generate', 'cross-encoder',
+         'retrieval-scores', 'taskdata route', 'eval-retrieval', 'train-retriever', 'train-reranker', 'ab', 'qa']
 
 
 @pytest.mark.parametrize('verb', VERBS)
@@ -81,7 +93,8 @@ def test_hostile_inputs(verb, cases, capsys, monkeypatch, tmp_path):
         out = capsys.readouterr()
         text = out.out + out.err
         errors = [l for l in out.err.splitlines() if l.startswith('error:')]
-        ok = 'Traceback' not in text and (rc == 0 or (rc == 2 and len(errors) == 1)
+        must_fail = name in ('missing', 'directory', 'corrupt gz', 'truncated gz')      # nothing complete can come of these
+        ok = 'Traceback' not in text and ((rc == 0 and not must_fail) or (rc == 2 and len(errors) == 1)
                                           or (verb == 'validate' and rc == 1 and 'problem' in text))   # validate's answer: the file is invalid
         if not ok: bad.append(f"{name}: rc {rc}: {text.strip()[-300:]}")
     assert not bad, f'{verb}:\n' + '\n'.join(bad)
