@@ -11,16 +11,16 @@ from collections import Counter
 from dataclasses import dataclass, field as dc_field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
-from .core import (tokenize, text_len, cjk_ratio, is_cjk, normalize, read_records, RecordWriter, Stats,
+from .core import (TOKEN_RE, tokenize, text_len, cjk_ratio, is_cjk, normalize, read_records, RecordWriter, Stats,
                               ErrorLog)
 from .config import options, get_settings
 
 # %% auto #0
-__all__ = ['FIELD_ALIASES', 'PLACEHOLDERS', 'GOPHER_TOP_NGRAM', 'GOPHER_DUP_NGRAM', 'GOPHER_STOPWORDS', 'SELF_INSTRUCT_BLACKLIST',
-           'ALPACA_BLACKLIST', 'PRESETS', 'field_text', 'field_key', 'note', 'Filter', 'EmptyOutput', 'LengthFilter',
-           'RepeatedLines', 'top_ngram_frac', 'dup_ngram_frac', 'GopherRepetition', 'GopherQuality', 'IncompleteOutput',
-           'Refusal', 'LanguageMismatch', 'InstructionRules', 'InstanceRules', 'FilterPipeline', 'FilterOptions',
-           'preset_filters', 'filter_records', 'run_filter', 'filter_cmd']
+__all__ = ['FIELD_ALIASES', 'PLACEHOLDERS', 'GOPHER_TOP_NGRAM', 'GOPHER_DUP_NGRAM', 'GOPHER_STOPWORDS', 'GOPHER_BULLETS',
+           'SELF_INSTRUCT_BLACKLIST', 'ALPACA_BLACKLIST', 'PRESETS', 'field_text', 'field_key', 'note', 'Filter',
+           'EmptyOutput', 'LengthFilter', 'RepeatedLines', 'top_ngram_frac', 'dup_ngram_frac', 'GopherRepetition',
+           'GopherQuality', 'IncompleteOutput', 'Refusal', 'LanguageMismatch', 'InstructionRules', 'InstanceRules',
+           'FilterPipeline', 'FilterOptions', 'preset_filters', 'filter_records', 'run_filter', 'filter_cmd']
 
 # %% ../nbs/05_filters.ipynb #44914ea9
 FIELD_ALIASES = {'instruction': ('instruction', 'prompt', 'question', 'query'),
@@ -105,34 +105,60 @@ class RepeatedLines(Filter):
 GOPHER_TOP_NGRAM = {2: 0.20, 3: 0.18, 4: 0.16}
 GOPHER_DUP_NGRAM = {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10}
 
-def _dup_fracs(items: list[str]) -> tuple[float, float]:
-    "Fraction of `items` that repeat an earlier item, and the fraction of characters in those repeats."
+def _dup_fracs(items: list[str], total: int) -> tuple[float, float]:
+    "Fraction of `items` that repeat an earlier item, and their characters as a fraction of `total` characters."
     seen, n_dup, c_dup = set(), 0, 0
     for it in items:
         if it in seen: n_dup += 1; c_dup += len(it)
         else: seen.add(it)
-    total = sum(len(it) for it in items)
     return (n_dup / len(items) if items else 0.0), (c_dup / total if total else 0.0)
 
-def top_ngram_frac(toks: list[str], n: int) -> float:
-    "Character fraction of `toks` covered by the most frequent `n`-gram (0 when no n-gram repeats)."
-    total = sum(map(len, toks))
-    if len(toks) < n or not total: return 0.0
-    grams = Counter(tuple(toks[i:i+n]) for i in range(len(toks) - n + 1))
-    g, c = grams.most_common(1)[0]
-    return 0.0 if c < 2 else c * sum(map(len, g)) / total
+def _spans(toks: list[str]) -> list[tuple[int, int]]:
+    "Character spans of `toks` laid end to end (for callers that pass tokens without their text)."
+    out, i = [], 0
+    for t in toks: out.append((i, i + len(t))); i += len(t)
+    return out
 
-def dup_ngram_frac(toks: list[str], n: int) -> float:
-    "Character fraction of `toks` inside repeated occurrences of `n`-grams (greedy, non-overlapping, as in datatrove)."
-    total = sum(map(len, toks))
-    if len(toks) < n or not total: return 0.0
-    seen, dup, i = set(), 0, 0
-    while i < len(toks) - n + 1:
-        g = tuple(toks[i:i+n])
-        if g in seen: dup += sum(map(len, g)); i += n
-        else: seen.add(g); i += 1
-    return dup / total
+def _covered(starts: Iterable[int], n: int, spans: list) -> int:
+    "Characters covered by the `n`-grams starting at token indices `starts` (ascending), overlaps counted once."
+    c = end = 0
+    for i in starts:
+        a, b = spans[i][0], spans[i + n - 1][1]
+        if a < end: a = end
+        if b > a: c += b - a; end = b
+    return c
 
+# %% ../nbs/05_filters.ipynb #9354431d
+def top_ngram_frac(toks: list[str], n: int, spans: list | None = None, total: int | None = None) -> float:
+    "Fraction of `total` characters covered by the most frequent `n`-gram of `toks` (0 when no n-gram repeats)."
+    if len(toks) < n: return 0.0
+    spans = spans or _spans(toks)
+    total = total or spans[-1][1]
+    grams = list(zip(*(toks[i:] for i in range(n))))
+    counts = Counter(grams)
+    top = max(counts.values())
+    if top < 2 or not total: return 0.0
+    tied = {g for g, c in counts.items() if c == top}          # a tie: the one covering most characters counts
+    pos = {}
+    for i, g in enumerate(grams):
+        if g in tied: pos.setdefault(g, []).append(i)
+    return max(_covered(p, n, spans) for p in pos.values()) / total
+
+def dup_ngram_frac(toks: list[str], n: int, spans: list | None = None, total: int | None = None) -> float:
+    "Fraction of `total` characters covered by occurrences of `n`-grams of `toks` that repeat an earlier occurrence."
+    if len(toks) < n: return 0.0
+    spans = spans or _spans(toks)
+    total = total or spans[-1][1]
+    seen, c, end = set(), 0, 0
+    for i, g in enumerate(zip(*(toks[i:] for i in range(n)))):
+        if g in seen:
+            a, b = spans[i][0], spans[i + n - 1][1]
+            if a < end: a = end
+            if b > a: c += b - a; end = b
+        else: seen.add(g)
+    return c / total if total else 0.0
+
+# %% ../nbs/05_filters.ipynb #9c23ef5f
 @dataclass
 class GopherRepetition(Filter):
     "Gopher's repetition rules on `field` (thresholds from Rae et al. 2021); n-gram rules only from `min_tokens` tokens."
@@ -146,27 +172,31 @@ class GopherRepetition(Filter):
     min_tokens: int = 0
     def __call__(self, rec):
         text = field_text(rec, self.field)
+        total = len(text)
+        if not text.strip(): return True, None             # nothing to repeat (emptiness is the length rules' job)
+        lines = [l.strip() for l in text.splitlines() if l.strip()]
         paras = [p.strip() for p in re.split(r'\n\s*\n', text) if p.strip()]
-        lines = [l.strip() for l in text.splitlines() if _re_word.search(l)]
-        lf, lc = _dup_fracs(lines)
-        pf, pc = _dup_fracs(paras)
+        lf, lc = _dup_fracs(lines, total)
+        pf, pc = _dup_fracs(paras, total)
         if lf > self.dup_line_frac: return False, 'dup_line_frac'
         if pf > self.dup_para_frac: return False, 'dup_para_frac'
         if lc > self.dup_line_char_frac: return False, 'dup_line_char_frac'
         if pc > self.dup_para_char_frac: return False, 'dup_para_char_frac'
-        if text_len(text, self.min_tokens) < max(self.min_tokens, 1): return True, None
-        toks = tokenize(text, lower=True)
+        if self.min_tokens and text_len(text, self.min_tokens) < self.min_tokens: return True, None
+        ms = list(TOKEN_RE.finditer(text))
+        toks, spans = [m.group().lower() for m in ms], [m.span() for m in ms]
         for n, th in self.top_ngram.items():
-            v = top_ngram_frac(toks, n)
+            v = top_ngram_frac(toks, n, spans, total)
             if v > th: note(rec, f'top_{n}gram_frac', round(v, 4)); return False, f'top_{n}gram_frac'
         for n, th in sorted(self.dup_ngram.items()):
-            v = dup_ngram_frac(toks, n)
+            v = dup_ngram_frac(toks, n, spans, total)
             if v > th: note(rec, f'dup_{n}gram_frac', round(v, 4)); return False, f'dup_{n}gram_frac'
             if v == 0: break              # no repeated n-gram: no repeated longer n-gram either
         return True, None
 
 # %% ../nbs/05_filters.ipynb #c0e59ae9
 GOPHER_STOPWORDS = frozenset(['the', 'be', 'to', 'of', 'and', 'that', 'have', 'with'])
+GOPHER_BULLETS = ('-', '*', '•', '●', '·', '‣', '◦', '▪')
 
 @dataclass
 class GopherQuality(Filter):
@@ -187,23 +217,24 @@ class GopherQuality(Filter):
         n = len(toks)
         if n < self.min_words: return False, 'gopher_too_short'
         if n > self.max_words: return False, 'gopher_too_long'
-        cjk = cjk_ratio(text) > 0.5
-        if not cjk:
-            mean = sum(map(len, toks)) / n
-            if not self.min_mean_word_len <= mean <= self.max_mean_word_len: return False, 'gopher_mean_word_length'
-        syms = text.count('#') + len(re.findall(r'\.\.\.|…', text))
-        if syms / n > self.max_symbol_word_ratio: return False, 'gopher_symbol_ratio'
-        lines = [l.strip() for l in text.splitlines() if l.strip()]
-        if lines:
-            if sum(l[0] in '-*•●·' for l in lines) / len(lines) > self.max_bullet_lines: return False, 'gopher_bullet_lines'
-            if sum(l.endswith(('...', '…')) for l in lines) / len(lines) > self.max_ellipsis_lines:
-                return False, 'gopher_ellipsis_lines'
-        words = re.findall(r'\S+', text) if not cjk else toks
-        if sum(bool(re.search(r'[^\W\d_]', w)) for w in words) / max(len(words), 1) < self.min_alpha_words:
+        cjk = sum(len(t) == 1 and is_cjk(t) for t in toks) / n > 0.5
+        if not cjk and not self.min_mean_word_len <= sum(map(len, toks)) / n <= self.max_mean_word_len:
+            return False, 'gopher_mean_word_length'
+        if text.count('#') / n > self.max_symbol_word_ratio: return False, 'gopher_hash_ratio'
+        if (text.count('...') + text.count('…')) / n > self.max_symbol_word_ratio: return False, 'gopher_ellipsis_ratio'
+        lines = text.splitlines()                         # blank lines are lines too
+        if sum(l.lstrip().startswith(GOPHER_BULLETS) for l in lines) / len(lines) > self.max_bullet_lines:
+            return False, 'gopher_bullet_lines'
+        if sum(l.rstrip().endswith(('...', '…')) for l in lines) / len(lines) > self.max_ellipsis_lines:
+            return False, 'gopher_ellipsis_lines'
+        words = text.split() if not cjk else toks
+        if sum(not _re_no_alpha.fullmatch(w) for w in words) / len(words) < self.min_alpha_words:
             return False, 'gopher_alpha_words'
-        if not cjk and len(GOPHER_STOPWORDS & set(tokenize(text, lower=True))) < self.min_stopwords:
+        if not cjk and len(GOPHER_STOPWORDS.intersection(t.lower() for t in toks)) < self.min_stopwords:
             return False, 'gopher_stopwords'
         return True, None
+
+_re_no_alpha = re.compile(r'[\W\d_]*')      # a word without a single alphabetic character
 
 # %% ../nbs/05_filters.ipynb #a268c68a
 _re_fence = re.compile(r'^\s*(```|~~~)', re.M)
