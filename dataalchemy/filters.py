@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field as dc_field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
-from .core import (TOKEN_RE, tokenize, text_len, cjk_ratio, is_cjk, normalize, read_records, RecordWriter, Stats,
+from .core import (TOKEN_RE, tokenize, text_len, cjk_ratio, is_cjk, normalize, read_records, RecordWriter, Stats, RecordError,
                               ErrorLog)
 from .config import options, get_settings
 
@@ -20,12 +20,13 @@ __all__ = ['FIELD_ALIASES', 'PLACEHOLDERS', 'GOPHER_TOP_NGRAM', 'GOPHER_DUP_NGRA
            'SELF_INSTRUCT_BLACKLIST', 'ALPACA_BLACKLIST', 'PRESETS', 'field_text', 'field_key', 'note', 'Filter',
            'EmptyOutput', 'LengthFilter', 'RepeatedLines', 'top_ngram_frac', 'dup_ngram_frac', 'GopherRepetition',
            'GopherQuality', 'IncompleteOutput', 'Refusal', 'LanguageMismatch', 'InstructionRules', 'InstanceRules',
-           'FilterPipeline', 'FilterOptions', 'preset_filters', 'filter_records', 'run_filter', 'filter_cmd']
+           'FilterPipeline', 'FilterOptions', 'preset_filters', 'filter_records', 'FieldPresence', 'run_filter',
+           'filter_cmd']
 
 # %% ../nbs/05_filters.ipynb #44914ea9
 FIELD_ALIASES = {'instruction': ('instruction', 'prompt', 'question', 'query'),
                  'input': ('input', 'context'),
-                 'output': ('output', 'response', 'completion', 'answer')}
+                 'output': ('output', 'response', 'completion', 'answer', 'text')}
 
 def field_text(rec: dict, name: str) -> str:
     "The text of logical field `name` of `rec` (first alias present; '' when absent; non-strings as JSON)."
@@ -303,8 +304,9 @@ _re_lang_req = re.compile(r'translat|翻译|译成|译为|\b(?:in|into|to) (?:en
 class LanguageMismatch(Filter):
     "Drop records whose output is in another script family (CJK vs not) than the instruction, unless asked for."
     min_tokens: int = 5
+    field: str = 'output'
     def __call__(self, rec):
-        ins, out = field_text(rec, 'instruction'), field_text(rec, 'output')
+        ins, out = field_text(rec, 'instruction'), field_text(rec, self.field)
         if _re_lang_req.search(ins) or text_len(out) < self.min_tokens or text_len(ins) < 2: return True, None
         ri, ro = cjk_ratio(ins), cjk_ratio(out)
         if (ri >= 0.5 and ro < 0.05) or (ri == 0 and ro > 0.5): return False, 'language_mismatch'
@@ -322,8 +324,9 @@ class InstructionRules(Filter):
     max_words: int = 150
     blacklist: tuple = SELF_INSTRUCT_BLACKLIST
     english_only: bool = True
+    field: str = 'instruction'
     def __call__(self, rec):
-        ins = field_text(rec, 'instruction').strip()
+        ins = field_text(rec, self.field).strip()
         n = text_len(ins)
         if n < self.min_words: return False, 'instruction_too_short'
         if n > self.max_words: return False, 'instruction_too_long'
@@ -337,9 +340,10 @@ class InstructionRules(Filter):
 @dataclass
 class InstanceRules(Filter):
     "Self-Instruct instance rules: output equals input, empty output, input or output ending with ':'."
+    field: str = 'output'
     def __call__(self, rec):
-        inp, out = field_text(rec, 'input').strip(), field_text(rec, 'output').strip()
-        if not out: return False, 'empty_output'
+        inp, out = field_text(rec, 'input').strip(), field_text(rec, self.field).strip()
+        if not out: return False, f'empty_{self.field}'
         if inp and inp == out: return False, 'output_equals_input'
         if inp.endswith((':', '：')) or out.endswith((':', '：')): return False, 'ends_with_colon'
         return True, None
@@ -394,8 +398,9 @@ class FilterPipeline:
 # %% ../nbs/05_filters.ipynb #840b3ce4
 @dataclass
 class FilterOptions:
-    "Thresholds of the `sft-default` preset; defaults from settings.ini [filters]."
+    "The preset, the field its rules judge, and the thresholds of `sft-default`; defaults from settings.ini [filters]."
     preset: str = 'sft-default'
+    field: str = 'output'
     min_instruction_length: int = 3
     max_instruction_length: int = 2048
     min_output_length: int = 1
@@ -407,24 +412,25 @@ class FilterOptions:
     check_language: bool = False
 
 def _sft_default(o: FilterOptions) -> list:
-    fs = [EmptyOutput(), LengthFilter('instruction', o.min_instruction_length, o.max_instruction_length),
-          LengthFilter('output', o.min_output_length, o.max_output_length), Refusal(), IncompleteOutput(),
-          RepeatedLines(max_repeats=o.max_line_repeats),
-          GopherRepetition(dup_line_frac=o.max_dup_line_frac, min_tokens=o.min_repetition_tokens,
+    f = o.field
+    fs = [EmptyOutput(f), LengthFilter('instruction', o.min_instruction_length, o.max_instruction_length),
+          LengthFilter(f, o.min_output_length, o.max_output_length), Refusal(f), IncompleteOutput(f),
+          RepeatedLines(f, max_repeats=o.max_line_repeats),
+          GopherRepetition(f, dup_line_frac=o.max_dup_line_frac, min_tokens=o.min_repetition_tokens,
                            top_ngram={n: t * o.ngram_scale for n, t in GOPHER_TOP_NGRAM.items()},
                            dup_ngram={n: t * o.ngram_scale for n, t in GOPHER_DUP_NGRAM.items()})]
-    return fs + ([LanguageMismatch()] if o.check_language else [])
+    return fs + ([LanguageMismatch(field=f)] if o.check_language else [])
 
 PRESETS = {
     'sft-default': _sft_default,
-    'self-instruct': lambda o: [InstructionRules(blacklist=SELF_INSTRUCT_BLACKLIST), InstanceRules()],
-    'alpaca': lambda o: [InstructionRules(blacklist=ALPACA_BLACKLIST), EmptyOutput()],
-    'gopher': lambda o: [GopherQuality(), GopherRepetition()],
+    'self-instruct': lambda o: [InstructionRules(blacklist=SELF_INSTRUCT_BLACKLIST), InstanceRules(o.field)],
+    'alpaca': lambda o: [InstructionRules(blacklist=ALPACA_BLACKLIST), EmptyOutput(o.field)],
+    'gopher': lambda o: [GopherQuality(o.field), GopherRepetition(o.field)],
     'none': lambda o: [],
 }
 
 def preset_filters(preset: str | None = None, **overrides) -> list:
-    "The filters of `preset` (default from settings), with `FilterOptions` `overrides` for `sft-default`."
+    "The filters of `preset` (default from settings) judging `field` (an override; default `output`), with `FilterOptions` `overrides`."
     o = options(FilterOptions, 'filters', preset=preset, **overrides)
     if o.preset not in PRESETS: raise ValueError(f"unknown preset {o.preset!r}; choose one of {', '.join(PRESETS)}")
     return PRESETS[o.preset](o)
@@ -436,6 +442,23 @@ def filter_records(records, preset: str | None = None, filters: list | None = No
     stats = stats if stats is not None else Stats('filters', rejected=rejected)
     src = records if not isinstance(records, (str, os.PathLike)) else read_records(records)
     return FilterPipeline(fs, batch_size=batch_size)(src, stats)
+
+# %% ../nbs/05_filters.ipynb #208d36e3
+class FieldPresence:
+    "Pass records through, noting which of `fields` ever has text; `check` raises if one never had any."
+    def __init__(self, fields: Iterable[str | None]):
+        self.missing = list(dict.fromkeys(f for f in fields if f))
+    def __call__(self, records: Iterable[dict]) -> Iterator[dict]:
+        for rec in records:
+            if self.missing: self.missing = [f for f in self.missing if not field_text(rec, f).strip()]
+            yield rec
+    def check(self, src, n: int):
+        "A `RecordError` naming the first judged field that was empty or missing in all `n` records (`n` > 0)."
+        if not n or not self.missing: return
+        f = self.missing[0]
+        keys = '/'.join(FIELD_ALIASES.get(f, (f,)))
+        raise RecordError(f"empty or missing in every one of the {n:,} records (looked for {keys}); "
+                          f"choose the field to judge with --field", file=src, field=f)
 
 # %% ../nbs/05_filters.ipynb #8cb05c17
 def run_filter(src, dst: str | os.PathLike, preset: str | None = None, rejected: str | os.PathLike | None = None,
@@ -456,11 +479,18 @@ def run_filter(src, dst: str | os.PathLike, preset: str | None = None, rejected:
     rep['filters'] = [getattr(f, 'name', type(f).__name__) for f in fs]
     elog = ErrorLog(errors)
     stats = Stats('filters', rejected=rejected)
+    judged = FieldPresence(getattr(f, 'field', None) for f in fs if isinstance(f, Filter))
     try:
         with RecordWriter(dst) as w:
-            for rec in FilterPipeline(fs, batch_size=batch_size)(read_records(src, strict=strict, errors=elog), stats):
+            recs = read_records(src, strict=strict, errors=elog)
+            for rec in FilterPipeline(fs, batch_size=batch_size)(judged(recs), stats):
                 w.write(rec)
     finally: stats.close()
+    try: judged.check(src, stats.n_in)
+    except RecordError:                       # a wrong field, not bad records: leave no output that says otherwise
+        for p in (dst, rejected):
+            if p: Path(p).unlink(missing_ok=True)
+        raise
     for f in fs:
         for k, n in getattr(f, 'counts', {}).items(): stats.count(k, n)
     rep.update(stats.as_dict()); rep['output_file'] = str(dst)
@@ -473,12 +503,13 @@ def run_filter(src, dst: str | os.PathLike, preset: str | None = None, rejected:
 
 # %% ../nbs/05_filters.ipynb #7439aaec
 import typer
-from .cli import app
+from .cli import app, fail
 
 @app.command('filter')
 def filter_cmd(src: str = typer.Argument(..., help="Input records (jsonl/json/parquet, optionally .gz)."),
                dst: str = typer.Argument(..., help="Where the kept records go."),
                preset: str = typer.Option(None, help=f"Rule preset: {', '.join(PRESETS)} (default: the preset key of settings.ini, section filters)."),
+               field: str = typer.Option(None, help="The field the rules judge (default: output, or response/completion/answer, or text for a document file)."),
                rejected: str = typer.Option(None, help="Write dropped records with their reasons here (JSONL)."),
                report: str = typer.Option(None, help="Write the JSON report here."),
                toxicity: str = typer.Option('off', help="Toxicity backend: auto, offline, detoxify, llm, lexicon or off."),
@@ -489,8 +520,9 @@ def filter_cmd(src: str = typer.Argument(..., help="Input records (jsonl/json/pa
     "Drop low-quality records (rules, optional toxicity and PII) and report why."
     if lenient and not errors:                                # nothing dropped without being written somewhere
         errors = str(Path(dst).with_name(Path(dst).name.split('.')[0] + '.errors.jsonl'))
-    rep = run_filter(src, dst, preset, rejected=rejected, report=report, toxicity=toxicity, pii=pii,
-                     checkpoint=checkpoint, strict=not lenient, errors=errors)
+    try: rep = run_filter(src, dst, preset, rejected=rejected, report=report, toxicity=toxicity, pii=pii,
+                          checkpoint=checkpoint, strict=not lenient, errors=errors, field=field)
+    except RecordError as e: fail(e, 2)
     typer.echo(rep['table'])
     if rep.get('bad_lines'): typer.echo(f"bad input lines skipped: {rep['bad_lines']:,} (in {errors})")
     for k in ('toxicity_backend', 'pii_action'):

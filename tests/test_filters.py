@@ -272,7 +272,7 @@ GOPHER_FIXTURES = [  # (name, text, the library's reason to drop, None to keep):
 
 
 def lib_gopher(text: str) -> bool:
-    return F.FilterPipeline(F.preset_filters('gopher')).check({'output': text})[0]
+    return F.FilterPipeline(F.preset_filters('gopher')).check({'text': text})[0]
 
 
 @pytest.mark.parametrize('name,text,reason', GOPHER_FIXTURES, ids=[f[0] for f in GOPHER_FIXTURES])
@@ -316,3 +316,42 @@ def test_gopher_agrees_with_reference_on_t0_sample():
         if len(texts) >= 2000: break
     agree = sum(lib_gopher(t) == ref_gopher(t) for t in texts) / len(texts)
     assert agree >= 0.99, agree
+
+
+def test_gopher_judges_text_of_a_document_file(tmp_path):
+    "`filter --preset gopher` on `{id, text}` judges `text`: it keeps exactly the fixtures the paper keeps."
+    fx = [f for f in GOPHER_FIXTURES if f[0] != 'too_long']
+    write_records([{'id': n, 'text': t} for n, t, _ in fx], tmp_path / 'docs.jsonl')
+    r = CliRunner().invoke(load_commands(), ['filter', str(tmp_path / 'docs.jsonl'), str(tmp_path / 'out.jsonl'),
+                                             '--preset', 'gopher', '--report', str(tmp_path / 'rep.json')])
+    assert r.exit_code == 0, r.output
+    assert [d['id'] for d in read_records(tmp_path / 'out.jsonl')] == [n for n, _, why in fx if why is None]
+    assert json.loads((tmp_path / 'rep.json').read_text())['reasons'] == dict(Counter(why for _, _, why in fx if why))
+
+
+def test_filter_field_option(tmp_path):
+    "--field points every preset at another field; the reasons name it."
+    write_records([{'id': 1, 'body': PROSE, 'output': 'x'}, {'id': 2, 'body': 'Too short.'}], tmp_path / 'b.jsonl')
+    rep = F.run_filter(tmp_path / 'b.jsonl', tmp_path / 'o.jsonl', 'gopher', field='body')
+    assert (rep['out'], rep['reasons']) == (1, {'gopher_too_short': 1})
+    recs = [{'instruction': 'Summarise the history of the town.', 'summary': ''},
+            {'instruction': 'Summarise the history of the town.', 'summary': 'It grew by the river.'}]
+    write_records(recs, tmp_path / 's.jsonl')
+    rep = F.run_filter(tmp_path / 's.jsonl', tmp_path / 'o2.jsonl', 'sft-default', field='summary')
+    assert (rep['out'], rep['reasons']) == (1, {'empty_summary': 1})
+    assert [f.field for f in F.preset_filters('self-instruct', field='summary')] == ['instruction', 'summary']
+
+
+def test_filter_errors_when_the_judged_field_is_empty_everywhere(tmp_path):
+    "A field that no record has is one `error:` line naming it, exit 2, and no output file; one filled record is enough."
+    write_records([{'id': i, 'text': PROSE} for i in range(3)], tmp_path / 'docs.jsonl')
+    cmd = [sys.executable, '-c', 'from dataalchemy.cli import main; main()', 'filter', str(tmp_path / 'docs.jsonl')]
+    for args, field in ((['--preset', 'gopher', '--field', 'body'], 'body'), (['--preset', 'sft-default'], 'instruction')):
+        r = subprocess.run(cmd + [str(tmp_path / 'out.jsonl'), *args], capture_output=True, text=True)
+        err = [l for l in r.stderr.splitlines() if l.startswith('error:')]
+        assert r.returncode == 2 and len(err) == 1 and 'Traceback' not in r.stderr, r.stderr
+        assert 'docs.jsonl' in err[0] and f'{field}: empty or missing in every one of the 3 records' in err[0], err
+        assert not (tmp_path / 'out.jsonl').exists()
+    write_records([{'id': 0, 'body': ''}, {'id': 1, 'body': PROSE}], tmp_path / 'some.jsonl')
+    rep = F.run_filter(tmp_path / 'some.jsonl', tmp_path / 'o.jsonl', 'gopher', field='body')
+    assert (rep['in'], rep['out']) == (2, 1)
