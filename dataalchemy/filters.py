@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field as dc_field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
-from .core import (TOKEN_RE, tokenize, text_len, cjk_ratio, is_cjk, normalize, read_records, RecordWriter, Stats, RecordError,
+from .core import (CJK_RANGES, TOKEN_RE, tokenize, text_len, cjk_ratio, is_cjk, normalize, read_records, RecordWriter, Stats, RecordError,
                               ErrorLog)
 from .config import options, get_settings
 
@@ -218,7 +218,7 @@ class GopherQuality(Filter):
         n = len(toks)
         if n < self.min_words: return False, 'gopher_too_short'
         if n > self.max_words: return False, 'gopher_too_long'
-        cjk = sum(len(t) == 1 and is_cjk(t) for t in toks) / n > 0.5
+        cjk = len(_re_cjk_char.findall(text)) / n > 0.5         # each CJK character is one token
         if not cjk and not self.min_mean_word_len <= sum(map(len, toks)) / n <= self.max_mean_word_len:
             return False, 'gopher_mean_word_length'
         if text.count('#') / n > self.max_symbol_word_ratio: return False, 'gopher_hash_ratio'
@@ -228,14 +228,16 @@ class GopherQuality(Filter):
             return False, 'gopher_bullet_lines'
         if sum(l.rstrip().endswith(('...', '…')) for l in lines) / len(lines) > self.max_ellipsis_lines:
             return False, 'gopher_ellipsis_lines'
-        words = text.split() if not cjk else toks
-        if sum(not _re_no_alpha.fullmatch(w) for w in words) / len(words) < self.min_alpha_words:
-            return False, 'gopher_alpha_words'
-        if not cjk and len(GOPHER_STOPWORDS.intersection(t.lower() for t in toks)) < self.min_stopwords:
+        if cjk: alpha, n_words = sum(not _re_no_alpha.fullmatch(t) for t in toks), n
+        else: alpha, n_words = len(_re_alpha_word.findall(text)), len(text.split())
+        if alpha / n_words < self.min_alpha_words: return False, 'gopher_alpha_words'
+        if not cjk and len(GOPHER_STOPWORDS.intersection(map(str.lower, toks))) < self.min_stopwords:
             return False, 'gopher_stopwords'
         return True, None
 
-_re_no_alpha = re.compile(r'[\W\d_]*')      # a word without a single alphabetic character
+_re_no_alpha = re.compile(r'[\W\d_]*')                       # a word without a single alphabetic character
+_re_alpha_word = re.compile(r'(?<!\S)\S*?[^\W\d_]\S*')          # a whitespace word with one
+_re_cjk_char = re.compile(f'[{CJK_RANGES}]')
 
 # %% ../nbs/05_filters.ipynb #a268c68a
 _re_fence = re.compile(r'^\s*(```|~~~)', re.M)
