@@ -11,21 +11,22 @@ from collections import Counter
 from dataclasses import dataclass, field as dc_field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
-from .core import (tokenize, text_len, cjk_ratio, is_cjk, normalize, read_records, RecordWriter, Stats,
+from .core import (CJK_RANGES, TOKEN_RE, tokenize, text_len, cjk_ratio, is_cjk, normalize, read_records, RecordWriter, Stats, RecordError,
                               ErrorLog)
 from .config import options
 
 # %% auto #0
-__all__ = ['FIELD_ALIASES', 'PLACEHOLDERS', 'GOPHER_TOP_NGRAM', 'GOPHER_DUP_NGRAM', 'GOPHER_STOPWORDS', 'SELF_INSTRUCT_BLACKLIST',
-           'ALPACA_BLACKLIST', 'PRESETS', 'field_text', 'field_key', 'note', 'Filter', 'EmptyOutput', 'LengthFilter',
-           'RepeatedLines', 'top_ngram_frac', 'dup_ngram_frac', 'GopherRepetition', 'GopherQuality', 'IncompleteOutput',
-           'Refusal', 'LanguageMismatch', 'InstructionRules', 'InstanceRules', 'FilterPipeline', 'FilterOptions',
-           'preset_filters', 'filter_records', 'run_filter', 'filter_cmd']
+__all__ = ['FIELD_ALIASES', 'PLACEHOLDERS', 'GOPHER_TOP_NGRAM', 'GOPHER_DUP_NGRAM', 'GOPHER_STOPWORDS', 'GOPHER_BULLETS',
+           'SELF_INSTRUCT_BLACKLIST', 'ALPACA_BLACKLIST', 'PRESETS', 'field_text', 'field_key', 'note', 'Filter',
+           'EmptyOutput', 'LengthFilter', 'RepeatedLines', 'top_ngram_frac', 'dup_ngram_frac', 'GopherRepetition',
+           'GopherQuality', 'IncompleteOutput', 'Refusal', 'LanguageMismatch', 'InstructionRules', 'InstanceRules',
+           'FilterPipeline', 'FilterOptions', 'preset_filters', 'filter_records', 'FieldPresence', 'run_filter',
+           'filter_cmd']
 
 # %% ../nbs/05_filters.ipynb #44914ea9
 FIELD_ALIASES = {'instruction': ('instruction', 'prompt', 'question', 'query'),
                  'input': ('input', 'context'),
-                 'output': ('output', 'response', 'completion', 'answer')}
+                 'output': ('output', 'response', 'completion', 'answer', 'text')}
 
 def field_text(rec: dict, name: str) -> str:
     "The text of logical field `name` of `rec` (first alias present; '' when absent; non-strings as JSON)."
@@ -105,34 +106,60 @@ class RepeatedLines(Filter):
 GOPHER_TOP_NGRAM = {2: 0.20, 3: 0.18, 4: 0.16}
 GOPHER_DUP_NGRAM = {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10}
 
-def _dup_fracs(items: list[str]) -> tuple[float, float]:
-    "Fraction of `items` that repeat an earlier item, and the fraction of characters in those repeats."
+def _dup_fracs(items: list[str], total: int) -> tuple[float, float]:
+    "Fraction of `items` that repeat an earlier item, and their characters as a fraction of `total` characters."
     seen, n_dup, c_dup = set(), 0, 0
     for it in items:
         if it in seen: n_dup += 1; c_dup += len(it)
         else: seen.add(it)
-    total = sum(len(it) for it in items)
     return (n_dup / len(items) if items else 0.0), (c_dup / total if total else 0.0)
 
-def top_ngram_frac(toks: list[str], n: int) -> float:
-    "Character fraction of `toks` covered by the most frequent `n`-gram (0 when no n-gram repeats)."
-    total = sum(map(len, toks))
-    if len(toks) < n or not total: return 0.0
-    grams = Counter(tuple(toks[i:i+n]) for i in range(len(toks) - n + 1))
-    g, c = grams.most_common(1)[0]
-    return 0.0 if c < 2 else c * sum(map(len, g)) / total
+def _spans(toks: list[str]) -> list[tuple[int, int]]:
+    "Character spans of `toks` laid end to end (for callers that pass tokens without their text)."
+    out, i = [], 0
+    for t in toks: out.append((i, i + len(t))); i += len(t)
+    return out
 
-def dup_ngram_frac(toks: list[str], n: int) -> float:
-    "Character fraction of `toks` inside repeated occurrences of `n`-grams (greedy, non-overlapping, as in datatrove)."
-    total = sum(map(len, toks))
-    if len(toks) < n or not total: return 0.0
-    seen, dup, i = set(), 0, 0
-    while i < len(toks) - n + 1:
-        g = tuple(toks[i:i+n])
-        if g in seen: dup += sum(map(len, g)); i += n
-        else: seen.add(g); i += 1
-    return dup / total
+def _covered(starts: Iterable[int], n: int, spans: list) -> int:
+    "Characters covered by the `n`-grams starting at token indices `starts` (ascending), overlaps counted once."
+    c = end = 0
+    for i in starts:
+        a, b = spans[i][0], spans[i + n - 1][1]
+        if a < end: a = end
+        if b > a: c += b - a; end = b
+    return c
 
+# %% ../nbs/05_filters.ipynb #9354431d
+def top_ngram_frac(toks: list[str], n: int, spans: list | None = None, total: int | None = None) -> float:
+    "Fraction of `total` characters covered by the most frequent `n`-gram of `toks` (0 when no n-gram repeats)."
+    if len(toks) < n: return 0.0
+    spans = spans or _spans(toks)
+    total = total or spans[-1][1]
+    grams = list(zip(*(toks[i:] for i in range(n))))
+    counts = Counter(grams)
+    top = max(counts.values())
+    if top < 2 or not total: return 0.0
+    tied = {g for g, c in counts.items() if c == top}          # a tie: the one covering most characters counts
+    pos = {}
+    for i, g in enumerate(grams):
+        if g in tied: pos.setdefault(g, []).append(i)
+    return max(_covered(p, n, spans) for p in pos.values()) / total
+
+def dup_ngram_frac(toks: list[str], n: int, spans: list | None = None, total: int | None = None) -> float:
+    "Fraction of `total` characters covered by occurrences of `n`-grams of `toks` that repeat an earlier occurrence."
+    if len(toks) < n: return 0.0
+    spans = spans or _spans(toks)
+    total = total or spans[-1][1]
+    seen, c, end = set(), 0, 0
+    for i, g in enumerate(zip(*(toks[i:] for i in range(n)))):
+        if g in seen:
+            a, b = spans[i][0], spans[i + n - 1][1]
+            if a < end: a = end
+            if b > a: c += b - a; end = b
+        else: seen.add(g)
+    return c / total if total else 0.0
+
+# %% ../nbs/05_filters.ipynb #9c23ef5f
 @dataclass
 class GopherRepetition(Filter):
     "Gopher's repetition rules on `field` (thresholds from Rae et al. 2021); n-gram rules only from `min_tokens` tokens."
@@ -146,27 +173,31 @@ class GopherRepetition(Filter):
     min_tokens: int = 0
     def __call__(self, rec):
         text = field_text(rec, self.field)
+        total = len(text)
+        if not text.strip(): return True, None             # nothing to repeat (emptiness is the length rules' job)
+        lines = [l.strip() for l in text.splitlines() if l.strip()]
         paras = [p.strip() for p in re.split(r'\n\s*\n', text) if p.strip()]
-        lines = [l.strip() for l in text.splitlines() if _re_word.search(l)]
-        lf, lc = _dup_fracs(lines)
-        pf, pc = _dup_fracs(paras)
+        lf, lc = _dup_fracs(lines, total)
+        pf, pc = _dup_fracs(paras, total)
         if lf > self.dup_line_frac: return False, 'dup_line_frac'
         if pf > self.dup_para_frac: return False, 'dup_para_frac'
         if lc > self.dup_line_char_frac: return False, 'dup_line_char_frac'
         if pc > self.dup_para_char_frac: return False, 'dup_para_char_frac'
-        if text_len(text, self.min_tokens) < max(self.min_tokens, 1): return True, None
-        toks = tokenize(text, lower=True)
+        if self.min_tokens and text_len(text, self.min_tokens) < self.min_tokens: return True, None
+        ms = list(TOKEN_RE.finditer(text))
+        toks, spans = [m.group().lower() for m in ms], [m.span() for m in ms]
         for n, th in self.top_ngram.items():
-            v = top_ngram_frac(toks, n)
+            v = top_ngram_frac(toks, n, spans, total)
             if v > th: note(rec, f'top_{n}gram_frac', round(v, 4)); return False, f'top_{n}gram_frac'
         for n, th in sorted(self.dup_ngram.items()):
-            v = dup_ngram_frac(toks, n)
+            v = dup_ngram_frac(toks, n, spans, total)
             if v > th: note(rec, f'dup_{n}gram_frac', round(v, 4)); return False, f'dup_{n}gram_frac'
             if v == 0: break              # no repeated n-gram: no repeated longer n-gram either
         return True, None
 
 # %% ../nbs/05_filters.ipynb #c0e59ae9
 GOPHER_STOPWORDS = frozenset(['the', 'be', 'to', 'of', 'and', 'that', 'have', 'with'])
+GOPHER_BULLETS = ('-', '*', '•', '●', '·', '‣', '◦', '▪')
 
 @dataclass
 class GopherQuality(Filter):
@@ -187,23 +218,26 @@ class GopherQuality(Filter):
         n = len(toks)
         if n < self.min_words: return False, 'gopher_too_short'
         if n > self.max_words: return False, 'gopher_too_long'
-        cjk = cjk_ratio(text) > 0.5
-        if not cjk:
-            mean = sum(map(len, toks)) / n
-            if not self.min_mean_word_len <= mean <= self.max_mean_word_len: return False, 'gopher_mean_word_length'
-        syms = text.count('#') + len(re.findall(r'\.\.\.|…', text))
-        if syms / n > self.max_symbol_word_ratio: return False, 'gopher_symbol_ratio'
-        lines = [l.strip() for l in text.splitlines() if l.strip()]
-        if lines:
-            if sum(l[0] in '-*•●·' for l in lines) / len(lines) > self.max_bullet_lines: return False, 'gopher_bullet_lines'
-            if sum(l.endswith(('...', '…')) for l in lines) / len(lines) > self.max_ellipsis_lines:
-                return False, 'gopher_ellipsis_lines'
-        words = re.findall(r'\S+', text) if not cjk else toks
-        if sum(bool(re.search(r'[^\W\d_]', w)) for w in words) / max(len(words), 1) < self.min_alpha_words:
-            return False, 'gopher_alpha_words'
-        if not cjk and len(GOPHER_STOPWORDS & set(tokenize(text, lower=True))) < self.min_stopwords:
+        cjk = len(_re_cjk_char.findall(text)) / n > 0.5         # each CJK character is one token
+        if not cjk and not self.min_mean_word_len <= sum(map(len, toks)) / n <= self.max_mean_word_len:
+            return False, 'gopher_mean_word_length'
+        if text.count('#') / n > self.max_symbol_word_ratio: return False, 'gopher_hash_ratio'
+        if (text.count('...') + text.count('…')) / n > self.max_symbol_word_ratio: return False, 'gopher_ellipsis_ratio'
+        lines = text.splitlines()                         # blank lines are lines too
+        if sum(l.lstrip().startswith(GOPHER_BULLETS) for l in lines) / len(lines) > self.max_bullet_lines:
+            return False, 'gopher_bullet_lines'
+        if sum(l.rstrip().endswith(('...', '…')) for l in lines) / len(lines) > self.max_ellipsis_lines:
+            return False, 'gopher_ellipsis_lines'
+        if cjk: alpha, n_words = sum(not _re_no_alpha.fullmatch(t) for t in toks), n
+        else: alpha, n_words = len(_re_alpha_word.findall(text)), len(text.split())
+        if alpha / n_words < self.min_alpha_words: return False, 'gopher_alpha_words'
+        if not cjk and len(GOPHER_STOPWORDS.intersection(map(str.lower, toks))) < self.min_stopwords:
             return False, 'gopher_stopwords'
         return True, None
+
+_re_no_alpha = re.compile(r'[\W\d_]*')                       # a word without a single alphabetic character
+_re_alpha_word = re.compile(r'(?<!\S)\S*?[^\W\d_]\S*')          # a whitespace word with one
+_re_cjk_char = re.compile(f'[{CJK_RANGES}]')
 
 # %% ../nbs/05_filters.ipynb #a268c68a
 _re_fence = re.compile(r'^\s*(```|~~~)', re.M)
@@ -272,8 +306,9 @@ _re_lang_req = re.compile(r'translat|翻译|译成|译为|\b(?:in|into|to) (?:en
 class LanguageMismatch(Filter):
     "Drop records whose output is in another script family (CJK vs not) than the instruction, unless asked for."
     min_tokens: int = 5
+    field: str = 'output'
     def __call__(self, rec):
-        ins, out = field_text(rec, 'instruction'), field_text(rec, 'output')
+        ins, out = field_text(rec, 'instruction'), field_text(rec, self.field)
         if _re_lang_req.search(ins) or text_len(out) < self.min_tokens or text_len(ins) < 2: return True, None
         ri, ro = cjk_ratio(ins), cjk_ratio(out)
         if (ri >= 0.5 and ro < 0.05) or (ri == 0 and ro > 0.5): return False, 'language_mismatch'
@@ -291,8 +326,9 @@ class InstructionRules(Filter):
     max_words: int = 150
     blacklist: tuple = SELF_INSTRUCT_BLACKLIST
     english_only: bool = True
+    field: str = 'instruction'
     def __call__(self, rec):
-        ins = field_text(rec, 'instruction').strip()
+        ins = field_text(rec, self.field).strip()
         n = text_len(ins)
         if n < self.min_words: return False, 'instruction_too_short'
         if n > self.max_words: return False, 'instruction_too_long'
@@ -306,9 +342,10 @@ class InstructionRules(Filter):
 @dataclass
 class InstanceRules(Filter):
     "Self-Instruct instance rules: output equals input, empty output, input or output ending with ':'."
+    field: str = 'output'
     def __call__(self, rec):
-        inp, out = field_text(rec, 'input').strip(), field_text(rec, 'output').strip()
-        if not out: return False, 'empty_output'
+        inp, out = field_text(rec, 'input').strip(), field_text(rec, self.field).strip()
+        if not out: return False, f'empty_{self.field}'
         if inp and inp == out: return False, 'output_equals_input'
         if inp.endswith((':', '：')) or out.endswith((':', '：')): return False, 'ends_with_colon'
         return True, None
@@ -363,8 +400,9 @@ class FilterPipeline:
 # %% ../nbs/05_filters.ipynb #840b3ce4
 @dataclass
 class FilterOptions:
-    "Thresholds of the `sft-default` preset; defaults from settings.ini [filters]."
+    "The preset, the field its rules judge, and the thresholds of `sft-default`; defaults from settings.ini [filters]."
     preset: str = 'sft-default'
+    field: str = 'output'
     min_instruction_length: int = 3
     max_instruction_length: int = 2048
     min_output_length: int = 1
@@ -376,24 +414,25 @@ class FilterOptions:
     check_language: bool = False
 
 def _sft_default(o: FilterOptions) -> list:
-    fs = [EmptyOutput(), LengthFilter('instruction', o.min_instruction_length, o.max_instruction_length),
-          LengthFilter('output', o.min_output_length, o.max_output_length), Refusal(), IncompleteOutput(),
-          RepeatedLines(max_repeats=o.max_line_repeats),
-          GopherRepetition(dup_line_frac=o.max_dup_line_frac, min_tokens=o.min_repetition_tokens,
+    f = o.field
+    fs = [EmptyOutput(f), LengthFilter('instruction', o.min_instruction_length, o.max_instruction_length),
+          LengthFilter(f, o.min_output_length, o.max_output_length), Refusal(f), IncompleteOutput(f),
+          RepeatedLines(f, max_repeats=o.max_line_repeats),
+          GopherRepetition(f, dup_line_frac=o.max_dup_line_frac, min_tokens=o.min_repetition_tokens,
                            top_ngram={n: t * o.ngram_scale for n, t in GOPHER_TOP_NGRAM.items()},
                            dup_ngram={n: t * o.ngram_scale for n, t in GOPHER_DUP_NGRAM.items()})]
-    return fs + ([LanguageMismatch()] if o.check_language else [])
+    return fs + ([LanguageMismatch(field=f)] if o.check_language else [])
 
 PRESETS = {
     'sft-default': _sft_default,
-    'self-instruct': lambda o: [InstructionRules(blacklist=SELF_INSTRUCT_BLACKLIST), InstanceRules()],
-    'alpaca': lambda o: [InstructionRules(blacklist=ALPACA_BLACKLIST), EmptyOutput()],
-    'gopher': lambda o: [GopherQuality(), GopherRepetition()],
+    'self-instruct': lambda o: [InstructionRules(blacklist=SELF_INSTRUCT_BLACKLIST), InstanceRules(o.field)],
+    'alpaca': lambda o: [InstructionRules(blacklist=ALPACA_BLACKLIST), EmptyOutput(o.field)],
+    'gopher': lambda o: [GopherQuality(o.field), GopherRepetition(o.field)],
     'none': lambda o: [],
 }
 
 def preset_filters(preset: str | None = None, **overrides) -> list:
-    "The filters of `preset` (default from settings), with `FilterOptions` `overrides` for `sft-default`."
+    "The filters of `preset` (default from settings) judging `field` (an override; default `output`), with `FilterOptions` `overrides`."
     o = options(FilterOptions, 'filters', preset=preset, **overrides)
     if o.preset not in PRESETS: raise ValueError(f"unknown preset {o.preset!r}; choose one of {', '.join(PRESETS)}")
     return PRESETS[o.preset](o)
@@ -405,6 +444,23 @@ def filter_records(records, preset: str | None = None, filters: list | None = No
     stats = stats if stats is not None else Stats('filters', rejected=rejected)
     src = records if not isinstance(records, (str, os.PathLike)) else read_records(records)
     return FilterPipeline(fs, batch_size=batch_size)(src, stats)
+
+# %% ../nbs/05_filters.ipynb #208d36e3
+class FieldPresence:
+    "Pass records through, noting which of `fields` ever has text; `check` raises if one never had any."
+    def __init__(self, fields: Iterable[str | None]):
+        self.missing = list(dict.fromkeys(f for f in fields if f))
+    def __call__(self, records: Iterable[dict]) -> Iterator[dict]:
+        for rec in records:
+            if self.missing: self.missing = [f for f in self.missing if not field_text(rec, f).strip()]
+            yield rec
+    def check(self, src, n: int):
+        "A `RecordError` naming the first judged field that was empty or missing in all `n` records (`n` > 0)."
+        if not n or not self.missing: return
+        f = self.missing[0]
+        keys = '/'.join(FIELD_ALIASES.get(f, (f,)))
+        raise RecordError(f"empty or missing in every one of the {n:,} records (looked for {keys}); "
+                          f"choose the field to judge with --field", file=src, field=f)
 
 # %% ../nbs/05_filters.ipynb #8cb05c17
 def run_filter(src, dst: str | os.PathLike, preset: str | None = None, rejected: str | os.PathLike | None = None,
@@ -425,11 +481,18 @@ def run_filter(src, dst: str | os.PathLike, preset: str | None = None, rejected:
     rep['filters'] = [getattr(f, 'name', type(f).__name__) for f in fs]
     elog = ErrorLog(errors)
     stats = Stats('filters', rejected=rejected)
+    judged = FieldPresence(getattr(f, 'field', None) for f in fs if isinstance(f, Filter))
     try:
         with RecordWriter(dst) as w:
-            for rec in FilterPipeline(fs, batch_size=batch_size)(read_records(src, strict=strict, errors=elog), stats):
+            recs = read_records(src, strict=strict, errors=elog)
+            for rec in FilterPipeline(fs, batch_size=batch_size)(judged(recs), stats):
                 w.write(rec)
     finally: stats.close()
+    try: judged.check(src, stats.n_in)
+    except RecordError:                       # a wrong field, not bad records: leave no output that says otherwise
+        for p in (dst, rejected):
+            if p: Path(p).unlink(missing_ok=True)
+        raise
     for f in fs:
         for k, n in getattr(f, 'counts', {}).items(): stats.count(k, n)
     rep.update(stats.as_dict()); rep['output_file'] = str(dst)
@@ -442,7 +505,7 @@ def run_filter(src, dst: str | os.PathLike, preset: str | None = None, rejected:
 
 # %% ../nbs/05_filters.ipynb #7439aaec
 import typer
-from .cli import app
+from .cli import app, fail
 from .llm import llm_options
 
 @app.command('filter')
@@ -450,6 +513,7 @@ from .llm import llm_options
 def filter_cmd(src: str = typer.Argument(..., help="Input records (jsonl/json/parquet, optionally .gz)."),
                dst: str = typer.Argument(..., help="Where the kept records go."),
                preset: str = typer.Option(None, help=f"Rule preset: {', '.join(PRESETS)} (default: the preset key of settings.ini, section filters)."),
+               field: str = typer.Option(None, help="The field the rules judge (default: output, or response/completion/answer, or text for a document file)."),
                rejected: str = typer.Option(None, help="Write dropped records with their reasons here (JSONL)."),
                report: str = typer.Option(None, help="Write the JSON report here."),
                toxicity: str = typer.Option('off', help="Toxicity backend: auto, offline, detoxify, llm, lexicon or off."),
@@ -464,8 +528,9 @@ def filter_cmd(src: str = typer.Argument(..., help="Input records (jsonl/json/pa
     if toxicity == 'llm':                                     # the judge takes the shared model options
         from dataalchemy.toxicity import LLMJudge
         toxicity = LLMJudge(**llm)
-    rep = run_filter(src, dst, preset, rejected=rejected, report=report, toxicity=toxicity, pii=pii,
-                     checkpoint=checkpoint, strict=not lenient, errors=errors)
+    try: rep = run_filter(src, dst, preset, rejected=rejected, report=report, toxicity=toxicity, pii=pii,
+                          checkpoint=checkpoint, strict=not lenient, errors=errors, field=field)
+    except RecordError as e: fail(e, 2)
     typer.echo(rep['table'])
     if rep.get('bad_lines'): typer.echo(f"bad input lines skipped: {rep['bad_lines']:,} (in {errors})")
     for k in ('toxicity_backend', 'pii_action'):
