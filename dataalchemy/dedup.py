@@ -24,8 +24,8 @@ from .cli import app, fail
 __all__ = ['SET_BITS', 'DedupOptions', 'dedup_options', 'record_text', 'shingles', 'jaccard', 'Scan', 'pair_jaccard', 'Shingler',
            'permutations', 'minhash_signatures', 'MinHasher', 'estimate_jaccard', 'exact_keys', 'exact_key',
            'exact_dedup', 'lsh_params', 'candidate_probability', 'plot_s_curve', 'band_keys', 'bucket_edges',
-           'union_find', 'lsh_edges', 'LocalEngine', 'RayEngine', 'get_engine', 'DedupResult', 'strict_split',
-           'spanning_forest', 'find_clusters', 'NearDupIndex', 'dedup', 'dedup_file', 'minilm_path',
+           'union_find', 'lsh_edges', 'LocalEngine', 'ray_start', 'RayEngine', 'get_engine', 'DedupResult',
+           'strict_split', 'spanning_forest', 'find_clusters', 'NearDupIndex', 'dedup', 'dedup_file', 'minilm_path',
            'load_sentence_model', 'embed', 'cosine_edges', 'semantic_dedup', 'dedup_cmd']
 
 # %% ../nbs/06_dedup.ipynb #2bac9cdf
@@ -599,16 +599,20 @@ def _merge_labels(*labels: np.ndarray) -> np.ndarray:
     return union_find(n, np.concatenate(us), np.concatenate(vs))
 
 # %% ../nbs/06_dedup.ipynb #7ed20b28
+def ray_start(address: str = '', num_cpus: int | None = None):
+    "The `ray` module, connected: to the cluster at `address`, or a local Ray started once (no dashboard)."
+    try: import ray
+    except ImportError: raise ImportError('the Ray engine needs Ray: pip install "dataalchemy[ray]"') from None
+    if not ray.is_initialized():
+        kw = dict(address=address) if address else dict(num_cpus=num_cpus, include_dashboard=False)
+        ray.init(ignore_reinit_error=True, log_to_driver=False, **kw)
+    return ray
+
 class RayEngine:
     "Signatures, banding and clustering as Ray tasks (local Ray, or the cluster at `address`)."
     name = 'ray'
     def __init__(self, address: str = '', num_cpus: int | None = None):
-        try: import ray
-        except ImportError: raise ImportError('engine="ray" needs Ray: pip install "dataalchemy[ray]"') from None
-        self.ray = ray
-        if not ray.is_initialized():
-            kw = dict(address=address) if address else dict(num_cpus=num_cpus, include_dashboard=False)
-            ray.init(ignore_reinit_error=True, log_to_driver=False, **kw)
+        ray = self.ray = ray_start(address, num_cpus)
         me = _self()
         self._sig = ray.remote(me._sig_chunk)
         self._sigset = ray.remote(me._sigset_chunk)

@@ -554,6 +554,7 @@ class Auditor:
     "Scan whole records (every text, `meta` included) for personal data and toxic text: what a deliverable must not hold."
     def __init__(self, scrubber: PIIScrubber | None = None, toxicity=None, threshold: float | None = None, thresholds=None):
         self.scrubber = scrubber or PIIScrubber('replace', fields='auto')
+        self._memo: dict[bytes, tuple] = {}      # text digest -> verdict (see `_verdicts`)
         if toxicity in (None, 'off', False): self.tox = None
         else:
             from dataalchemy.toxicity import ToxicityFilter
@@ -564,7 +565,7 @@ class Auditor:
 
     def _verdicts(self, texts: list[str]) -> list[tuple]:
         "`(pii hits, toxicity hits)` per text; a text seen before (by a 12-byte digest) is not analysed again."
-        memo = self.__dict__.setdefault('_memo', {})
+        memo = self._memo
         keys = [hashlib.blake2b(t.encode('utf-8', 'surrogatepass'), digest_size=12).digest() for t in texts]
         new = {k: t for k, t in zip(keys, texts) if k not in memo}
         nk, nt = list(new), list(new.values())

@@ -997,11 +997,8 @@ def run_shard(fn: Callable, options: dict, name: str, src: str, start: int, end:
 def _ray_map(fn: Callable, calls: list[tuple], address: str = '') -> list:
     "`fn(*args)` for each of `calls` as Ray tasks (a local Ray unless `address`); results in order."
     if not calls: return []
-    try: import ray
-    except ImportError: raise ImportError('executor="ray" needs Ray: pip install "dataalchemy[ray]"') from None
-    if not ray.is_initialized():
-        kw = dict(address=address) if address else dict(include_dashboard=False)
-        ray.init(ignore_reinit_error=True, log_to_driver=False, **kw)
+    from dataalchemy.dedup import ray_start
+    ray = ray_start(address)
     task = ray.remote(fn)
     refs = [task.remote(*c) for c in calls]
     ray.wait(refs, num_returns=len(refs))      # every shard that can finish does (its marker saves it), then a failure is raised
