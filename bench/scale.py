@@ -11,10 +11,14 @@ linear time; a memory ratio near 1 means memory does not grow with the input).
 
 With --order the same build also runs with `[dedup] early_exact = false` (exact copies removed only by the dedup stage,
 after PII and toxicity): the SFT files must be byte-identical and the PII stage's time is printed for both.
-Ray: `build --engine ray` does not exist yet (only dedup has a Ray engine), so there is no Ray column.
+With --engine ray the build's per-record stages run as Ray tasks over shards (Ray local mode; the peak is the build
+process's, not its Ray workers').
+
+Past the corpus's end (55,185 T0 records) the records are variants: each pass over the corpus swaps every 4th word for
+a word of another record, so the texts stay distinct (no shared word 5-gram with their source) and sized like T0.
 """
 from __future__ import annotations
-import argparse, gzip, json, os, shutil, subprocess, sys, tempfile, time
+import argparse, gzip, itertools, json, os, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,6 +29,7 @@ documents = ["{docs}"]
 out = "{out}"
 formats = ["alpaca", "sharegpt", "messages", "prompt-completion"]
 report = "none"
+engine = "{engine}"
 [qa]
 chunk_by = "sentences"
 chunk_size = 80
@@ -42,17 +47,31 @@ k = 3
 """
 
 
+def variant(text: str, p: int, donor: str) -> str:
+    "Pass `p` > 0 over the corpus: every 4th word (from word `p % 4`) swapped for a word of another record, `donor`."
+    words, other = text.split(' '), donor.split() or ['x']
+    for j in range(p % 4, len(words), 4): words[j] = other[(j + p) % len(other)]
+    return ' '.join(words)
+
+
+def corpus_records(corpus: Path):
+    "The corpus's texts, then (past its end) passes of word-swapped variants: distinct texts that are not near-copies."
+    with gzip.open(corpus, 'rt', encoding='utf-8') as f:
+        texts = [f"{r['prompt'].strip()}\n\n{r['completion'].strip()}\n" for r in map(json.loads, f)]
+    yield from texts
+    for p in itertools.count(1):
+        for i, t in enumerate(texts): yield variant(t, p, texts[(i * 7 + p) % len(texts)])
+
+
 def make_docs(corpus: Path, n: int, folder: Path, per_doc: int = 50) -> int:
-    "The first `n` records of `corpus` as plain-text documents of `per_doc` records each; returns the characters written."
+    "The first `n` records of `corpus` (and its variants past its end) as plain-text documents of `per_doc` records each; returns the characters written."
     folder.mkdir(parents=True)
     chars, buf, k = 0, [], 0
-    with gzip.open(corpus, 'rt', encoding='utf-8') as f:
-        for i, line in enumerate(f):
-            if i >= n: break
-            r = json.loads(line)
-            buf.append(f"{r['prompt'].strip()}\n\n{r['completion'].strip()}\n")
-            if len(buf) == per_doc:
-                t = '\n'.join(buf); (folder / f'doc{k:05d}.txt').write_text(t, encoding='utf-8'); chars += len(t); buf, k = [], k + 1
+    for i, text in enumerate(corpus_records(corpus)):
+        if i >= n: break
+        buf.append(text)
+        if len(buf) == per_doc:
+            t = '\n'.join(buf); (folder / f'doc{k:05d}.txt').write_text(t, encoding='utf-8'); chars += len(t); buf, k = [], k + 1
     if buf: t = '\n'.join(buf); (folder / f'doc{k:05d}.txt').write_text(t, encoding='utf-8'); chars += len(t)
     return chars
 
@@ -82,6 +101,7 @@ def main():
     ap.add_argument('--corpus', default=str(DEFAULT))
     ap.add_argument('--sizes', default='2000,10000,50000', help='comma-separated record counts')
     ap.add_argument('--order', action='store_true', help='also run without the early exact stage and compare')
+    ap.add_argument('--engine', default='local', choices=['local', 'ray'], help="build's [build] engine (ray: Ray local mode)")
     ap.add_argument('--keep', action='store_true', help='keep the temporary folder')
     a = ap.parse_args()
     if not Path(a.corpus).exists(): sys.exit(f'error: {a.corpus}: no such file (see ../shared/corpora/README.md)')
@@ -96,7 +116,7 @@ def main():
             for early in ((True, False) if a.order else (True,)):
                 d = tmp / f'run{n}_{early}'; d.mkdir()
                 cfg = d / 'build.toml'
-                cfg.write_text(CONFIG.format(docs=docs, out=d / 'out', early=str(early).lower()), encoding='utf-8')
+                cfg.write_text(CONFIG.format(docs=docs, out=d / 'out', early=str(early).lower(), engine=a.engine), encoding='utf-8')
                 secs, rss, rc = run_build(cfg)
                 out = d / 'out'
                 key = 'early' if early else 'late'
@@ -105,6 +125,8 @@ def main():
                             'sft': sum(1 for _ in open(out / 'sft.alpaca.jsonl', encoding='utf-8')) if (out / 'sft.alpaca.jsonl').exists() else None}
                 print(f"n={n:>7,} ({row['mb']:.1f} MB text) {key:5}: {secs:7.1f} s  peak {rss / 2**20:7.0f} MiB  "
                       f"QA {row[key]['qa']}  PII stage {row[key]['pii_in']} records {row[key]['pii_s']} s  SFT {row[key]['sft']}  rc {rc}", flush=True)
+                st = json.loads((out / 'stats.json').read_text()) if (out / 'stats.json').exists() else {'stages': []}
+                print('    stage seconds: ' + ', '.join(f"{s['stage']} {s.get('seconds', 0):.0f}" for s in st['stages']), flush=True)
             if a.order:
                 same = all((tmp / f'run{n}_True' / 'out' / f).read_bytes() == (tmp / f'run{n}_False' / 'out' / f).read_bytes()
                            for f in ('sft.alpaca.jsonl', 'sft.sharegpt.jsonl', 'sft.messages.jsonl', 'sft.prompt-completion.jsonl', 'topk.jsonl'))

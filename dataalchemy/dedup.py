@@ -12,6 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple, Sequence
 
+from fastcore.basics import patch
 import numpy as np
 import typer
 
@@ -24,9 +25,9 @@ from .cli import app, fail
 __all__ = ['SET_BITS', 'DedupOptions', 'dedup_options', 'record_text', 'shingles', 'jaccard', 'Scan', 'pair_jaccard', 'Shingler',
            'permutations', 'minhash_signatures', 'MinHasher', 'estimate_jaccard', 'exact_keys', 'exact_key',
            'exact_dedup', 'lsh_params', 'candidate_probability', 'plot_s_curve', 'band_keys', 'bucket_edges',
-           'union_find', 'lsh_edges', 'LocalEngine', 'ray_start', 'RayEngine', 'get_engine', 'DedupResult',
-           'strict_split', 'spanning_forest', 'find_clusters', 'NearDupIndex', 'dedup', 'dedup_file', 'minilm_path',
-           'load_sentence_model', 'embed', 'cosine_edges', 'semantic_dedup', 'dedup_cmd']
+           'union_find', 'band_edges', 'lsh_edges', 'LocalEngine', 'ray_start', 'RayEngine', 'get_engine',
+           'DedupResult', 'strict_split', 'spanning_forest', 'find_clusters', 'NearDupIndex', 'dedup', 'dedup_file',
+           'minilm_path', 'load_sentence_model', 'embed', 'cosine_edges', 'semantic_dedup', 'dedup_cmd']
 
 # %% ../nbs/06_dedup.ipynb #2bac9cdf
 @dataclass
@@ -284,61 +285,78 @@ class Shingler:
         S, fw = _poly_prefix(cps.astype(np.uint64), _CHAR_POW)       # any slice's hash in O(1) from here on
         sh = cnt = ntok = key = None
         if shingles: sh, cnt, ntok = self._shingles(cls, S, fw, sep)
-        if keys:
-            solid = cls != 4
-            solid[0] = False; solid[sep] = False                     # words: runs of non-space, never across texts
-            e = np.flatnonzero(solid[1:] != solid[:-1]) + 1
-            ws, we = e[0::2], e[1::2]
-            wh = _fmix64(_poly_slices(S, fw, ws, we) ^ (we - ws).astype(np.uint64))
-            bound = np.r_[0, np.searchsorted(ws, sep)]               # the words of text d: bound[d]:bound[d+1]
-            S2, fw2 = _poly_prefix(wh, _TOKEN_POW)
-            nword = np.diff(bound)
-            key = _fmix64(_poly_slices(S2, fw2, bound[:-1], bound[1:]) ^ nword.astype(np.uint64))   # no words: 0 ^ 0
+        if keys: key = self._exact_keys(cls, S, fw, sep)
         return Scan(sh, cnt, ntok, key)
 
-    def tokens(self, texts: Sequence[str]) -> list[list[str]]:
-        "The tokens of each text as this scan sees them (for checking and teaching; `scan` never builds strings)."
-        joined, cps, sep = _code_points(self.normalize(texts))
-        start, end, _ = _token_bounds(_char_classes(cps))
-        toks = [joined[a:b] for a, b in zip(start.tolist(), end.tolist())]
-        b = np.r_[0, np.searchsorted(start, sep)].tolist()
-        return [toks[b[d]:b[d + 1]] for d in range(len(sep))]
 
-    def _shingles(self, cls, S, fw, sep):
-        D = len(sep)
-        start, end, cjk = _token_bounds(cls)
-        h = _fmix64(_poly_slices(S, fw, start, end) ^ (end - start).astype(np.uint64))
-        ntok = np.diff(np.r_[0, np.searchsorted(start, sep)])
-        T = len(h)
-        if T == 0: return np.zeros(0, np.uint64), np.zeros(D, np.int64), ntok
-        doc = np.repeat(np.arange(D), ntok)
-        new_run = np.ones(T, bool)
-        new_run[1:] = (cjk[1:] != cjk[:-1]) | (doc[1:] != doc[:-1])
-        run_start = np.flatnonzero(new_run)
-        rid = np.cumsum(new_run) - 1
-        rs, re_ = run_start[rid], np.append(run_start[1:], T)[rid]  # each token's run: [rs, re_)
-        nw, nc = _ngram_sizes(ntok, self.ngram, self.cjk_ngram, self.adaptive)
-        n = np.where(cjk, np.broadcast_to(nc, (D,))[doc], np.broadcast_to(nw, (D,))[doc])
-        pos = np.arange(T)
-        st = np.flatnonzero((pos + n <= re_) | ((pos == rs) & (re_ - rs < n)))   # window starts; a short run is one shingle
-        en = np.minimum(st + n[st], re_[st])
-        S2, fw2 = _poly_prefix(h, _TOKEN_POW)
-        sh = _fmix64(_poly_slices(S2, fw2, st, en) ^ (en - st).astype(np.uint64))
-        return sh, np.bincount(doc[st], minlength=D), ntok
+# %% ../nbs/06_dedup.ipynb #93f69fe0
+@patch
+def _exact_keys(self: Shingler, cls, S, fw, sep) -> np.ndarray:
+    "Exact keys of a batch: each word (a run of non-space) hashed, then each text's words hashed in order."
+    solid = cls != 4
+    solid[0] = False; solid[sep] = False                     # words: runs of non-space, never across texts
+    e = np.flatnonzero(solid[1:] != solid[:-1]) + 1
+    ws, we = e[0::2], e[1::2]
+    wh = _fmix64(_poly_slices(S, fw, ws, we) ^ (we - ws).astype(np.uint64))
+    bound = np.r_[0, np.searchsorted(ws, sep)]               # the words of text d: bound[d]:bound[d+1]
+    S2, fw2 = _poly_prefix(wh, _TOKEN_POW)
+    nword = np.diff(bound)
+    return _fmix64(_poly_slices(S2, fw2, bound[:-1], bound[1:]) ^ nword.astype(np.uint64))   # no words: 0 ^ 0
 
-    def hashes(self, texts: Sequence[str], normalized: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        "64-bit shingle hashes of all `texts`, the shingle counts per text, and the token counts per text."
-        return self.scan(texts, normalized)[:3]
+@patch
+def tokens(self: Shingler, texts: Sequence[str]) -> list[list[str]]:
+    "The tokens of each text as this scan sees them (for checking and teaching; `scan` never builds strings)."
+    joined, cps, sep = _code_points(self.normalize(texts))
+    start, end, _ = _token_bounds(_char_classes(cps))
+    toks = [joined[a:b] for a, b in zip(start.tolist(), end.tolist())]
+    b = np.r_[0, np.searchsorted(start, sep)].tolist()
+    return [toks[b[d]:b[d + 1]] for d in range(len(sep))]
 
-    def set_arrays(self, texts: Sequence[str], normalized: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        "The shingle sets of all `texts` as one array (sorted, unique within each text) and the set sizes."
-        sh, cnt, _ = self.hashes(texts, normalized)
-        return _sorted_sets(sh, cnt)
 
-    def sets(self, texts: Sequence[str]) -> list[np.ndarray]:
-        "The set of shingles of each text (sorted unique uint64 arrays of `SET_BITS`-bit values), for exact Jaccard."
-        vals, size = self.set_arrays(texts)
-        return np.split(vals, np.cumsum(size)[:-1])
+# %% ../nbs/06_dedup.ipynb #103c2d68
+@patch
+def _shingles(self: Shingler, cls, S, fw, sep):
+    "Shingle hashes of a batch, shingle counts and token counts per text."
+    D = len(sep)
+    start, end, cjk = _token_bounds(cls)
+    h = _fmix64(_poly_slices(S, fw, start, end) ^ (end - start).astype(np.uint64))
+    ntok = np.diff(np.r_[0, np.searchsorted(start, sep)])
+    T = len(h)
+    if T == 0: return np.zeros(0, np.uint64), np.zeros(D, np.int64), ntok
+    doc = np.repeat(np.arange(D), ntok)
+    new_run = np.ones(T, bool)
+    new_run[1:] = (cjk[1:] != cjk[:-1]) | (doc[1:] != doc[:-1])
+    run_start = np.flatnonzero(new_run)
+    rid = np.cumsum(new_run) - 1
+    rs, re_ = run_start[rid], np.append(run_start[1:], T)[rid]  # each token's run: [rs, re_)
+    nw, nc = _ngram_sizes(ntok, self.ngram, self.cjk_ngram, self.adaptive)
+    n = np.where(cjk, np.broadcast_to(nc, (D,))[doc], np.broadcast_to(nw, (D,))[doc])
+    pos = np.arange(T)
+    st = np.flatnonzero((pos + n <= re_) | ((pos == rs) & (re_ - rs < n)))   # window starts; a short run is one shingle
+    en = np.minimum(st + n[st], re_[st])
+    S2, fw2 = _poly_prefix(h, _TOKEN_POW)
+    sh = _fmix64(_poly_slices(S2, fw2, st, en) ^ (en - st).astype(np.uint64))
+    return sh, np.bincount(doc[st], minlength=D), ntok
+
+
+# %% ../nbs/06_dedup.ipynb #fec85b75
+@patch
+def hashes(self: Shingler, texts: Sequence[str], normalized: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    "64-bit shingle hashes of all `texts`, the shingle counts per text, and the token counts per text."
+    return self.scan(texts, normalized)[:3]
+
+@patch
+def set_arrays(self: Shingler, texts: Sequence[str], normalized: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    "The shingle sets of all `texts` as one array (sorted, unique within each text) and the set sizes."
+    sh, cnt, _ = self.hashes(texts, normalized)
+    return _sorted_sets(sh, cnt)
+
+@patch
+def sets(self: Shingler, texts: Sequence[str]) -> list[np.ndarray]:
+    "The set of shingles of each text (sorted unique uint64 arrays of `SET_BITS`-bit values), for exact Jaccard."
+    vals, size = self.set_arrays(texts)
+    return np.split(vals, np.cumsum(size)[:-1])
+
 
 # %% ../nbs/06_dedup.ipynb #42dac325
 @lru_cache(maxsize=16)
@@ -513,12 +531,12 @@ def _stack(parts: list, shape: tuple, dtype) -> np.ndarray:
         if i % 8 == 7: _trim_heap()
     return out
 
-def lsh_edges(sig: np.ndarray, bands: int, rows: int, valid: np.ndarray | None = None, all_pairs: bool = False,
-              max_bucket: int = 64, counts: bool = False) -> tuple[np.ndarray, ...]:
-    "Candidate edges of all bands (duplicates removed) for signatures `sig`; with `counts`, also how many bands each pair shares."
-    n, es = len(sig), []
-    for j in range(bands):                                           # one band's keys at a time
-        u, v = bucket_edges(band_keys(sig[:, j * rows:(j + 1) * rows], 1, rows)[:, 0], valid, all_pairs, max_bucket)
+def band_edges(columns: Iterable[np.ndarray], n: int, valid: np.ndarray | None = None, all_pairs: bool = False,
+               max_bucket: int = 64, counts: bool = False) -> tuple[np.ndarray, ...]:
+    "Candidate edges (duplicates removed) of `n` records from their band keys, one band's column at a time (from memory or from disk); with `counts`, also how many bands each pair shares."
+    es = []
+    for keys in columns:                                             # one band's keys at a time
+        u, v = bucket_edges(keys, valid, all_pairs, max_bucket); del keys
         u *= n; u += v                                               # a pair is one int64: u * n + v
         es.append(u); del u, v
     e = _stack(es, (), np.int64)
@@ -531,39 +549,47 @@ def lsh_edges(sig: np.ndarray, bands: int, rows: int, valid: np.ndarray | None =
     u = e // n; e -= u * n                                           # e becomes v in place
     return (u, e) + ((c,) if counts else ())
 
+def lsh_edges(sig: np.ndarray, bands: int, rows: int, valid: np.ndarray | None = None, all_pairs: bool = False,
+              max_bucket: int = 64, counts: bool = False) -> tuple[np.ndarray, ...]:
+    "Candidate edges of all bands for signatures `sig` held in memory (see `band_edges`)."
+    cols = (band_keys(sig[:, j * rows:(j + 1) * rows], 1, rows)[:, 0] for j in range(bands))
+    return band_edges(cols, len(sig), valid, all_pairs, max_bucket, counts)
+
+
 # %% ../nbs/06_dedup.ipynb #2a37a4cb
 _HASHERS: dict = {}
 
-def _sig_chunk(texts: list[str], params: tuple, sets: bool = False) -> tuple[np.ndarray, ...]:
-    "Signatures, shingle counts, token counts and exact keys of one chunk (in a worker process or a Ray task); with `sets`, also its shingle sets (values and sizes, as `Shingler.set_arrays`) from the same scan."
+def _sig_chunk(texts: list[str], params: tuple, sets: bool = False, lsh: tuple = (0, 0), sig: bool = True) -> tuple:
+    """One chunk's work, in a worker process or a Ray task: (signatures or None, shingle counts, token counts, exact
+    keys, band keys or None) and, with `sets`, its shingle sets (values and sizes, as `Shingler.set_arrays`) from the
+    same scan. `lsh=(bands, rows)` makes the band keys here, beside the signatures; `sig=False` leaves the signatures
+    out of the result (with `verify` the decisions only need the band keys and the sets)."""
     mh = _HASHERS.get(params)
     if mh is None: mh = _HASHERS[params] = MinHasher(*params)
     sc = mh.shingler.scan(texts, keys=True)
-    out = minhash_signatures(sc.shingles, sc.counts, mh.num_perm, mh.seed), sc.counts, sc.ntok, sc.keys
+    s = minhash_signatures(sc.shingles, sc.counts, mh.num_perm, mh.seed)
+    bk = band_keys(s, *lsh) if lsh[0] else None
+    out = (s if sig else None), sc.counts, sc.ntok, sc.keys, bk
     return out + _sorted_sets(sc.shingles, sc.counts) if sets else out
-
-def _sigset_chunk(texts: list[str], params: tuple) -> tuple[np.ndarray, ...]:
-    "`_sig_chunk` with the shingle sets (for `verify`)."
-    return _sig_chunk(texts, params, sets=True)
 
 def _self(): return importlib.import_module('dataalchemy.dedup')
 
 class LocalEngine:
-    "Signatures in this process, or in a process pool once there is more than one chunk."
+    "Chunks hashed in this process, or in a process pool once there is more than one chunk."
     name = 'local'
     def __init__(self, workers: int = 0):
         self.workers = workers or os.cpu_count() or 1
 
-    def map_chunks(self, chunks: Iterable[list[str]], params: tuple, task: str = 'sig') -> Iterator[tuple]:
-        "Results of `_{task}_chunk` (signatures, or shingle sets) on `chunks`, in order."
-        fn = getattr(_self(), f'_{task}_chunk')
+    def map_chunks(self, chunks: Iterable[list[str]], params: tuple, **kw) -> Iterator[tuple]:
+        "Results of `_sig_chunk(chunk, params, **kw)` on `chunks`, in order; at most two chunks per worker in flight."
+        fn = _self()._sig_chunk
         it = iter(chunks)
         first = next(it, None)
         if first is None: return
         second = next(it, None)
         if second is None or self.workers < 2:
-            yield fn(first, params)
-            for c in ([] if second is None else itertools.chain([second], it)): yield fn(c, params)
+            yield fn(first, params, **kw)
+            for c in ([] if second is None else itertools.chain([second], it)): yield fn(c, params, **kw)
             return
         import multiprocessing as mp
         from collections import deque
@@ -574,29 +600,10 @@ class LocalEngine:
         with pool:
             q = deque()
             for c in itertools.chain([first, second], it):
-                q.append(pool.apply_async(fn, (c, params)))
+                q.append(pool.apply_async(fn, (c, params), kw))
                 if len(q) >= 2 * self.workers: yield q.popleft().get()
             while q: yield q.popleft().get()
 
-    def gather(self, parts: list) -> list: return parts
-
-# %% ../nbs/06_dedup.ipynb #f8e1664f
-def _band_labels(sig_parts: list, band: int, rows: int, valid: np.ndarray) -> np.ndarray:
-    "Components of one band's buckets (a Ray task: `sig_parts` may be object refs)."
-    if len(sig_parts) and not isinstance(sig_parts[0], np.ndarray):
-        import ray
-        sig_parts = ray.get(list(sig_parts))
-    sig = np.concatenate(sig_parts) if len(sig_parts) else np.zeros((0, rows), np.uint32)
-    keys = band_keys(sig[:, band * rows:(band + 1) * rows], 1, rows)[:, 0]
-    return union_find(len(sig), *bucket_edges(keys, valid))
-
-def _merge_labels(*labels: np.ndarray) -> np.ndarray:
-    n = len(labels[0])
-    us, vs = [], []
-    for lab in labels:
-        moved = np.flatnonzero(lab != np.arange(n))
-        us.append(moved); vs.append(lab[moved])
-    return union_find(n, np.concatenate(us), np.concatenate(vs))
 
 # %% ../nbs/06_dedup.ipynb #7ed20b28
 def ray_start(address: str = '', num_cpus: int | None = None):
@@ -609,39 +616,25 @@ def ray_start(address: str = '', num_cpus: int | None = None):
     return ray
 
 class RayEngine:
-    "Signatures, banding and clustering as Ray tasks (local Ray, or the cluster at `address`)."
+    "Chunks hashed by Ray tasks (local Ray, or the cluster at `address`); the driver takes each chunk's results in turn."
     name = 'ray'
     def __init__(self, address: str = '', num_cpus: int | None = None):
         ray = self.ray = ray_start(address, num_cpus)
-        me = _self()
-        self._sig = ray.remote(me._sig_chunk)
-        self._sigset = ray.remote(me._sigset_chunk)
-        self._band = ray.remote(me._band_labels)
-        self._merge = ray.remote(me._merge_labels)
+        self._sig = ray.remote(_self()._sig_chunk)
         self.inflight = max(2, 2 * int(ray.available_resources().get('CPU', 2)))
 
-    def map_chunks(self, chunks: Iterable[list[str]], params: tuple, task: str = 'sig') -> Iterator[tuple]:
+    def map_chunks(self, chunks: Iterable[list[str]], params: tuple, **kw) -> Iterator[tuple]:
+        "Results of `_sig_chunk(chunk, params, **kw)` as Ray tasks, in order; at most `inflight` chunks in flight."
         from collections import deque
         q = deque()
-        fn, k = (self._sig, 4) if task == 'sig' else (self._sigset, 6)
         for c in itertools.chain(chunks, [None]):
-            if c is not None: q.append(fn.options(num_returns=k).remote(c, params))
-            while q and (len(q) >= self.inflight or c is None):
-                s, *rest = q.popleft()
-                yield s, *self.ray.get(rest)                          # signatures stay in the object store
-
-    def gather(self, parts: list) -> list: return self.ray.get(parts)
-
-    def components(self, sig_parts: list, bands: int, rows: int, valid: np.ndarray) -> np.ndarray:
-        vref = self.ray.put(valid)
-        labs = [self._band.remote(sig_parts, j, rows, vref) for j in range(bands)]
-        while len(labs) > 1:                                          # tree merge
-            labs = [self._merge.remote(*labs[i:i + 2]) if i + 1 < len(labs) else labs[i] for i in range(0, len(labs), 2)]
-        return self.ray.get(labs[0])
+            if c is not None: q.append(self._sig.remote(c, params, **kw))
+            while q and (len(q) >= self.inflight or c is None): yield self.ray.get(q.popleft())
 
 def get_engine(opts: DedupOptions):
     "The engine `opts.engine` names."
     return RayEngine(opts.ray_address) if opts.engine == 'ray' else LocalEngine(opts.workers)
+
 
 # %% ../nbs/06_dedup.ipynb #236293f5
 class DedupResult:
@@ -724,12 +717,14 @@ def strict_split(label: np.ndarray, key: np.ndarray, sim, threshold: float) -> t
         todo, rounds = rest[~ok], rounds + 1
     return new, keep, s_out, rounds
 
-def _sig_agreement(sig: np.ndarray, a: np.ndarray, b: np.ndarray, block: int = 1 << 14) -> np.ndarray:
-    "`estimate_jaccard(sig[a], sig[b])` in blocks of rows, so the rows are never copied whole."
-    out = np.empty(len(a))
+def _sig_agreement(sig, a: np.ndarray, b: np.ndarray, block: int = 1 << 14) -> np.ndarray:
+    "`estimate_jaccard(sig[a], sig[b])` in blocks of rows, so the rows are never copied whole; `sig` is an array or a function of row numbers (`_Staged.sig_rows`)."
+    rows = sig if callable(sig) else sig.__getitem__
+    out, width = np.empty(len(a)), 1
     for s in range(0, len(a), block):
-        out[s:s + block] = np.count_nonzero(sig[a[s:s + block]] == sig[b[s:s + block]], axis=1)
-    return out / max(sig.shape[1], 1)
+        ra, rb = rows(a[s:s + block]), rows(b[s:s + block])
+        out[s:s + block] = np.count_nonzero(ra == rb, axis=1); width = ra.shape[1]
+    return out / max(width, 1)
 
 # %% ../nbs/06_dedup.ipynb #33e5e303
 class _Sets:
@@ -779,6 +774,50 @@ class _Sets:
     def close(self): self.f.close()
     def __enter__(self): return self
     def __exit__(self, *exc): self.close()
+
+# %% ../nbs/06_dedup.ipynb #6cd7d9a9
+class _Staged:
+    """The staged, file-backed middle of `find_clusters`: each chunk's band keys go to one temporary file per band and,
+    when the similarities need them (no `verify`), its signatures to another. Banding then reads one band's keys at a
+    time and signature rows are read back only for the pairs being compared: no process holds all signatures."""
+    def __init__(self, bands: int, rows: int, num_perm: int, keep_sig: bool = True):
+        self.bands, self.rows, self.num_perm, self.keep_sig, self.n = bands, rows, num_perm, keep_sig, 0
+        self.tmp = tempfile.TemporaryDirectory(prefix='dataalchemy-dedup-')
+        d = Path(self.tmp.name)
+        self.band_files = [open(d / f'band{j:03d}.u64', 'wb') for j in range(bands)]
+        self.sig_file = open(d / 'signatures.u32', 'w+b') if keep_sig else None
+
+    def add(self, sig: np.ndarray | None, bk: np.ndarray):
+        "Append the next texts' band keys (`n` × `bands`) and, if kept, their signatures."
+        for j, f in enumerate(self.band_files): np.ascontiguousarray(bk[:, j]).tofile(f)
+        if self.sig_file is not None: np.ascontiguousarray(sig, np.uint32).tofile(self.sig_file)
+        self.n += len(bk)
+
+    def band(self, j: int) -> np.ndarray:
+        "Band `j`'s keys of every text (8 bytes a text)."
+        f = self.band_files[j]; f.flush()
+        return np.fromfile(f.name, np.uint64)
+
+    def sig_rows(self, t: np.ndarray) -> np.ndarray:
+        "Signature rows of texts `t` (any order), read back with `pread` (runs of consecutive texts in one read; no file mapping)."
+        self.sig_file.flush()
+        u, inv = np.unique(np.asarray(t, np.int64), return_inverse=True)
+        out = np.empty((len(u), self.num_perm), np.uint32)
+        mv, fd, rb = memoryview(out).cast('B'), self.sig_file.fileno(), self.num_perm * 4
+        run = np.flatnonzero(np.r_[True, u[1:] != u[:-1] + 1]) if len(u) else np.zeros(0, np.int64)
+        for a, e in zip(run.tolist(), np.r_[run[1:], len(u)].tolist()):
+            got = os.preadv(fd, [mv[a * rb:e * rb]], int(u[a]) * rb) if hasattr(os, 'preadv') else None
+            if got is None: self.sig_file.seek(int(u[a]) * rb); got = self.sig_file.readinto(mv[a * rb:e * rb])
+            if got != (e - a) * rb: raise OSError('dedup: the temporary signature file was cut short')
+        return out[inv.ravel()]
+
+    def close(self):
+        for f in self.band_files + [self.sig_file]:
+            if f is not None: f.close()
+        self.tmp.cleanup()
+    def __enter__(self): return self
+    def __exit__(self, *exc): self.close()
+
 
 # %% ../nbs/06_dedup.ipynb #39eeb73c
 def spanning_forest(n: int, u: np.ndarray, v: np.ndarray, weight: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -835,73 +874,112 @@ def _verify_edges(u, v, weight, sets: _Sets, opts, stats=None) -> tuple[np.ndarr
 def find_clusters(src, opts: DedupOptions | None = None, stats: Stats | None = None, **overrides) -> DedupResult:
     "Read `src` once (a path streams; records in memory work too) and decide clusters and keepers; see `DedupResult`."
     opts = opts or dedup_options(**overrides)
-    with _Sets() if opts.verify and not opts.exact_only else contextlib.nullcontext() as sets:   # file closed, whatever happens
-        return _find_clusters(src, opts, stats, sets)
+    with contextlib.ExitStack() as stack:                       # temporary files removed, whatever happens
+        sets = stack.enter_context(_Sets()) if opts.verify and not opts.exact_only else None
+        staged = None if opts.exact_only else stack.enter_context(
+            _Staged(*lsh_params(opts.threshold, opts.num_perm, opts.fp_weight, opts.fn_weight), opts.num_perm, not opts.verify))
+        return _find_clusters(src, opts, stats, sets, staged)
+
 
 # %% ../nbs/06_dedup.ipynb #c88f82cb
-def _find_clusters(src, opts: DedupOptions, stats: Stats | None, sets: _Sets | None) -> DedupResult:
-    fields, file = opts.field_list, (src if isinstance(src, (str, os.PathLike)) else None)
-    engine = None if opts.exact_only else get_engine(opts)
-    params = (opts.num_perm, opts.seed, opts.ngram, opts.cjk_ngram, opts.adaptive, opts.lower)
-    ids, first_of_raw = [], {}
-    score = array.array('d') if opts.keep == 'score' else None   # per record: 8 bytes in arrays, not Python objects
-    text_of_doc = array.array('q')
+class _FirstPass:
+    "The one reading pass: keeps per record its id, score and text number, and hands out chunks of distinct texts to hash."
+    def __init__(self, src, opts: DedupOptions, stats: Stats | None):
+        self.src, self.opts, self.stats = src, opts, stats
+        self.file = src if isinstance(src, (str, os.PathLike)) else None
+        self.ids, self.first_of_raw, self.text_of_doc = [], {}, array.array('q')
+        self.score = array.array('d') if opts.keep == 'score' else None   # 8 bytes a record in arrays, not objects
 
-    def texts():                                   # chunks of texts to hash; records are not kept
-        chunk, chars = [], 0
-        for i, rec in enumerate(read_records(src)):
-            if stats is not None: stats.seen()
-            text = record_text(rec, fields, i + 1 if file else i, file)
-            ids.append(rec.get(opts.id_field, i))
-            if score is not None:
-                s = rec.get(opts.score_field)
-                score.append(float(s) if isinstance(s, (int, float)) and not isinstance(s, bool) else np.nan)
-            h = hash(text)                         # a byte-identical copy reuses its first occurrence's text number
-            t = first_of_raw.get(h)
+    def chunks(self) -> Iterator[list[str]]:
+        "Chunks of distinct texts; records are not kept (a byte-identical copy reuses its first occurrence's text number)."
+        o, chunk, chars = self.opts, [], 0
+        for i, rec in enumerate(read_records(self.src)):
+            if self.stats is not None: self.stats.seen()
+            text = record_text(rec, o.field_list, i + 1 if self.file else i, self.file)
+            self.ids.append(rec.get(o.id_field, i))
+            if self.score is not None:
+                s = rec.get(o.score_field)
+                self.score.append(float(s) if isinstance(s, (int, float)) and not isinstance(s, bool) else np.nan)
+            h = hash(text)
+            t = self.first_of_raw.get(h)
             if t is None:
-                t = first_of_raw[h] = len(first_of_raw)
+                t = self.first_of_raw[h] = len(self.first_of_raw)
                 chunk.append(text); chars += len(text)
-            text_of_doc.append(t)
-            if len(chunk) >= opts.chunk_size or chars >= opts.chunk_chars: yield chunk; chunk, chars = [], 0
+            self.text_of_doc.append(t)
+            if len(chunk) >= o.chunk_size or chars >= o.chunk_chars: yield chunk; chunk, chars = [], 0
         if chunk: yield chunk
+        self.first_of_raw = None                                  # the dict is not needed after the pass
 
-    sig = u = v = None
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        "Per record: its text number and its score (NaN without one)."
+        tod = np.frombuffer(self.text_of_doc, np.int64) if len(self.text_of_doc) else np.zeros(0, np.int64)
+        sc = self.score
+        return tod, (np.frombuffer(sc, np.float64) if sc is not None and len(sc) else np.full(len(tod), np.nan))
+
+
+# %% ../nbs/06_dedup.ipynb #72679caa
+def _hash_texts(fp: _FirstPass, opts: DedupOptions, sets: _Sets | None, staged: _Staged | None) -> tuple:
+    "Stage 1: hash every chunk (local pool or Ray tasks); band keys and kept signatures go to `staged`, shingle sets to `sets`. Returns per distinct text: shingle counts, token counts, exact keys."
     if opts.exact_only:
-        key = np.concatenate([exact_keys(c, opts.lower) for c in texts()] or [np.zeros(0, np.uint64)])
-        ntok = None
-    else:
-        parts, cnts, ntoks, keys = [], [], [], []              # with verify, the shingle sets wait on disk in `sets`
-        for j, (s_, c_, n_, k_, *set_) in enumerate(engine.map_chunks(texts(), params, 'sigset' if opts.verify else 'sig')):
-            parts.append(s_); cnts.append(c_); ntoks.append(n_); keys.append(k_)
-            if set_: sets.add(*set_)
-            if j % 4 == 3: _trim_heap()
-        cnt, ntok, key = (np.concatenate(x) if x else np.zeros(0, np.int64) for x in (cnts, ntoks, keys))
-        del cnts, ntoks, keys
-        sig = _stack(engine.gather(parts), (opts.num_perm,), np.uint32)     # the local engine's parts are freed as copied
-        _trim_heap()
+        return None, None, np.concatenate([exact_keys(c, opts.lower) for c in fp.chunks()] or [np.zeros(0, np.uint64)])
+    params = (opts.num_perm, opts.seed, opts.ngram, opts.cjk_ngram, opts.adaptive, opts.lower)
+    kw = dict(sets=sets is not None, lsh=(staged.bands, staged.rows), sig=staged.keep_sig)
+    cnts, ntoks, keys = [], [], []
+    for j, (s_, c_, n_, k_, bk, *set_) in enumerate(get_engine(opts).map_chunks(fp.chunks(), params, **kw)):
+        staged.add(s_, bk); cnts.append(c_); ntoks.append(n_); keys.append(k_)
+        if set_: sets.add(*set_)
+        del s_, bk, set_
+        if j % 4 == 3: _trim_heap()
+    return tuple(np.concatenate(x) if x else np.zeros(0, np.int64) for x in (cnts, ntoks, keys))
+
+def _text_clusters(cnt, key, opts: DedupOptions, stats: Stats | None, sets: _Sets | None, staged: _Staged | None) -> tuple:
+    """Stage 2: buckets band by band (keys read from disk), candidate pairs (checked with `verify`), and clusters of the
+    distinct texts with the exact-key edges. Returns text labels, each text's first text with its exact key, the joined
+    near pairs `(u, v)` and the checked pairs' Jaccards."""
     nt = len(key)
     _, first, inv = np.unique(key, return_index=True, return_inverse=True)
-    canon = first[inv.ravel()] if nt else np.zeros(0, np.int64)          # per text: the first text with its exact key
-    eu = np.flatnonzero(canon != np.arange(nt)); ev = canon[eu]          # exact duplicates join their first occurrence
-    if opts.exact_only: text_label = union_find(nt, eu, ev)
+    canon = first[inv.ravel()] if nt else np.zeros(0, np.int64)        # per text: the first text with its exact key
+    eu = np.flatnonzero(canon != np.arange(nt)); ev = canon[eu]        # exact duplicates join their first occurrence
+    if opts.exact_only: return union_find(nt, eu, ev), canon, None, None, None
+    valid = (cnt > 0) & (canon == np.arange(nt))        # one text per exact key; texts without tokens: exact dedup only
+    cols, known = (staged.band(j) for j in range(staged.bands)), None
+    if opts.verify:
+        u, v, w = band_edges(cols, nt, valid, all_pairs=True, max_bucket=opts.max_bucket, counts=True)
+        if stats is not None: stats.count('candidate_pairs', len(u))
+        u, v, known = _verify_edges(u, v, w, sets.ready(), opts, stats); del w
+        if stats is not None: stats.count('verified_pairs', len(u))
     else:
-        valid = (cnt > 0) & (canon == np.arange(nt))        # one text per exact key; texts without tokens: exact dedup only
-        bands, rows = lsh_params(opts.threshold, opts.num_perm, opts.fp_weight, opts.fn_weight)
-        if opts.verify:
-            u, v, w = lsh_edges(sig, bands, rows, valid, all_pairs=True, max_bucket=opts.max_bucket, counts=True)
-            if stats is not None: stats.count('candidate_pairs', len(u))
-            u, v, known = _verify_edges(u, v, w, sets.ready(), opts, stats)
-            if stats is not None: stats.count('verified_pairs', len(u))
-        elif engine.name == 'local':
-            u, v = lsh_edges(sig, bands, rows, valid)
-            if stats is not None: stats.count('candidate_pairs', len(u))
-        if u is not None: text_label = union_find(nt, np.r_[u, eu], np.r_[v, ev])
-        else:
-            lab = engine.components(parts, bands, rows, valid)      # Ray: banding and clustering in tasks
-            moved = np.flatnonzero(lab != np.arange(nt))
-            text_label = union_find(nt, np.r_[moved, eu], np.r_[lab[moved], ev])
-    tod = np.frombuffer(text_of_doc, np.int64) if len(text_of_doc) else np.zeros(0, np.int64)
-    score = np.frombuffer(score, np.float64) if score is not None and len(score) else np.full(len(tod), np.nan)
+        u, v = band_edges(cols, nt, valid)
+        if stats is not None: stats.count('candidate_pairs', len(u))
+    return union_find(nt, np.r_[u, eu], np.r_[v, ev]), canon, u, v, known
+
+
+# %% ../nbs/06_dedup.ipynb #75aa24cf
+def _similarity(canon: np.ndarray, tod: np.ndarray, staged: _Staged, sets: _Sets | None, known):
+    "`sim(a, b)`: the Jaccard of records `a[i]` and `b[i]`'s texts; exact with `verify` (pairs already checked are not recounted), else the signatures' agreement (rows read from disk)."
+    nt = len(canon)
+    if sets is not None:
+        o = np.argsort(known[0]); kk, kj = known[0][o], known[1][o]
+    else: sig = staged.sig_rows
+    def sim(a, b):
+        ca, cb = canon[tod[a]], canon[tod[b]]
+        out, d = np.ones(len(a)), np.flatnonzero(ca != cb)
+        ca, cb = np.minimum(ca[d], cb[d]), np.maximum(ca[d], cb[d])
+        if sets is None: out[d] = _sig_agreement(sig, ca, cb); return out
+        at = np.minimum(np.searchsorted(kk, ca * nt + cb), max(len(kk) - 1, 0))
+        hit = (kk[at] == ca * nt + cb) if len(kk) else np.zeros(len(d), bool)
+        out[d[hit]] = kj[at[hit]]
+        out[d[~hit]] = sets.jaccard(ca[~hit], cb[~hit])
+        return out
+    return sim
+
+
+# %% ../nbs/06_dedup.ipynb #4800d1b8
+def _find_clusters(src, opts: DedupOptions, stats: Stats | None, sets: _Sets | None, staged: _Staged | None) -> DedupResult:
+    fp = _FirstPass(src, opts, stats)
+    cnt, ntok, key = _hash_texts(fp, opts, sets, staged)
+    text_label, canon, u, v, known = _text_clusters(cnt, key, opts, stats, sets, staged)
+    nt, (tod, score) = len(key), fp.arrays()
     n = len(tod)
     # a record's cluster: the smallest record index among the records whose texts share a text cluster
     first_doc_of_text = np.full(max(nt, 1), n, np.int64)
@@ -909,27 +987,14 @@ def _find_clusters(src, opts: DedupOptions, stats: Stats | None, sets: _Sets | N
     label = first_doc_of_text[text_label[tod]] if n else np.zeros(0, np.int64)
     ntok_arr = ntok[tod] if ntok is not None and n else np.zeros(n, np.int64)
     key_ = _keep_key(ntok_arr, score, opts.keep)
-    sim = None
-    if sig is not None and len(sig):
-        if sets is not None:
-            o = np.argsort(known[0]); kk, kj = known[0][o], known[1][o]
-        def sim(a, b):                       # records a[i], b[i] -> Jaccard of their texts (exact with verify)
-            ca, cb = canon[tod[a]], canon[tod[b]]
-            out, d = np.ones(len(a)), np.flatnonzero(ca != cb)
-            ca, cb = np.minimum(ca[d], cb[d]), np.maximum(ca[d], cb[d])
-            if sets is None: out[d] = _sig_agreement(sig, ca, cb); return out
-            at = np.minimum(np.searchsorted(kk, ca * nt + cb), max(len(kk) - 1, 0))
-            hit = (kk[at] == ca * nt + cb) if len(kk) else np.zeros(len(d), bool)   # pairs already checked: no recount
-            out[d[hit]] = kj[at[hit]]
-            out[d[~hit]] = sets.jaccard(ca[~hit], cb[~hit])
-            return out
+    sim = _similarity(canon, tod, staged, sets, known) if staged is not None and nt else None
     if opts.strict_clusters and sim is not None and n:
         n_before = len(np.unique(label))
         label, keep, s_strict, rounds = strict_split(label, key_, sim, opts.threshold)
         if stats is not None: stats.count('strict_rounds', rounds); stats.count('strict_extra_kept', int(keep.sum()) - n_before)
     else:
         keep = _choose_keepers(label, ntok_arr, score, opts.keep) if n else np.zeros(0, bool)
-    res = DedupResult(ids, label, keep, opts)
+    res = DedupResult(fp.ids, label, keep, opts)
     if u is not None: res.pairs = (first_doc_of_text[u], first_doc_of_text[v])   # the joined pairs, as record indices
     if n:
         kdoc = np.where(res.keeper >= 0, res.keeper, np.arange(n))
@@ -940,8 +1005,9 @@ def _find_clusters(src, opts: DedupOptions, stats: Stats | None, sets: _Sets | N
             res.sim[i] = sim(i, kdoc[i])
     if stats is not None:
         stats.count('clusters', res.n_clusters)
-        if not opts.exact_only: stats.count('bands', bands)
+        if staged is not None: stats.count('bands', staged.bands)
     return res
+
 
 # %% ../nbs/06_dedup.ipynb #57389e36
 class NearDupIndex:
@@ -1024,28 +1090,39 @@ def cosine_edges(emb: np.ndarray, threshold: float, block: int = 2048) -> tuple[
     if not us: return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
     return np.concatenate(us), np.concatenate(vs), np.concatenate(cs)
 
+def _embed_pass(src, fl: list[str], score_field: str, model, batch_size: int, stats: Stats, chunk: int = 4096) -> tuple:
+    "First pass of `semantic_dedup`: embeddings, token counts, scores and ids of every record, texts embedded `chunk` at a time (no record kept)."
+    embs, ntok, score, ids, buf = [], [], [], [], []
+    def flush():
+        if buf: embs.append(embed(buf, model, batch_size)); buf.clear()
+    for i, r in enumerate(read_records(src, allow_empty=True)):
+        stats.seen()
+        t = record_text(r, fl, i); buf.append(t); ntok.append(text_len(t)); ids.append(r.get('id', i))
+        s = r.get(score_field)
+        score.append(float(s) if isinstance(s, (int, float)) and not isinstance(s, bool) else np.nan)
+        if len(buf) >= chunk: flush()
+    flush()
+    return (np.concatenate(embs) if embs else np.zeros((0, 0), np.float32)), np.array(ntok, np.int64), np.array(score, float), ids
+
 def semantic_dedup(records, fields: str | Sequence[str] = 'instruction,input,output', threshold: float | None = None,
                    keep: str = 'first', score_field: str = 'score', model=None, stats: Stats | None = None,
                    batch_size: int = 64) -> Iterator[dict]:
-    "Yield records, dropping those whose embedding has cosine >= `threshold` with a kept record of their cluster."
+    "Yield records, dropping those whose embedding has cosine >= `threshold` with a kept record of their cluster; a path is read twice (records are not held)."
     threshold = threshold if threshold is not None else _semantic_default()
     fl = [f.strip() for f in fields.split(',')] if isinstance(fields, str) else list(fields)
     stats = stats if stats is not None else Stats('semantic_dedup')
-    recs = list(read_records(records, allow_empty=True))
-    stats.seen(len(recs))
-    if not recs: return
-    texts = [record_text(r, fl, i) for i, r in enumerate(recs)]
-    emb = embed(texts, model, batch_size)
+    src = _reiterable(records)
+    emb, ntok, sc, ids = _embed_pass(src, fl, score_field, model, batch_size, stats)
+    if not len(emb): return
     u, v, _ = cosine_edges(emb, threshold)
-    label = union_find(len(recs), u, v)
-    sc = np.array([r.get(score_field) if isinstance(r.get(score_field), (int, float)) else np.nan for r in recs], float)
-    keepm = _choose_keepers(label, np.array([text_len(t) for t in texts]), sc, keep)
-    kept_of = np.full(len(recs), -1); kept_of[label[keepm]] = np.flatnonzero(keepm)
+    label = union_find(len(emb), u, v)
+    keepm = _choose_keepers(label, ntok, sc, keep)
+    kept_of = np.full(len(emb), -1); kept_of[label[keepm]] = np.flatnonzero(keepm)
     stats.count('pairs', len(u))
-    for i, r in enumerate(recs):
+    for i, r in enumerate(read_records(src, allow_empty=True)):
         if keepm[i]: stats.kept(); yield r; continue
         k = int(kept_of[label[i]])
-        stats.drop(r, 'semantic_duplicate', cluster=int(label[i]), kept_id=recs[k].get('id', k),
+        stats.drop(r, 'semantic_duplicate', cluster=int(label[i]), kept_id=ids[k],
                    cosine=round(float(emb[i] @ emb[k]), 4))
 
 def _semantic_default() -> float:

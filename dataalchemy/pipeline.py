@@ -69,9 +69,10 @@ def as_step(x) -> Step:
 # %% ../nbs/12_pipeline.ipynb #b756b7f3
 class Context:
     "What a step may use besides its records: its folder, the LLM engine, the output of an earlier stage."
-    def __init__(self, pipeline: 'Pipeline | None', name: str, input: Path | None = None):
+    def __init__(self, pipeline: 'Pipeline | None', name: str, input: Path | None = None, engine_options: dict | None = None):
         self.pipeline, self.name, self._tmp = pipeline, name, None
         self._input, self.read_input = input, False
+        self.engine_options, self._engine = engine_options, None
 
     def input_path(self) -> Path | None:
         "The file the stage's records come from (a step that needs two passes reads it itself), or None outside a pipeline."
@@ -87,10 +88,12 @@ class Context:
 
     @property
     def engine(self):
-        "The pipeline's LLM engine (created on first use: offline unless an endpoint is configured)."
+        "The pipeline's LLM engine; outside a pipeline (a shard on a Ray worker) one made once from `engine_options` (offline unless an endpoint is configured)."
         if self.pipeline is not None: return self.pipeline.engine
-        from dataalchemy.llm import Engine
-        return Engine(progress=False)
+        if self._engine is None:
+            from dataalchemy.llm import Engine
+            self._engine = Engine(progress=False, **(self.engine_options or {}))
+        return self._engine
 
     def output(self, name: str) -> Path:
         if self.pipeline is None: raise ValueError(f"step {self.name!r} reads stage {name!r}: run it inside a Pipeline")
@@ -146,6 +149,8 @@ class Pipeline:
                 if u not in names[:i]: raise ValueError(f"step {s.name!r} uses {u!r}, which is not an earlier step")
         self.out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix='dataalchemy_run_'))
         self._engine, self.engine_options, self.progress = engine, dict(engine_options or {}), progress
+        self._own_engine = engine is None         # made from `engine_options`: a Ray shard can make the same engine
+        self._shard_usage: dict[str, dict] = {}   # per stage: the LLM usage of its Ray shards (each made its own engine)
         self.log = log if log is not None else (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.results: dict[str, dict] = {}        # stage name -> its marker (plus 'skipped') from the last run
         self.seconds = 0.0
@@ -271,40 +276,67 @@ def rerun(self: Pipeline, name: str, **options) -> 'Pipeline':
     self[name].options.update(options)
     return self.run()
 
+# %% ../nbs/12_pipeline.ipynb #6a7be0ac
+def _clear_stage_dir(d: Path, keep_shards: bool = False):
+    "Empty a stage's folder before it runs (a sharded stage keeps the shards that finished: their markers say so)."
+    if d.exists():
+        for f in d.iterdir():
+            if not (keep_shards and f.name == 'shards'): shutil.rmtree(f) if f.is_dir() else f.unlink()
+    d.mkdir(parents=True, exist_ok=True)
+
+@patch
+def _progress_bar(self: Pipeline, i: int, step: Step, tag: str):
+    "A tqdm bar for the stage (total: the records the previous stage passed on), or None without `progress`."
+    if not self.progress: return None
+    from tqdm.auto import tqdm
+    prev = self.results.get(self.steps[i - 1].name) if i else None
+    total = None if step.source or prev is None else prev.get('records_stream', prev.get('records_out'))
+    return tqdm(total=total, desc=tag, unit='rec', leave=False, dynamic_ncols=True, mininterval=0.25)
+
+@patch
+def _stage_marker(self: Pipeline, i: int, step: Step, hashes: dict, n_in: int, n_out: int, st: Stats, secs: float, u0) -> dict:
+    "What a finished stage's marker records: hashes, counts, the output's checksum, stats, time, files, and the engine's usage and cost."
+    d = self.stage_dir(step.name); out = d / OUTPUT
+    mk = {'step': step.name, 'index': i + 1, **hashes, 'branch': step.branch,
+          'source': step.source, 'records_in': n_in, 'records_out': n_out,
+          'records_stream': n_in if step.branch else n_out,
+          'output_sha1': file_sha1(out), 'output_size': out.stat().st_size, 'stats': st.as_dict(),
+          'seconds': round(secs, 3), 'finished': time.strftime('%Y-%m-%dT%H:%M:%S'),
+          'files': sorted(p.name for p in d.iterdir() if not p.name.startswith('.'))}
+    if step.engine:
+        u1, sig = dict(self._usage() or {}), self._engine_sig()
+        for k, v in self._shard_usage.pop(step.name, {}).items(): u1[k] = u1.get(k, 0) + v     # what its Ray shards used
+        mk['engine'] = {**sig, 'usage': {k: round(v - (u0 or {}).get(k, 0), 3) if isinstance(v, float) else v - (u0 or {}).get(k, 0)
+                                         for k, v in u1.items()}}
+        c = _cost(sig['model'], mk['engine']['usage'], self.engine)
+        if c is not None: mk['engine']['cost_usd'] = round(c, 6)
+    return mk
+
+
 # %% ../nbs/12_pipeline.ipynb #752a80e1
 @patch
 def _stage(self: Pipeline, i: int, step: Step, src: Path | None, resume: bool) -> dict:
-    n, d = len(self.steps), self.stage_dir(step.name)
-    tag = f'[{i + 1}/{n}] {step.name}'
-    cfg, inp = self.config_hash(step), self.input_hash(step, src)
-    m = self.marker(step.name)
-    out = d / OUTPUT
-    if (resume and m and m.get('config_hash') == cfg and m.get('input_hash') == inp and out.exists()
+    "Run stage `i` (or skip it when its marker says it finished on the same input and options); returns its marker."
+    d, tag = self.stage_dir(step.name), f'[{i + 1}/{len(self.steps)}] {step.name}'
+    hashes = {'config_hash': self.config_hash(step), 'input_hash': self.input_hash(step, src)}
+    out, m = d / OUTPUT, self.marker(step.name)
+    if (resume and m and all(m.get(k) == v for k, v in hashes.items()) and out.exists()
             and out.stat().st_size == m.get('output_size')):
         self.log(f"{tag}: finished earlier, skipped ({m['records_out']:,} records)")
         return {**m, 'skipped': True}
-    sharded = self.executor == 'ray' and step.per_record and src is not None
-    if d.exists():                                  # a sharded stage keeps the shards that finished (their markers say so)
-        for f in d.iterdir():
-            if not (sharded and f.name == 'shards'): shutil.rmtree(f) if f.is_dir() else f.unlink()
-    d.mkdir(parents=True, exist_ok=True)
+    sharded = self.executor == 'ray' and step.per_record and src is not None and (not step.engine or self._own_engine)
+    _clear_stage_dir(d, keep_shards=sharded)
     st = Stats(step.name, rejected=d / REJECTED)
     ctx = Context(self, step.name, None if step.source else src)
-    prev = self.results.get(self.steps[i - 1].name) if i else None
     counter = {'in': 0}
     def counted(it):
         for r in it: counter['in'] += 1; yield r
     stream = iter(()) if step.source else counted(read_records(src, allow_empty=True) if src is not None else iter(()))
     u0 = self._usage() if step.engine else None
-    bar = None
-    if self.progress:
-        from tqdm.auto import tqdm
-        total = None if step.source or prev is None else prev.get('records_stream', prev.get('records_out'))
-        bar = tqdm(total=total, desc=tag, unit='rec', leave=False, dynamic_ncols=True, mininterval=0.25)
-    t0 = time.perf_counter()
-    n_out = 0
+    bar = self._progress_bar(i, step, tag)
+    t0, n_out = time.perf_counter(), 0
     try:
-        if sharded: n_out = self._run_shards(step, src, d, {'config_hash': cfg, 'input_hash': inp}, st, counter)
+        if sharded: n_out = self._run_shards(step, src, d, hashes, st, counter)
         else:
             with RecordWriter(out) as w:
                 for rec in step.fn(stream, st, ctx, **step.options):
@@ -317,27 +349,16 @@ def _stage(self: Pipeline, i: int, step: Step, src: Path | None, resume: bool) -
         if bar is not None: bar.close()
     secs = time.perf_counter() - t0
     if ctx.read_input and counter['in'] == 0: counter['in'] = _count_lines(src)
-    mk = {'step': step.name, 'index': i + 1, 'config_hash': cfg, 'input_hash': inp, 'branch': step.branch,
-          'source': step.source, 'records_in': counter['in'], 'records_out': n_out,
-          'records_stream': counter['in'] if step.branch else n_out,
-          'output_sha1': file_sha1(out), 'output_size': out.stat().st_size, 'stats': st.as_dict(),
-          'seconds': round(secs, 3), 'finished': time.strftime('%Y-%m-%dT%H:%M:%S'),
-          'files': sorted(p.name for p in d.iterdir() if not p.name.startswith('.'))}
-    if step.engine:
-        u1, sig = self._usage() or {}, self._engine_sig()
-        mk['engine'] = {**sig, 'usage': {k: round(v - (u0 or {}).get(k, 0), 3) if isinstance(v, float) else v - (u0 or {}).get(k, 0)
-                                         for k, v in u1.items()}}
-        c = _cost(sig['model'], mk['engine']['usage'], self.engine)
-        if c is not None: mk['engine']['cost_usd'] = round(c, 6)
+    mk = self._stage_marker(i, step, hashes, counter['in'], n_out, st, secs, u0)
     if self.stop_when_empty and n_out == 0 and not step.branch and (counter['in'] or step.source):
         self.results[step.name] = {**mk, 'skipped': False, 'failed': True}     # no marker: a rerun tries it again
         raise EmptyStageError(_empty_message(step.name, counter['in'], st.reasons, d / REJECTED))
     _write_json(d / MARKER, mk)
-    dropped = st.n_dropped
-    why = f" ({_fmt_reasons(st.reasons)})" if dropped else ''
+    why = f" ({_fmt_reasons(st.reasons)})" if st.n_dropped else ''
     arrow = f"{counter['in']:,} → {n_out:,} records" if not step.source else f"{n_out:,} records"
-    self.log(f"{tag}: {arrow}, {dropped:,} dropped{why}  [{secs:.1f} s]")
+    self.log(f"{tag}: {arrow}, {st.n_dropped:,} dropped{why}  [{secs:.1f} s]")
     return {**mk, 'skipped': False}
+
 
 # %% ../nbs/12_pipeline.ipynb #b024b206
 @patch
@@ -507,7 +528,8 @@ def judge_step(records, stats, ctx, **opts):
 def semantic_step(records, stats, ctx, fields='instruction,input,output', threshold=None, keep='first'):
     "Embedding near duplicates (local all-MiniLM-L6-v2; needs `pip install \"dataalchemy[ml]\"`)."
     from dataalchemy.dedup import semantic_dedup
-    yield from semantic_dedup(list(records), fields=fields, threshold=threshold, keep=keep, stats=stats)
+    src = ctx.input_path()          # two passes over the stage's input file, as dedup does
+    yield from semantic_dedup(src if src is not None else records, fields=fields, threshold=threshold, keep=keep, stats=stats)
 
 def augment_step(records, stats, ctx, factor=None, target_size=None, seed=0, **opts):
     "Add augmented variants up to `target_size` records (or `factor` x the input); near duplicates of existing ones dropped."
@@ -595,25 +617,36 @@ def _unknown(k, known, file, key):
     return ConfigError(f"unknown key{hint}", file, key)
 
 # %% ../nbs/12_pipeline.ipynb #1458603b
+def _read_toml(src: str | os.PathLike | dict, base) -> tuple[dict, Path, Path | None]:
+    "The raw configuration (a dict, or a TOML file read), the folder relative paths are resolved against, and the file."
+    if isinstance(src, dict): return src, Path(base or '.'), None
+    file = Path(src)
+    if not file.exists(): raise FileNotFoundError(f"{file}: no such configuration file")
+    try: raw = tomllib.loads(file.read_text(encoding='utf-8'))
+    except tomllib.TOMLDecodeError as e: raise ConfigError(f"invalid TOML: {e}", file) from None
+    return raw, file.parent, file
+
 def load_config(src: str | os.PathLike | dict, base: str | os.PathLike | None = None) -> dict:
     "Read and check a build configuration (a TOML path or a dict); relative paths are resolved against the file's folder."
-    file = None
-    if isinstance(src, dict): raw, base = src, Path(base or '.')
-    else:
-        file = Path(src)
-        if not file.exists(): raise FileNotFoundError(f"{file}: no such configuration file")
-        try: raw = tomllib.loads(file.read_text(encoding='utf-8'))
-        except tomllib.TOMLDecodeError as e: raise ConfigError(f"invalid TOML: {e}", file) from None
-        base = file.parent
+    raw, base, file = _read_toml(src, base)
     classes = _stage_classes()
     known_sections = {'build', 'llm', *classes}
     for s in raw:
         if s not in known_sections: raise _unknown(s, known_sections, file, s)
         if not isinstance(raw[s], dict): raise ConfigError("expected a [section] table", file, s)
     cfg: dict = {'file': str(file) if file else None, 'base': str(base)}
-    # [build]
+    cfg['build'] = _build_section(raw.get('build', {}), base, file)
+    cfg['llm'] = _llm_section(raw.get('llm', {}), base, file)
+    for s, cls in classes.items(): cfg[s] = _stage_section(s, cls, raw.get(s, {}), file)
+    _check_across(cfg, base, file)
+    return cfg
+
+
+# %% ../nbs/12_pipeline.ipynb #4994a819
+def _build_section(given: dict, base: Path, file) -> dict:
+    "The checked `[build]` section: defaults filled in, documents found, paths made absolute, names validated."
     b = dict(BUILD_DEFAULTS)
-    for k, v in raw.get('build', {}).items():
+    for k, v in given.items():
         key = f'build.{k}'
         if k not in BUILD_DEFAULTS: raise _unknown(k, BUILD_DEFAULTS, file, key)
         if k in ('documents', 'formats'):
@@ -637,25 +670,33 @@ def load_config(src: str | os.PathLike | dict, base: str | os.PathLike | None = 
     if b['engine'] not in ENGINES: raise ConfigError(f"expected local or ray, got {b['engine']!r}", file, 'build.engine')
     if b['shard_size'] < 1: raise ConfigError(f"expected a number >= 1, got {b['shard_size']}", file, 'build.shard_size')
     if b['report'] not in REPORT_KINDS: raise ConfigError(f"expected one of {', '.join(REPORT_KINDS)}, got {b['report']!r}", file, 'build.report')
-    cfg['build'] = b
-    # [llm]
+    return b
+
+def _llm_section(given: dict, base: Path, file) -> dict:
+    "The checked `[llm]` section (model options shared by every LLM stage)."
     llm = {}
-    for k, v in raw.get('llm', {}).items():
+    for k, v in given.items():
         if k not in LLM_KEYS: raise _unknown(k, LLM_KEYS, file, f'llm.{k}')
         llm[k] = _check_value(v, LLM_KEYS[k], file, f'llm.{k}')
     if 'cache_dir' in llm: llm['cache_dir'] = os.path.normpath(Path(base) / llm['cache_dir'])
-    cfg['llm'] = llm
-    # stage sections
-    for s, cls in classes.items():
-        fields = {f.name: f.default for f in dataclasses.fields(cls)}
-        extra = STAGE_EXTRA[s]
-        given = {}
-        for k, v in raw.get(s, {}).items():
-            key = f'{s}.{k}'
-            if k not in fields and k not in extra: raise _unknown(k, {*fields, *extra}, file, key)
-            given[k] = _check_value(v, _kind(fields[k] if k in fields else extra[k]), file, key)
-        cfg[s] = {**extra, **given}
-        _validate_stage(s, cls, {k: v for k, v in given.items() if k in fields}, file)
+    return llm
+
+
+# %% ../nbs/12_pipeline.ipynb #185b78cb
+def _stage_section(s: str, cls, raw: dict, file) -> dict:
+    "The checked section of stage `s`: its extra keys' defaults, then the given values (each known to `cls` or the extras, of the right kind)."
+    fields = {f.name: f.default for f in dataclasses.fields(cls)}
+    extra = STAGE_EXTRA[s]
+    given = {}
+    for k, v in raw.items():
+        key = f'{s}.{k}'
+        if k not in fields and k not in extra: raise _unknown(k, {*fields, *extra}, file, key)
+        given[k] = _check_value(v, _kind(fields[k] if k in fields else extra[k]), file, key)
+    _validate_stage(s, cls, {k: v for k, v in given.items() if k in fields}, file)
+    return {**extra, **given}
+
+def _check_across(cfg: dict, base: Path, file):
+    "Checks that involve more than one key: augmentation's size, decontamination's benchmark files, top-k's corpus."
     a = cfg['augment']
     if a['enabled'] and not a['target_size'] and a['factor'] <= 1:
         raise ConfigError(f"must be above 1 (or set augment.target_size), got {a['factor']}", file, 'augment.factor')
@@ -668,7 +709,7 @@ def load_config(src: str | os.PathLike | dict, base: str | os.PathLike | None = 
         dc['benchmarks'] = ','.join(bs)
     if cfg['topk']['corpus'] not in ('ingest', ''):
         raise ConfigError("the corpus of top-k negatives: 'ingest' (all chunks) or '' (only the chunks with questions)", file, 'topk.corpus')
-    return cfg
+
 
 # %% ../nbs/12_pipeline.ipynb #ab11b404
 def _validate_stage(s: str, cls, given: dict, file):
@@ -736,15 +777,15 @@ def pipeline_from_config(cfg: dict, out: str | os.PathLike | None = None, progre
     tox = resolve_options('toxicity', fields('toxicity')) if cfg['toxicity']['enabled'] else None
     if pii or tox:              # the documents themselves are scrubbed: QA, top-k and every format read clean chunks
         steps.append(Step('safety', safety_step, {'pii': pii, 'toxicity': tox}, engine=bool(tox and tox['backend'] == 'llm'),
-                          per_record=not (tox and tox['backend'] == 'llm')))
-    steps += [Step('qa', qa_step, {k: qa_all[k] for k in QA_KEYS}, engine=True),
+                          per_record=True))
+    steps += [Step('qa', qa_step, {k: qa_all[k] for k in QA_KEYS}, engine=True, per_record=True),
               Step('alpaca', alpaca_step, per_record=True)]
     if cfg['filters']['enabled']: steps.append(Step('filters', filters_step, resolve_options('filters', fields('filters')), per_record=True))
     dd = resolve_options('dedup', fields('dedup')) if cfg['dedup']['enabled'] else None
     if dd and cfg['dedup']['early_exact'] and dd['keep'] != 'score' and (pii or tox):   # exact copies go before the costly stages; the result is the same
         steps.append(Step('exact', exact_step, {'fields': dd['fields'], 'lower': dd['lower']}))
     if pii: steps.append(Step('pii', pii_step, pii, per_record=True))
-    if tox: steps.append(Step('toxicity', toxicity_step, tox, engine=tox['backend'] == 'llm', per_record=tox['backend'] != 'llm'))
+    if tox: steps.append(Step('toxicity', toxicity_step, tox, engine=tox['backend'] == 'llm', per_record=True))
     if dd:
         o = dd
         steps.append(Step('dedup', dedup_step, o))
@@ -975,8 +1016,10 @@ def shard_ranges(path: str | os.PathLike, size: int) -> list[tuple[int, int, int
 
 # %% ../nbs/12_pipeline.ipynb #68ac93a0
 def run_shard(fn: Callable, options: dict, name: str, src: str, start: int, end: int, shard_dir: str, key: str,
-              ident: dict, cwd: str | None = None, env: dict | None = None) -> dict:
-    "Run the per-record step `fn` on bytes `start:end` of `src`; writes `{key}.jsonl`, `{key}.rejected.jsonl` and `{key}.done.json` in `shard_dir`."
+              ident: dict, cwd: str | None = None, env: dict | None = None, engine_options: dict | None = None) -> dict:
+    """Run the per-record step `fn` on bytes `start:end` of `src`; writes `{key}.jsonl`, `{key}.rejected.jsonl` and
+    `{key}.done.json` in `shard_dir`. An LLM step gets an engine made from `engine_options` (its cache on disk is
+    shared with the other shards and later runs); its usage goes into the marker."""
     if cwd: os.chdir(cwd)
     if env: os.environ.update(env)
     sd = Path(shard_dir)
@@ -986,10 +1029,12 @@ def run_shard(fn: Callable, options: dict, name: str, src: str, start: int, end:
     n = 0
     try:
         with RecordWriter(sd / f'{key}.jsonl') as w:
-            for r in fn(recs, st, Context(None, name), **options): w.write(r); n += 1
+            ctx = Context(None, name, engine_options=engine_options)
+            for r in fn(recs, st, ctx, **options): w.write(r); n += 1
     finally: st.close()
     mk = {'key': key, 'ident': ident, 'start': start, 'end': end, 'records_out': n,
-          'reasons': dict(st.reasons), 'counts': dict(st.counts)}
+          'reasons': dict(st.reasons), 'counts': dict(st.counts),
+          'usage': dict(ctx._engine.usage.as_dict()) if ctx._engine is not None else None}
     _write_json(sd / f'{key}.done.json', mk)
     return mk
 
@@ -1017,13 +1062,18 @@ def _join(parts: list[Path], dst: Path):
 def _run_shards(self: Pipeline, step: Step, src: Path, d: Path, ident: dict, st: Stats, counter: dict) -> int:
     "Run per-record `step` over shards of `src` on Ray; shards with a matching marker are not run again. Returns records out."
     sd = d / 'shards'; sd.mkdir(exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k.startswith('DATAALCHEMY_')}
+    if step.engine:                                     # an LLM step's shards also need the API key (named in settings)
+        from dataalchemy.config import get_settings
+        kv = get_settings().get('llm', 'api_key_env', 'OPENAI_API_KEY')
+        if kv in os.environ: env[kv] = os.environ[kv]
     ranges, todo, marks = shard_ranges(src, self.shard_size), [], {}
     for i, (a, b, _) in enumerate(ranges):
         key = f'{i:05d}'
         m = json.loads((sd / f'{key}.done.json').read_text()) if (sd / f'{key}.done.json').exists() else None
         if m and m['ident'] == ident and (m['start'], m['end']) == (a, b) and (sd / f'{key}.jsonl').exists(): marks[key] = m
         else: todo.append((step.fn, step.options, step.name, str(src), a, b, str(sd), key, ident, os.getcwd(),
-                           {k: v for k, v in os.environ.items() if k.startswith('DATAALCHEMY_')}))
+                           env, self.engine_options if step.engine else None))
     if marks: self.log(f"  {step.name}: {len(marks)} of {len(ranges)} shards finished earlier")
     for m in _ray_map(run_shard, todo, self.ray_address): marks[m['key']] = m
     keys = sorted(marks)
@@ -1031,6 +1081,8 @@ def _run_shards(self: Pipeline, step: Step, src: Path, d: Path, ident: dict, st:
     rej = [sd / f'{k}.rejected.jsonl' for k in keys if (sd / f'{k}.rejected.jsonl').exists()]
     if rej: _join(rej, d / REJECTED)
     for k in keys: st.reasons.update(marks[k]['reasons']); st.counts.update(marks[k]['counts'])
+    use = [marks[k]['usage'] for k in keys if marks[k].get('usage')]         # shards that ran earlier count again: what the stage used
+    self._shard_usage[step.name] = {f: sum(u[f] for u in use) for f in use[0]} if use else {}
     counter['in'] = sum(n for _, _, n in ranges)
     n_out = sum(marks[k]['records_out'] for k in keys)
     st.seen(counter['in']); st.kept(n_out)

