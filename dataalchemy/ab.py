@@ -363,6 +363,8 @@ def _judge(res: dict, convs: Sequence[Conv], rows: Sequence[dict], cfg: ABConfig
 def ab_notes(res: dict) -> list[str]:
     "The cautions that go with a result: a small eval set, an interval that contains zero, rows cut or dropped, unequal answer lengths, judge failures."
     p, notes = res['paired'], []
+    if Path(res['files']['a']).resolve() == Path(res['files']['b']).resolve():
+        notes.append("A and B are the same file: an A/A run, a check of the setup (both sides should give the same numbers)")
     if p['items'] < SMALL_EVAL:
         notes.append(f"{p['items']} eval items: on a set this small a difference can be noise; trust it only if its 95% interval excludes 0 (and prefer {SMALL_EVAL}+ items)")
     if p['mean_diff_ci'][0] <= 0 <= p['mean_diff_ci'][1]: notes.append("the per-item loss difference is not distinguishable from 0")

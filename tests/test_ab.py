@@ -123,3 +123,17 @@ def test_plot_names_chinese_files_without_missing_glyphs(tmp_path):
     labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
     assert ('A: 精炼数据.jsonl' in labels) == (cjk_font() is not None)
     assert (tmp_path / 'p.png').stat().st_size > 5_000
+
+
+def test_a_and_b_the_same_file_is_an_a_a_run(tmp_path):
+    "Inputs named twice are not an output over an input: `ab x x` runs, both sides give the same numbers, and it says so."
+    a, _, ev = planted(tmp_path)
+    r = run('ab', a, a, '--eval', ev, '--steps', 1, '-o', tmp_path / 'run', cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert 'overwrite' not in r.stderr and 'A and B are the same file: an A/A run' in r.stdout, r.stdout[-2000:]
+    L = json.loads((tmp_path / 'run' / 'results.json').read_text())['loss']
+    assert L['a']['per_item'] == L['b']['per_item'], L
+    r = run('ab', a, a, '--eval', ev, '--steps', 1, '-o', tmp_path / 'run2', '--plot', a, cwd=tmp_path)   # an output over an input
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [f'error: {a} is named twice: an output would overwrite an input; '
+                                                                    'choose another path'], r.stderr
+    assert not (tmp_path / 'run2').exists()
