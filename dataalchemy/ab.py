@@ -315,6 +315,9 @@ def _free():
 def run_ab(a_path, b_path, eval_path, cfg: ABConfig | None = None, out_dir='ab_run', engine=None, log=print) -> dict:
     "A/B: fine-tune the same base on A and on B with the same budget; held-out loss on EVAL (paired), and a judge's win rate with `engine`."
     cfg = (cfg or ABConfig()).check()
+    for k, p in (('A', a_path), ('B', b_path)):         # A and B the same file is an A/A run; EVAL must be held out
+        if Path(p).resolve() == Path(eval_path).resolve():
+            raise ValueError(f"{eval_path}: the eval file is also {k}: held-out loss needs items the models are not trained on")
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
     data = {'a': load_sft(a_path), 'b': load_sft(b_path), 'eval': load_sft(eval_path, eval_set=True)}
     paths = {'a': str(a_path), 'b': str(b_path), 'eval': str(eval_path)}

@@ -87,7 +87,7 @@ def test_a_judge_whose_every_call_fails_is_a_failed_run(tmp_path):
     assert res['judge']['judged'] == 0 and res['loss']['a']['items'] == 12
 
 
-@pytest.mark.parametrize('case', ['missing', 'empty', 'no-reference', 'judge-without-endpoint', 'bad-steps'])
+@pytest.mark.parametrize('case', ['missing', 'empty', 'no-reference', 'judge-without-endpoint', 'bad-steps', 'eval-is-b'])
 def test_user_mistakes_are_one_error_line_and_exit_2(tmp_path, case):
     a, b, ev = planted(tmp_path)
     (tmp_path / 'empty.jsonl').write_text('')
@@ -97,13 +97,15 @@ def test_user_mistakes_are_one_error_line_and_exit_2(tmp_path, case):
             'empty': (a, tmp_path / 'empty.jsonl', '--eval', ev),
             'no-reference': (a, b, '--eval', tmp_path / 'noref.jsonl'),
             'judge-without-endpoint': (a, b, '--eval', ev, '--judge-model', 'gpt-4o'),
-            'bad-steps': (a, b, '--eval', ev, '--steps', 0)}[case]
+            'bad-steps': (a, b, '--eval', ev, '--steps', 0),
+            'eval-is-b': (a, b, '--eval', b)}[case]
     r = run('ab', *args, '-o', tmp_path / 'run', timeout=120, cwd=tmp_path)
     assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith('error:'), r.stderr
     want = {'missing': 'nope.jsonl', 'empty': 'empty.jsonl', 'no-reference': 'noref.jsonl:2: output: missing output',
-            'judge-without-endpoint': '--base-url', 'bad-steps': 'steps must be at least 1'}[case]
+            'judge-without-endpoint': '--base-url', 'bad-steps': 'steps must be at least 1',
+            'eval-is-b': f'{b}: the eval file is also B'}[case]
     assert want in lines[0], lines[0]
     assert not (tmp_path / 'run' / 'results.json').exists()
 
