@@ -315,6 +315,9 @@ def _free():
 def run_ab(a_path, b_path, eval_path, cfg: ABConfig | None = None, out_dir='ab_run', engine=None, log=print) -> dict:
     "A/B: fine-tune the same base on A and on B with the same budget; held-out loss on EVAL (paired), and a judge's win rate with `engine`."
     cfg = (cfg or ABConfig()).check()
+    for k, p in (('A', a_path), ('B', b_path)):         # A and B the same file is an A/A run; EVAL must be held out
+        if Path(p).resolve() == Path(eval_path).resolve():
+            raise ValueError(f"{eval_path}: the eval file is also {k}: held-out loss needs items the models are not trained on")
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
     data = {'a': load_sft(a_path), 'b': load_sft(b_path), 'eval': load_sft(eval_path, eval_set=True)}
     paths = {'a': str(a_path), 'b': str(b_path), 'eval': str(eval_path)}
@@ -363,6 +366,8 @@ def _judge(res: dict, convs: Sequence[Conv], rows: Sequence[dict], cfg: ABConfig
 def ab_notes(res: dict) -> list[str]:
     "The cautions that go with a result: a small eval set, an interval that contains zero, rows cut or dropped, unequal answer lengths, judge failures."
     p, notes = res['paired'], []
+    if Path(res['files']['a']).resolve() == Path(res['files']['b']).resolve():
+        notes.append("A and B are the same file: an A/A run, a check of the setup (both sides should give the same numbers)")
     if p['items'] < SMALL_EVAL:
         notes.append(f"{p['items']} eval items: on a set this small a difference can be noise; trust it only if its 95% interval excludes 0 (and prefer {SMALL_EVAL}+ items)")
     if p['mean_diff_ci'][0] <= 0 <= p['mean_diff_ci'][1]: notes.append("the per-item loss difference is not distinguishable from 0")

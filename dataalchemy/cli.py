@@ -12,7 +12,8 @@ import dataalchemy
 from .config import get_settings
 
 # %% auto #0
-__all__ = ['app', 'USER_ERRORS', 'Verbs', 'config_cmd', 'load_commands', 'fail', 'same_file_twice', 'run', 'main']
+__all__ = ['app', 'USER_ERRORS', 'INPUT_PARAMS', 'Verbs', 'config_cmd', 'load_commands', 'fail', 'verb_params', 'same_file_twice',
+           'run', 'main']
 
 # %% ../nbs/99_cli.ipynb #c02d00ca
 def _verb(c) -> str: return c.name or c.callback.__name__.lower().replace('_', '-')
@@ -76,25 +77,51 @@ import gzip, zlib
 USER_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, UnicodeDecodeError,
                gzip.BadGzipFile, EOFError, zlib.error)
 
-def same_file_twice(argv: list[str]) -> str | None:
-    "The first existing file that `argv` names twice (as input and output, say), or None."
+# parameters that only read a file: a file named twice among these is read twice (`ab x.jsonl x.jsonl`, an A/A run), never
+# written; any other parameter (an output, or one not listed here) naming a file named elsewhere is refused
+INPUT_PARAMS = {'a', 'b', 'eval_', 'src', 'inp', 'data', 'docs', 'queries', 'corpus', 'config', 'files', 'benchmark', 'seeds',
+                'chunks', 'settings', 'checkpoint', 'tokenizer', 'model', 'base', 'reranker', 'lm'}
+
+def verb_params(argv: list[str]) -> dict | None:
+    "The parameters the verb named by `argv[0]` (a subgroup's verb too) gets from `argv`, parsed as it parses them; None if they do not parse."
+    cmd, args = typer.main.get_command(app), list(argv)    # (typer may bring its own copy of click: no isinstance checks)
+    try:
+        while hasattr(cmd, 'commands'):
+            sub = cmd.get_command(cmd.context_class(cmd), args[0]) if args else None
+            if sub is None: return None
+            cmd, args = sub, args[1:]
+        return cmd.make_context(cmd.name, args, resilient_parsing=True).params
+    except Exception: return None      # a usage error: the verb reports it; the check falls back to every file named twice
+
+def _files(named) -> dict:
+    "Each existing file among `(parameter, value)` pairs -> (the value as given, [the parameters naming it])."
     from pathlib import Path
     seen = {}
-    for a in argv:
-        v = a.split('=', 1)[1] if a.startswith('--') and '=' in a else a
+    for k, v in named:
+        v = str(v)
         if v.startswith('-') or not v: continue
         try: p = Path(v).resolve()
         except (OSError, RuntimeError): continue
-        if not p.is_file(): continue
-        if p in seen: return v
-        seen[p] = v
+        if p.is_file(): seen.setdefault(p, (v, []))[1].append(k)
+    return seen
+
+def same_file_twice(argv: list[str]) -> str | None:
+    "The first existing file that `argv` (a verb and its arguments) names twice where an output could overwrite an input, or None."
+    params = verb_params(argv) or {}
+    files = _files((k, x) for k, v in params.items() for x in (v if isinstance(v, (list, tuple)) else [v]) if isinstance(x, str))
+    for p, (v, ks) in _files((None, a.split('=', 1)[1] if a.startswith('--') and '=' in a else a) for a in argv[1:]).items():
+        known = files.setdefault(p, (v, []))[1]          # a file the parse did not place counts as a possible output (None)
+        known += [None] * (len(ks) - len(known))
+    for v, ks in files.values():
+        if len(ks) > 1 and not all(k in INPUT_PARAMS for k in ks): return v
     return None
 
+# %% ../nbs/99_cli.ipynb #f292e0d4
 def run(argv: list[str] | None = None):
     "Run the app on `argv` with one way to fail: a user's mistake is one `error:` line and exit status 2, never an overwritten input."
     from dataalchemy.core import RecordError
     argv = sys.argv[1:] if argv is None else list(argv)
-    if (twice := same_file_twice(argv[1:])):
+    if (twice := same_file_twice(argv)):
         typer.echo(f"error: {twice} is named twice: an output would overwrite an input; choose another path", err=True)
         raise SystemExit(2)
     try: app(argv, standalone_mode=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import configparser, dataclasses, os
 from pathlib import Path
 from typing import Any
+from fastcore.basics import patch
 import dataalchemy
 
 # %% auto #0
@@ -73,38 +74,46 @@ class Settings:
         v, _ = self.lookup(section, key, override)
         return default if v is None else v
 
-    def keys(self, section: str) -> list[str]:
-        ks = [k for s, k in self._vals if s == section]
-        pre = f'{ENV_PREFIX}{section}_'.upper()
-        ks += [n[len(pre):].lower() for n in self.env if n.startswith(pre) and n[len(pre):].lower() not in ks]
-        return ks
+# %% ../nbs/00a_config.ipynb #66dd634f
+@patch
+def keys(self: Settings, section: str) -> list[str]:
+    ks = [k for s, k in self._vals if s == section]
+    pre = f'{ENV_PREFIX}{section}_'.upper()
+    ks += [n[len(pre):].lower() for n in self.env if n.startswith(pre) and n[len(pre):].lower() not in ks]
+    return ks
 
-    def sections(self) -> list[str]: return list(dict.fromkeys(s for s, _ in self._vals))
+@patch
+def sections(self: Settings) -> list[str]: return list(dict.fromkeys(s for s, _ in self._vals))
 
-    def section(self, name: str, **overrides) -> dict:
-        "Every key of section `name` with its effective value; keyword `overrides` that are not None win."
-        d = {k: self.get(name, k) for k in self.keys(name)}
-        d.update({k: v for k, v in overrides.items() if v is not None})
-        return d
+@patch
+def section(self: Settings, name: str, **overrides) -> dict:
+    "Every key of section `name` with its effective value; keyword `overrides` that are not None win."
+    d = {k: self.get(name, k) for k in self.keys(name)}
+    d.update({k: v for k, v in overrides.items() if v is not None})
+    return d
 
-    def api_key(self, override: str | None = None) -> str | None:
-        "The API key, from `override` or the environment variable named by `[llm] api_key_env` (never from a file)."
-        if override: return override
-        return self.env.get(self.get('llm', 'api_key_env', 'OPENAI_API_KEY')) or None
+@patch
+def api_key(self: Settings, override: str | None = None) -> str | None:
+    "The API key, from `override` or the environment variable named by `[llm] api_key_env` (never from a file)."
+    if override: return override
+    return self.env.get(self.get('llm', 'api_key_env', 'OPENAI_API_KEY')) or None
 
-    def table(self, sections: list[str] | None = None) -> str:
-        "The effective settings and where each came from (the API key is shown only as set / not set)."
-        rows = []
-        for s in sections or self.sections():
-            for k in self.keys(s):
-                v, src = self.lookup(s, k)
-                rows.append((f'{s}.{k}', '' if v is None else str(v), src))
-        env = self.get('llm', 'api_key_env', 'OPENAI_API_KEY')
-        rows.append(('api key', 'set' if self.env.get(env) else 'not set', f'env:{env}'))
-        w0, w1 = max(len(r[0]) for r in rows), max(len(r[1]) for r in rows)
-        return '\n'.join(f'{a:<{w0}}  {b:<{w1}}  {c}' for a, b, c in rows)
+# %% ../nbs/00a_config.ipynb #d294414d
+@patch
+def table(self: Settings, sections: list[str] | None = None) -> str:
+    "The effective settings and where each came from (the API key is shown only as set / not set)."
+    rows = []
+    for s in sections or self.sections():
+        for k in self.keys(s):
+            v, src = self.lookup(s, k)
+            rows.append((f'{s}.{k}', '' if v is None else str(v), src))
+    env = self.get('llm', 'api_key_env', 'OPENAI_API_KEY')
+    rows.append(('api key', 'set' if self.env.get(env) else 'not set', f'env:{env}'))
+    w0, w1 = max(len(r[0]) for r in rows), max(len(r[1]) for r in rows)
+    return '\n'.join(f'{a:<{w0}}  {b:<{w1}}  {c}' for a, b, c in rows)
 
-    def __repr__(self): return self.table()
+@patch
+def __repr__(self: Settings): return self.table()
 
 # %% ../nbs/00a_config.ipynb #93e0291e
 def get_settings(path: str | os.PathLike | None = None) -> Settings:

@@ -10,6 +10,7 @@ import codecs, contextlib, dataclasses, functools, gzip, hashlib, io, json, os, 
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Iterator
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['CJK_RANGES', 'TOKEN_RE', 'FILE_FORMATS', 'SKIP_KEYS', 'CJK_FONTS', 'is_cjk', 'has_cjk', 'cjk_ratio', 'tokenize',
@@ -218,51 +219,57 @@ class RecordReader:
             if isinstance(e, FileNotFoundError): raise
             raise RecordError(f"cannot read compressed data ({e})", self.path) from None
 
-    def _from_memory(self):
-        src = self.src
-        if hasattr(src, 'to_iterable_dataset') or type(src).__name__ in ('Dataset', 'IterableDataset'): src = iter(src)
-        for i, rec in enumerate(src):
+# %% ../nbs/00_core.ipynb #935f0e84
+@patch
+def _from_memory(self: RecordReader):
+    src = self.src
+    if hasattr(src, 'to_iterable_dataset') or type(src).__name__ in ('Dataset', 'IterableDataset'): src = iter(src)
+    for i, rec in enumerate(src):
+        self.line = i
+        if isinstance(rec, dict): yield rec
+        else: self._bad(RecordError(f"expected a dict record, got {type(rec).__name__}", line=i), repr(rec)[:2000])
+
+@patch
+def _from_jsonl(self: RecordReader):
+    with _open_binary(self.path) as f:
+        for i, raw in enumerate(f, 1):
+            try: txt = raw.decode('utf-8-sig' if i == 1 else 'utf-8')
+            except UnicodeDecodeError as e:
+                self._bad(RecordError(f"not valid UTF-8: byte 0x{raw[e.start]:02x} at column {e.start + 1} "
+                                      "(re-save the file as UTF-8)", self.path, i), raw.decode('utf-8', 'replace'))
+                continue
+            if not txt.strip(): continue
+            try: rec = json.loads(txt)
+            except json.JSONDecodeError as e:
+                self._bad(RecordError(f"invalid JSON: {e.msg} (column {e.colno})", self.path, i), txt.rstrip('\n'))
+                continue
+            if not isinstance(rec, dict):
+                self._bad(RecordError(f"expected a JSON object, got {type(rec).__name__}", self.path, i), txt.rstrip('\n'))
+                continue
             self.line = i
-            if isinstance(rec, dict): yield rec
-            else: self._bad(RecordError(f"expected a dict record, got {type(rec).__name__}", line=i), repr(rec)[:2000])
+            yield rec
 
-    def _from_jsonl(self):
-        with _open_binary(self.path) as f:
-            for i, raw in enumerate(f, 1):
-                try: txt = raw.decode('utf-8-sig' if i == 1 else 'utf-8')
-                except UnicodeDecodeError as e:
-                    self._bad(RecordError(f"not valid UTF-8: byte 0x{raw[e.start]:02x} at column {e.start + 1} "
-                                          "(re-save the file as UTF-8)", self.path, i), raw.decode('utf-8', 'replace'))
-                    continue
-                if not txt.strip(): continue
-                try: rec = json.loads(txt)
-                except json.JSONDecodeError as e:
-                    self._bad(RecordError(f"invalid JSON: {e.msg} (column {e.colno})", self.path, i), txt.rstrip('\n'))
-                    continue
-                if not isinstance(rec, dict):
-                    self._bad(RecordError(f"expected a JSON object, got {type(rec).__name__}", self.path, i), txt.rstrip('\n'))
-                    continue
-                self.line = i
-                yield rec
+# %% ../nbs/00_core.ipynb #67e20302
+@patch
+def _from_json(self: RecordReader):
+    with _open_binary(self.path) as f:
+        for line, obj in _iter_json_array(f, self.path):
+            self.line = line
+            if isinstance(obj, dict): yield obj
+            else: self._bad(RecordError(f"expected a JSON object, got {type(obj).__name__}", self.path, line),
+                            json.dumps(obj, ensure_ascii=False))
 
-    def _from_json(self):
-        with _open_binary(self.path) as f:
-            for line, obj in _iter_json_array(f, self.path):
-                self.line = line
-                if isinstance(obj, dict): yield obj
-                else: self._bad(RecordError(f"expected a JSON object, got {type(obj).__name__}", self.path, line),
-                                json.dumps(obj, ensure_ascii=False))
-
-    def _from_parquet(self):
-        import pyarrow.parquet as pq
-        if self.path.suffix == '.gz': raise RecordError("gzipped Parquet is not supported: Parquet compresses itself", self.path)
-        try: pf = pq.ParquetFile(self.path)
-        except Exception as e: raise RecordError(f"not a Parquet file ({e})", self.path) from None
-        row = 0
-        for batch in pf.iter_batches(batch_size=1024):
-            for rec in batch.to_pylist():
-                row += 1; self.line = row
-                yield rec
+@patch
+def _from_parquet(self: RecordReader):
+    import pyarrow.parquet as pq
+    if self.path.suffix == '.gz': raise RecordError("gzipped Parquet is not supported: Parquet compresses itself", self.path)
+    try: pf = pq.ParquetFile(self.path)
+    except Exception as e: raise RecordError(f"not a Parquet file ({e})", self.path) from None
+    row = 0
+    for batch in pf.iter_batches(batch_size=1024):
+        for rec in batch.to_pylist():
+            row += 1; self.line = row
+            yield rec
 
 # %% ../nbs/00_core.ipynb #8ea8b21f
 def read_records(src, fmt: str | None = None, strict: bool = True, errors=None, allow_empty: bool = False) -> Iterator[dict]:
@@ -319,51 +326,56 @@ class RecordWriter:
         for r in records: self.write(r)
         return self.n
 
-    def _flush_parquet(self):
-        import pyarrow as pa, pyarrow.parquet as pq
-        if not self._batch: return
-        if self._schema is None:
-            tbl = pa.Table.from_pylist(self._batch)
-            self._schema = tbl.schema
-            self._pq = pq.ParquetWriter(self.tmp, self._schema)
-        else:
-            new = {k for r in self._batch for k in r} - set(self._schema.names)
-            if new: raise RecordError(f"fields {sorted(new)} appear after the first {self.n - len(self._batch)} records; "
-                                      "Parquet needs one schema (write JSONL, or give every record every field)", self.path)
-            try: tbl = pa.Table.from_pylist(self._batch, schema=self._schema)
-            except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
-                raise RecordError(f"a record does not fit the Parquet schema of the first records ({e})", self.path) from None
-        self._pq.write_table(tbl); self._batch = []
-
-    def close(self):
-        "Finish the file and move it into place."
-        if self.tmp is None: return
-        if self.fmt == 'parquet':
-            import pyarrow as pa, pyarrow.parquet as pq
-            self._flush_parquet()
-            if self._pq is None: pq.write_table(pa.table({}), self.tmp)
-            else: self._pq.close()
-        else:
-            if self.fmt == 'json': self._f.write('\n]\n' if self.n else ']\n')
-            self._f.flush(); self._f.close()
-        os.chmod(self.tmp, 0o666 & ~_UMASK)            # mkstemp made it 0600: give the file the mode any new file gets
-        os.replace(self.tmp, self.path)
-        self.tmp = None
-
-    def abort(self):
-        "Drop the temporary file; the target is left as it was."
-        if self.tmp is None: return
-        with contextlib.suppress(Exception):
-            if self._pq is not None: self._pq.close()
-        with contextlib.suppress(Exception):
-            if self.fmt != 'parquet': self._f.close()
-        with contextlib.suppress(FileNotFoundError): os.unlink(self.tmp)
-        self.tmp = None
-
     def __enter__(self): return self
     def __exit__(self, typ, *_):
         if typ is None: self.close()
         else: self.abort()
+
+# %% ../nbs/00_core.ipynb #33e3836c
+@patch
+def _flush_parquet(self: RecordWriter):
+    import pyarrow as pa, pyarrow.parquet as pq
+    if not self._batch: return
+    if self._schema is None:
+        tbl = pa.Table.from_pylist(self._batch)
+        self._schema = tbl.schema
+        self._pq = pq.ParquetWriter(self.tmp, self._schema)
+    else:
+        new = {k for r in self._batch for k in r} - set(self._schema.names)
+        if new: raise RecordError(f"fields {sorted(new)} appear after the first {self.n - len(self._batch)} records; "
+                                  "Parquet needs one schema (write JSONL, or give every record every field)", self.path)
+        try: tbl = pa.Table.from_pylist(self._batch, schema=self._schema)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+            raise RecordError(f"a record does not fit the Parquet schema of the first records ({e})", self.path) from None
+    self._pq.write_table(tbl); self._batch = []
+
+# %% ../nbs/00_core.ipynb #ca69d6df
+@patch
+def close(self: RecordWriter):
+    "Finish the file and move it into place."
+    if self.tmp is None: return
+    if self.fmt == 'parquet':
+        import pyarrow as pa, pyarrow.parquet as pq
+        self._flush_parquet()
+        if self._pq is None: pq.write_table(pa.table({}), self.tmp)
+        else: self._pq.close()
+    else:
+        if self.fmt == 'json': self._f.write('\n]\n' if self.n else ']\n')
+        self._f.flush(); self._f.close()
+    os.chmod(self.tmp, 0o666 & ~_UMASK)            # mkstemp made it 0600: give the file the mode any new file gets
+    os.replace(self.tmp, self.path)
+    self.tmp = None
+
+@patch
+def abort(self: RecordWriter):
+    "Drop the temporary file; the target is left as it was."
+    if self.tmp is None: return
+    with contextlib.suppress(Exception):
+        if self._pq is not None: self._pq.close()
+    with contextlib.suppress(Exception):
+        if self.fmt != 'parquet': self._f.close()
+    with contextlib.suppress(FileNotFoundError): os.unlink(self.tmp)
+    self.tmp = None
 
 # %% ../nbs/00_core.ipynb #4f086e37
 def write_records(records: Iterable[dict], path: str | os.PathLike, fmt: str | None = None) -> int:

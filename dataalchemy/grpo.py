@@ -10,6 +10,7 @@ import json, math, os, random, re, statistics, tomllib, unicodedata, warnings
 from dataclasses import dataclass, fields, asdict
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
+from fastcore.basics import patch
 import dataalchemy
 from .core import RecordError, read_records, normalize, text_len, has_cjk, Stats, stable_id
 from .config import Settings, options
@@ -76,29 +77,7 @@ class TrainingConfig:
     distill_top_frac: float = 0.5
     distill_min_score: float = 0.0
 
-    def __post_init__(self):
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if v is None: setattr(self, f.name, f.default); continue
-            t = f.type if isinstance(f.type, str) else f.type.__name__
-            try:
-                if t == 'int' and not isinstance(v, bool): v = int(v) if float(v) == int(float(v)) else _bad_type(f.name, v, t)
-                elif t == 'float' and not isinstance(v, bool): v = float(v)
-                elif t == 'bool': v = _as_bool(v)
-                elif t == 'str': v = str(v)
-                else: _bad_type(f.name, v, t)
-            except (TypeError, ValueError): _bad_type(f.name, v, t)
-            setattr(self, f.name, v)
-        if self.backend not in ('auto', 'unsloth', 'transformers'):
-            raise ValueError(f"backend: expected auto, unsloth or transformers, got {self.backend!r}")
-        if self.group_size < 2: raise ValueError(f"group_size: GRPO needs at least 2 generations per prompt, got {self.group_size}")
-        mix = (self.mix_historical, self.mix_variation, self.mix_new_type)
-        if min(mix) < 0 or sum(mix) <= 0: raise ValueError(f"mix_*: expected non-negative fractions, got {mix}")
-
-    @property
-    def reward_weights(self) -> list[float]:
-        "Weights of the reward parts, in the order of `REWARD_PARTS`."
-        return [self.w_difficulty, self.w_novelty, self.w_rigor, self.w_diversity]
+    def __post_init__(self): self._coerce_and_check()   # below: each value made its field's type, then checked
 
 # %% ../nbs/11_grpo.ipynb #dd3a110e
 def _bad_type(name, v, t): raise TypeError(f"{name}: expected {t}, got {v!r}")
@@ -109,6 +88,32 @@ def _as_bool(v):
     if isinstance(v, str) and v.strip().lower() in ('true', 'yes', 'on', '1'): return True
     if isinstance(v, str) and v.strip().lower() in ('false', 'no', 'off', '0'): return False
     raise ValueError(v)
+
+@patch
+def _coerce_and_check(self: TrainingConfig):
+    "Make every field's value its declared type (None: the default), then check the values training depends on."
+    for f in fields(self):
+        v = getattr(self, f.name)
+        if v is None: setattr(self, f.name, f.default); continue
+        t = f.type if isinstance(f.type, str) else f.type.__name__
+        try:
+            if t == 'int' and not isinstance(v, bool): v = int(v) if float(v) == int(float(v)) else _bad_type(f.name, v, t)
+            elif t == 'float' and not isinstance(v, bool): v = float(v)
+            elif t == 'bool': v = _as_bool(v)
+            elif t == 'str': v = str(v)
+            else: _bad_type(f.name, v, t)
+        except (TypeError, ValueError): _bad_type(f.name, v, t)
+        setattr(self, f.name, v)
+    if self.backend not in ('auto', 'unsloth', 'transformers'):
+        raise ValueError(f"backend: expected auto, unsloth or transformers, got {self.backend!r}")
+    if self.group_size < 2: raise ValueError(f"group_size: GRPO needs at least 2 generations per prompt, got {self.group_size}")
+    mix = (self.mix_historical, self.mix_variation, self.mix_new_type)
+    if min(mix) < 0 or sum(mix) <= 0: raise ValueError(f"mix_*: expected non-negative fractions, got {mix}")
+
+@patch(as_prop=True)
+def reward_weights(self: TrainingConfig) -> list[float]:
+    "Weights of the reward parts, in the order of `REWARD_PARTS`."
+    return [self.w_difficulty, self.w_novelty, self.w_rigor, self.w_diversity]
 
 # %% ../nbs/11_grpo.ipynb #eaf2f947
 def parse_overrides(pairs: Iterable[str] | None) -> dict:

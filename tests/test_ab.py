@@ -87,7 +87,7 @@ def test_a_judge_whose_every_call_fails_is_a_failed_run(tmp_path):
     assert res['judge']['judged'] == 0 and res['loss']['a']['items'] == 12
 
 
-@pytest.mark.parametrize('case', ['missing', 'empty', 'no-reference', 'judge-without-endpoint', 'bad-steps'])
+@pytest.mark.parametrize('case', ['missing', 'empty', 'no-reference', 'judge-without-endpoint', 'bad-steps', 'eval-is-b'])
 def test_user_mistakes_are_one_error_line_and_exit_2(tmp_path, case):
     a, b, ev = planted(tmp_path)
     (tmp_path / 'empty.jsonl').write_text('')
@@ -97,13 +97,15 @@ def test_user_mistakes_are_one_error_line_and_exit_2(tmp_path, case):
             'empty': (a, tmp_path / 'empty.jsonl', '--eval', ev),
             'no-reference': (a, b, '--eval', tmp_path / 'noref.jsonl'),
             'judge-without-endpoint': (a, b, '--eval', ev, '--judge-model', 'gpt-4o'),
-            'bad-steps': (a, b, '--eval', ev, '--steps', 0)}[case]
+            'bad-steps': (a, b, '--eval', ev, '--steps', 0),
+            'eval-is-b': (a, b, '--eval', b)}[case]
     r = run('ab', *args, '-o', tmp_path / 'run', timeout=120, cwd=tmp_path)
     assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith('error:'), r.stderr
     want = {'missing': 'nope.jsonl', 'empty': 'empty.jsonl', 'no-reference': 'noref.jsonl:2: output: missing output',
-            'judge-without-endpoint': '--base-url', 'bad-steps': 'steps must be at least 1'}[case]
+            'judge-without-endpoint': '--base-url', 'bad-steps': 'steps must be at least 1',
+            'eval-is-b': f'{b}: the eval file is also B'}[case]
     assert want in lines[0], lines[0]
     assert not (tmp_path / 'run' / 'results.json').exists()
 
@@ -123,3 +125,17 @@ def test_plot_names_chinese_files_without_missing_glyphs(tmp_path):
     labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
     assert ('A: 精炼数据.jsonl' in labels) == (cjk_font() is not None)
     assert (tmp_path / 'p.png').stat().st_size > 5_000
+
+
+def test_a_and_b_the_same_file_is_an_a_a_run(tmp_path):
+    "Inputs named twice are not an output over an input: `ab x x` runs, both sides give the same numbers, and it says so."
+    a, _, ev = planted(tmp_path)
+    r = run('ab', a, a, '--eval', ev, '--steps', 1, '-o', tmp_path / 'run', cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert 'overwrite' not in r.stderr and 'A and B are the same file: an A/A run' in r.stdout, r.stdout[-2000:]
+    L = json.loads((tmp_path / 'run' / 'results.json').read_text())['loss']
+    assert L['a']['per_item'] == L['b']['per_item'], L
+    r = run('ab', a, a, '--eval', ev, '--steps', 1, '-o', tmp_path / 'run2', '--plot', a, cwd=tmp_path)   # an output over an input
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [f'error: {a} is named twice: an output would overwrite an input; '
+                                                                    'choose another path'], r.stderr
+    assert not (tmp_path / 'run2').exists()
