@@ -1012,6 +1012,97 @@ def resolve_method(method: str, engine=None):
                          "offline, use method synonym")
     return method, engine
 
+# %% ../nbs/07_augment.ipynb #1d0c2aef
+def _parents(recs: list[dict], o: AugmentOpts, st: Stats, index) -> list[int]:
+    "Indices of the records that may be parents (code and math tasks only with `force`); every record's text goes into `index`."
+    keys, parents = [], []
+    for i, r in enumerate(recs):
+        key = _key_text(r, o.fields)
+        if key: keys.append(key)
+        kind = task_kind(r)
+        if kind and not o.force: st.count(f'not augmented: {kind} task'); continue
+        if not key: st.count('not augmented: no text field'); continue
+        parents.append(i)
+    index.add_many(keys)
+    return parents
+
+# %% ../nbs/07_augment.ipynb #c3d8290f
+def _reword(jobs: list[tuple], n_parents: int, method: str, seed, o: AugmentOpts, engine, synonyms) -> tuple[list, dict]:
+    "Reword every text field of every job at once: (protected terms per job, {job: [(path, result), ...]})."
+    jterms = [record_terms(p, o) if method in ('synonym', 'eda') else None for p, _ in jobs]
+    flat = [(j, path) for j, (p, _) in enumerate(jobs) for path in _text_fields(p, o.fields)]
+    texts = [_get(jobs[j][0], path) for j, path in flat]
+    seeds = [f'{seed}:{jobs[j][1]}:{"/".join(map(str, path))}' for j, path in flat]
+    variant = [jobs[j][1] // n_parents + jobs[j][1] % n_parents for j, _ in flat]   # a parent's pivot changes each round
+    res = augment_texts(texts, method, seeds, o, engine, synonyms, variant, seed=seed, terms=[jterms[j] for j, _ in flat])
+    by_job = defaultdict(list)
+    for (j, path), r in zip(flat, res): by_job[j].append((path, r))
+    return jterms, by_job
+
+def _candidate(parent: dict, results: list[tuple], terms) -> tuple[dict, dict, str | None, str | None]:
+    "(new record, info, error, detail): the rewordings `results` set into a copy of `parent`, or why not."
+    new = copy.deepcopy(parent)
+    info, err, detail, changed = {}, None, None, False
+    for path, r in results:
+        if r['error'] or r['text'] is None: err = r['error'] or 'failed'; break
+        src = _get(parent, path)
+        changed |= r['text'] != src
+        lost = spans_kept(src, r['text'], terms)
+        if lost is not None: err, detail = 'protected span changed', f'lost {lost!r}'; break
+        _set(new, path, r['text']); info.update({k2: v for k2, v in r['info'].items() if v is not None})
+    if err is None and not changed: err = 'unchanged'
+    return new, info, err, detail
+
+# %% ../nbs/07_augment.ipynb #ff03a7ff
+def _scores(cands: list[tuple], jobs: list[tuple], o: AugmentOpts, sim, index) -> tuple[dict, dict]:
+    "The similarity to its parent and the near-duplicate sketch of every live candidate, by job."
+    live = [c for c in cands if c[3] is None]
+    scores = dict(zip([c[0] for c in live], sim.judge([_key_text(jobs[c[0]][0], o.fields) for c in live],
+                                                      [_key_text(c[1], o.fields) for c in live])))
+    sketches = dict(zip([c[0] for c in live], index.sketch([_key_text(c[1], o.fields) for c in live])))
+    return scores, sketches
+
+def _keep_or_drop(cand: tuple, jobs, by_job, scores, sketches, index, method: str, seed, o: AugmentOpts, st: Stats) -> dict | None:
+    "The candidate as a record with its lineage (and indexed), or None when dropped (counted with its reason)."
+    j, new, info, err, detail = cand
+    parent, n_job = jobs[j]
+    pid = parent.get('id') if isinstance(parent.get('id'), (str, int)) else stable_id(parent)
+    score, by, thr = scores.get(j, (None, None, None))
+    if err is None and score < thr:
+        err, detail = 'low similarity', f'{by} {score:.3f} < {thr}'
+    if err is None:
+        err, jac = index.check_sketch(sketches[j])
+        if err: detail = f'shingle Jaccard {jac:.3f}'
+    if err:
+        reason = err.split(':')[0] if err.startswith('llm error') else err
+        st.drop({'parent_id': pid, 'method': method, 'parent': [_get(parent, p) for p, _ in by_job[j]],
+                 'text': [r['text'] for _, r in by_job[j]], **({'similarity': score} if score is not None else {})},
+                reason, detail=detail or err)
+        return None
+    meta = dict(new.get('meta') or {})
+    meta.update({'parent_id': pid, 'method': method, 'augment_seed': f'{seed}:{n_job}', **info,
+                 'similarity': score, 'similarity_by': by})
+    new['meta'] = meta
+    if 'id' in parent: new['id'] = f'{pid}-aug-{stable_id(_key_text(new, o.fields), 8)}'
+    index.add_sketch(sketches[j])
+    return new
+
+# %% ../nbs/07_augment.ipynb #fb87fdec
+def _augment_batch(jobs: list[tuple], picks: list[int], n_parents: int, method: str, seed, o: AugmentOpts, engine, synonyms,
+                   sim, index, st: Stats, out: list[dict]) -> set[int]:
+    "Augment one batch of jobs; kept records are appended to `out`. The parents with nothing to replace."
+    jterms, by_job = _reword(jobs, n_parents, method, seed, o, engine, synonyms)
+    cands, barren = [], set()                        # (job, new record, info, error, detail); parents with nothing to change
+    for j, (parent, _) in enumerate(jobs):
+        new, info, err, detail = _candidate(parent, by_job[j], jterms[j])
+        if err == 'unchanged' and method == 'synonym': barren.add(picks[j])          # nothing to replace, ever
+        cands.append((j, new, info, err, detail))
+    scores, sketches = _scores(cands, jobs, o, sim, index)
+    for c in cands:
+        new = _keep_or_drop(c, jobs, by_job, scores, sketches, index, method, seed, o, st)
+        if new is not None: out.append(new); st.count(f'augmented: {method}')
+    return barren
+
 # %% ../nbs/07_augment.ipynb #f61138eb
 def augment_dataset(records, target_size: int, method: str | None = None, seed: int = 0, engine=None,
                     stats: Stats | None = None, opts: AugmentOpts | None = None, synonyms: WordNetSynonyms | None = None,
@@ -1030,72 +1121,16 @@ def augment_dataset(records, target_size: int, method: str | None = None, seed: 
         method, engine = resolve_method(method, engine)
     index = index if index is not None else StreamDupIndex(o.near_threshold, o.ngram)
     sim = similarity or SimilarityCheck(o.similarity, o.min_cosine, o.min_lexical)
-    keys, parents = [], []
-    for i, r in enumerate(recs):
-        key = _key_text(r, o.fields)
-        if key: keys.append(key)
-        kind = task_kind(r)
-        if kind and not o.force: st.count(f'not augmented: {kind} task'); continue
-        if not key: st.count('not augmented: no text field'); continue
-        parents.append(i)
-    index.add_many(keys); del keys
+    parents = _parents(recs, o, st, index)
     rng = random.Random(f'augment:{seed}')
     rng.shuffle(parents)
     budget, k = max(1, o.max_attempts) * want, 0
-    rule_based = method in ('synonym', 'eda')
     while len(out) < target_size and k < budget and parents:
         n = min(target_size - len(out), budget - k, o.batch_size)
         picks = [parents[(k + j) % len(parents)] for j in range(n)]
         jobs = [(recs[i], k + j) for j, i in enumerate(picks)]
         k += n
-        jterms = [record_terms(p, o) if method in ('synonym', 'eda') else None for p, _ in jobs]
-        flat = [(j, path) for j, (p, _) in enumerate(jobs) for path in _text_fields(p, o.fields)]
-        texts = [_get(jobs[j][0], path) for j, path in flat]
-        seeds = [f'{seed}:{jobs[j][1]}:{"/".join(map(str, path))}' for j, path in flat]
-        variant = [jobs[j][1] // len(parents) + jobs[j][1] % len(parents) for j, _ in flat]   # a parent's pivot changes each round
-        res = augment_texts(texts, method, seeds, o, engine, synonyms, variant, seed=seed, terms=[jterms[j] for j, _ in flat])
-        by_job = defaultdict(list)
-        for (j, path), r in zip(flat, res): by_job[j].append((path, r))
-        cands, barren = [], set()                        # (job, new record, info, error, detail); parents with nothing to change
-        for j, (parent, n_job) in enumerate(jobs):
-            new = copy.deepcopy(parent)
-            info, err, detail, changed = {}, None, None, False
-            for path, r in by_job[j]:
-                if r['error'] or r['text'] is None: err = r['error'] or 'failed'; break
-                src = _get(parent, path)
-                changed |= r['text'] != src
-                lost = spans_kept(src, r['text'], jterms[j])
-                if lost is not None: err, detail = 'protected span changed', f'lost {lost!r}'; break
-                _set(new, path, r['text']); info.update({k2: v for k2, v in r['info'].items() if v is not None})
-            if err is None and not changed: err = 'unchanged'
-            if err == 'unchanged' and rule_based and method == 'synonym': barren.add(picks[j])   # nothing to replace, ever
-            cands.append((j, new, info, err, detail))
-        live = [c for c in cands if c[3] is None]
-        scores = dict(zip([c[0] for c in live], sim.judge([_key_text(jobs[c[0]][0], o.fields) for c in live],
-                                                          [_key_text(c[1], o.fields) for c in live])))
-        sketches = dict(zip([c[0] for c in live], index.sketch([_key_text(c[1], o.fields) for c in live])))
-        for j, new, info, err, detail in cands:
-            parent, n_job = jobs[j]
-            pid = parent.get('id') if isinstance(parent.get('id'), (str, int)) else stable_id(parent)
-            score, by, thr = scores.get(j, (None, None, None))
-            if err is None and score < thr:
-                err, detail = 'low similarity', f'{by} {score:.3f} < {thr}'
-            if err is None:
-                err, jac = index.check_sketch(sketches[j])
-                if err: detail = f'shingle Jaccard {jac:.3f}'
-            if err:
-                reason = err.split(':')[0] if err.startswith('llm error') else err
-                st.drop({'parent_id': pid, 'method': method, 'parent': [_get(parent, p) for p, _ in by_job[j]],
-                         'text': [r['text'] for _, r in by_job[j]], **({'similarity': score} if score is not None else {})},
-                        reason, detail=detail or err)
-                continue
-            meta = dict(new.get('meta') or {})
-            meta.update({'parent_id': pid, 'method': method, 'augment_seed': f'{seed}:{n_job}', **info,
-                         'similarity': score, 'similarity_by': by})
-            new['meta'] = meta
-            if 'id' in parent: new['id'] = f'{pid}-aug-{stable_id(_key_text(new, o.fields), 8)}'
-            index.add_sketch(sketches[j])
-            out.append(new); st.count(f'augmented: {method}')
+        barren = _augment_batch(jobs, picks, len(parents), method, seed, o, engine, synonyms, sim, index, st, out)
         if barren:                                       # leave them out of the next rounds (counted once each)
             st.count('not augmented: nothing to replace', len(barren))
             parents = [i for i in parents if i not in barren]

@@ -17,7 +17,7 @@ import typer
 from .core import RecordError, RecordWriter, Stats, is_cjk, read_records, stable_id, text_len, tokenize
 from .config import options
 from .cli import app, fail
-from .taskdata import taskdata_app, _list
+from .classify import taskdata_app, _list
 
 # %% auto #0
 __all__ = ['BalanceOptions', 'balance_options', 'difficulty', 'tier_of', 'parse_mix', 'mix_report', 'Rebalanced', 'rebalance',

@@ -170,6 +170,116 @@ def _clean(text: str) -> str:
     if len(t) > 1 and t[0] in '"“' and t[-1] in '"”': t = t[1:-1].strip()
     return t
 
+# %% ../nbs/04_evol_instruct.ipynb #34596f8b
+def _roots(records) -> list[dict]:
+    "The round-0 pool: one item per instruction record (`_root`), ids made unique."
+    file = records if isinstance(records, (str, Path)) else None
+    pool, seen = [], set()
+    for i, r in enumerate(read_records(records), 1):
+        it = _root(r, i, file)
+        if it['id'] in seen: it['id'] = it['root_id'] = f"{it['id']}#{i}"     # request ids must be unique
+        seen.add(it['id']); pool.append(it)
+    return pool
+
+def _near_dup_index(pool: list[dict], threshold: float) -> NearDupIndex | None:
+    "Every instruction so far, under its root (None when the check is off)."
+    index = NearDupIndex(threshold, ngram=3, cjk_ngram=2) if threshold else None
+    for it in pool:
+        if index is not None: index.add(it['instruction'], it['root_id'])
+    return index
+
+def _originals(pool: list[dict]) -> Iterator[dict]:
+    "The round-0 instructions as Alpaca records (`include_originals`)."
+    for it in pool:
+        r = it['record']
+        yield {'instruction': r['instruction'], 'input': r.get('input') or '', 'output': r.get('output') or '',
+               'meta': {'source': 'evol-instruct', 'id': it['id'], 'root_id': it['id'], 'round': 0, 'operation': None}}
+
+# %% ../nbs/04_evol_instruct.ipynb #b260927a
+def _eliminate(stats: Stats, rnd: int, it: dict, c: dict, reason: str):
+    "Count a failed evolution `c` of pool item `it` with its reason (its parent goes back to the pool: the caller's job)."
+    stats.drop({'instruction': c.get('text'), 'parent': it['instruction']}, reason, round=rnd,
+               operation=c['op'], root_id=it['root_id'], verdicts=c['verdicts'])
+    stats.count(f"failed: {c['op']}")
+
+def _lang(it: dict, o: EvolOptions) -> str:
+    "The prompt language for pool item `it`: the instruction's own (auto) or the one set."
+    return task_lang(it['lang_of']) if o.lang == 'auto' else o.lang
+
+def _evolve_batch(pool, chosen, rnd, generate, o, stats, nxt) -> list[dict]:
+    "Evolve every pool item with its chosen operation (one batch); the candidates that pass rule 4."
+    res = run_batch(generate, [request(f"evol/r{rnd}/{it['id']}/{op}", evol_prompt(it['instruction'], op, _lang(it, o)),
+                                       o.temperature, o.max_tokens) for it, op in zip(pool, chosen)])
+    cands = []
+    for it, op, r in zip(pool, chosen, res):
+        stats.seen()
+        c = {'parent': it, 'op': op, 'res': r, 'verdicts': {}, 'text': None}
+        text = result_text(r)
+        if text is None: _eliminate(stats, rnd, it, c, 'llm error'); nxt.append(it); continue
+        c['text'] = _clean(text)
+        if not c['text']: _eliminate(stats, rnd, it, c, 'empty evolution'); nxt.append(it); continue
+        c['verdicts']['copies_prompt'] = copies_prompt(c['text'])
+        if c['verdicts']['copies_prompt']: _eliminate(stats, rnd, it, c, 'copies the evolving prompt'); nxt.append(it); continue
+        cands.append(c)
+    return cands
+
+# %% ../nbs/04_evol_instruct.ipynb #f24042e1
+def _judge_batch(cands, rnd, generate, o, stats, nxt) -> list[dict]:
+    "Ask the equality question for every candidate (one batch); those that are not equal to their parent (rule 1)."
+    judged = run_batch(generate, [request(f"evol-judge/r{rnd}/{c['parent']['id']}",
+                                          equality_prompt(c['parent']['instruction'], c['text'], _lang(c['parent'], o)),
+                                          o.judge_temperature, 8) for c in cands])
+    kept = []
+    for c, r in zip(cands, judged):
+        eq = parse_equal(result_text(r))
+        c['verdicts']['equal'] = {True: 'equal', False: 'not equal', None: 'unclear'}[eq]
+        if eq is None: stats.count('judge unclear (kept)')
+        if eq: _eliminate(stats, rnd, c['parent'], c, 'no information gain'); nxt.append(c['parent']); continue
+        kept.append(c)
+    return kept
+
+def _respond_batch(kept, rnd, generate, o, stats, nxt) -> list[dict]:
+    "Answer every kept instruction (one batch); those whose answer is neither an apology nor empty of content (rules 2, 3)."
+    answers = run_batch(generate, [request(f"evol-response/r{rnd}/{c['parent']['id']}", c['text'], o.temperature,
+                                           o.max_tokens) for c in kept])
+    survivors = []
+    for c, r in zip(kept, answers):
+        ans = result_text(r)
+        c['response'], c['response_res'] = ans, r
+        if ans is None: _eliminate(stats, rnd, c['parent'], c, 'llm error (response)'); nxt.append(c['parent']); continue
+        c['verdicts']['refusal'] = is_refusal(ans, o.refusal_max_words)
+        c['verdicts']['stopwords_only'] = only_stopwords(ans)
+        if c['verdicts']['refusal']:
+            _eliminate(stats, rnd, c['parent'], c, f'response is an apology (sorry, < {o.refusal_max_words} words)')
+            nxt.append(c['parent']); continue
+        if c['verdicts']['stopwords_only']:
+            _eliminate(stats, rnd, c['parent'], c, 'response only punctuation and stop words'); nxt.append(c['parent']); continue
+        survivors.append(c)
+    return survivors
+
+# %% ../nbs/04_evol_instruct.ipynb #7286f5a6
+def _drop_near_dups(kept, index: NearDupIndex, rnd, stats, nxt) -> list[dict]:
+    "The survivors that are not near-duplicates of an earlier instruction of another lineage; each kept one is indexed."
+    survivors = []
+    for c in kept:
+        dup, sim = index.check(c['text'], exclude=c['parent']['root_id'])
+        c['verdicts']['near_duplicate'] = round(sim, 4) if dup else None
+        if dup: _eliminate(stats, rnd, c['parent'], c, 'near-duplicate of an earlier instruction'); nxt.append(c['parent']); continue
+        index.add(c['text'], c['parent']['root_id']); survivors.append(c)
+    return survivors
+
+def _evolved(c: dict, rnd: int, respond: bool) -> tuple[dict, dict]:
+    "(next round's pool item, Alpaca record with lineage) of a surviving evolution `c`."
+    p = c['parent']
+    nid = 'ev_' + stable_id([p['root_id'], rnd, c['text']], 12)
+    meta = {'source': 'evol-instruct', 'id': nid, 'root_id': p['root_id'], 'parent_id': p['id'],
+            'parent': p['instruction'], 'round': rnd, 'operation': c['op'],
+            'kind': 'in-breadth' if c['op'] in BREADTH_OPS else 'in-depth', 'verdicts': c['verdicts'],
+            **result_source(c['res'])}
+    if respond: meta.update({'response_' + k: v for k, v in result_source(c['response_res']).items()})
+    item = {'id': nid, 'root_id': p['root_id'], 'instruction': c['text'], 'round': rnd, 'lang_of': c['text'], 'record': None}
+    return item, {'instruction': c['text'], 'input': '', 'output': c.get('response') or '', 'meta': meta}
+
 # %% ../nbs/04_evol_instruct.ipynb #654d350e
 def evolve(records, generate, stats: Stats | None = None, opts: EvolOptions | None = None, **overrides) -> Iterator[dict]:
     "Evol-Instruct over instruction `records`: yields evolved Alpaca records (with lineage) round by round."
@@ -177,89 +287,22 @@ def evolve(records, generate, stats: Stats | None = None, opts: EvolOptions | No
         EvolOptions(**{**opts.__dict__, **{k: v for k, v in overrides.items() if v is not None}})
     ops = parse_ops(o.ops)
     stats = stats if stats is not None else Stats('evol-instruct')
-    file = records if isinstance(records, (str, Path)) else None
-    pool, seen = [], set()
-    for i, r in enumerate(read_records(records), 1):
-        it = _root(r, i, file)
-        if it['id'] in seen: it['id'] = it['root_id'] = f"{it['id']}#{i}"     # request ids must be unique
-        seen.add(it['id']); pool.append(it)
+    pool = _roots(records)
     rng = random.Random(o.seed)
-    index = NearDupIndex(o.dedup_threshold, ngram=3, cjk_ngram=2) if o.dedup_threshold else None   # every instruction so far
-    for it in pool:
-        if index is not None: index.add(it['instruction'], it['root_id'])
-    if o.include_originals:
-        for it in pool:
-            r = it['record']
-            yield {'instruction': r['instruction'], 'input': r.get('input') or '', 'output': r.get('output') or '',
-                   'meta': {'source': 'evol-instruct', 'id': it['id'], 'root_id': it['id'], 'round': 0, 'operation': None}}
-    lang = lambda it: task_lang(it['lang_of']) if o.lang == 'auto' else o.lang
+    index = _near_dup_index(pool, o.dedup_threshold)           # every instruction so far
+    if o.include_originals: yield from _originals(pool)
     for rnd in range(1, o.rounds + 1):
         if not pool: break
-        chosen = [pick_op(rng, ops) for _ in pool]
-        res = run_batch(generate, [request(f"evol/r{rnd}/{it['id']}/{op}", evol_prompt(it['instruction'], op, lang(it)),
-                                           o.temperature, o.max_tokens) for it, op in zip(pool, chosen)])
-        cands, nxt = [], []
-        def fail(it, c, reason):
-            stats.drop({'instruction': c.get('text'), 'parent': it['instruction']}, reason, round=rnd,
-                       operation=c['op'], root_id=it['root_id'], verdicts=c['verdicts'])
-            stats.count(f"failed: {c['op']}")
-        for it, op, r in zip(pool, chosen, res):
-            stats.seen()
-            c = {'parent': it, 'op': op, 'res': r, 'verdicts': {}, 'text': None}
-            text = result_text(r)
-            if text is None: fail(it, c, 'llm error'); nxt.append(it); continue
-            c['text'] = _clean(text)
-            if not c['text']: fail(it, c, 'empty evolution'); nxt.append(it); continue
-            c['verdicts']['copies_prompt'] = copies_prompt(c['text'])
-            if c['verdicts']['copies_prompt']: fail(it, c, 'copies the evolving prompt'); nxt.append(it); continue
-            cands.append(c)
-        judged = run_batch(generate, [request(f"evol-judge/r{rnd}/{c['parent']['id']}",
-                                              equality_prompt(c['parent']['instruction'], c['text'], lang(c['parent'])),
-                                              o.judge_temperature, 8) for c in cands])
-        kept = []
-        for c, r in zip(cands, judged):
-            eq = parse_equal(result_text(r))
-            c['verdicts']['equal'] = {True: 'equal', False: 'not equal', None: 'unclear'}[eq]
-            if eq is None: stats.count('judge unclear (kept)')
-            if eq: fail(c['parent'], c, 'no information gain'); nxt.append(c['parent']); continue
-            kept.append(c)
-        if o.respond:
-            answers = run_batch(generate, [request(f"evol-response/r{rnd}/{c['parent']['id']}", c['text'], o.temperature,
-                                                   o.max_tokens) for c in kept])
-            survivors = []
-            for c, r in zip(kept, answers):
-                ans = result_text(r)
-                c['response'], c['response_res'] = ans, r
-                if ans is None: fail(c['parent'], c, 'llm error (response)'); nxt.append(c['parent']); continue
-                c['verdicts']['refusal'] = is_refusal(ans, o.refusal_max_words)
-                c['verdicts']['stopwords_only'] = only_stopwords(ans)
-                if c['verdicts']['refusal']:
-                    fail(c['parent'], c, f'response is an apology (sorry, < {o.refusal_max_words} words)')
-                    nxt.append(c['parent']); continue
-                if c['verdicts']['stopwords_only']:
-                    fail(c['parent'], c, 'response only punctuation and stop words'); nxt.append(c['parent']); continue
-                survivors.append(c)
-            kept = survivors
-        if index is not None:                                # near-duplicates of other roots' instructions (not its own lineage)
-            survivors = []
-            for c in kept:
-                dup, sim = index.check(c['text'], exclude=c['parent']['root_id'])
-                c['verdicts']['near_duplicate'] = round(sim, 4) if dup else None
-                if dup: fail(c['parent'], c, 'near-duplicate of an earlier instruction'); nxt.append(c['parent']); continue
-                index.add(c['text'], c['parent']['root_id']); survivors.append(c)
-            kept = survivors
+        chosen, nxt = [pick_op(rng, ops) for _ in pool], []
+        kept = _evolve_batch(pool, chosen, rnd, generate, o, stats, nxt)
+        kept = _judge_batch(kept, rnd, generate, o, stats, nxt)
+        if o.respond: kept = _respond_batch(kept, rnd, generate, o, stats, nxt)
+        if index is not None: kept = _drop_near_dups(kept, index, rnd, stats, nxt)   # not its own lineage
         for c in kept:
-            p = c['parent']
-            nid = 'ev_' + stable_id([p['root_id'], rnd, c['text']], 12)
-            meta = {'source': 'evol-instruct', 'id': nid, 'root_id': p['root_id'], 'parent_id': p['id'],
-                    'parent': p['instruction'], 'round': rnd, 'operation': c['op'],
-                    'kind': 'in-breadth' if c['op'] in BREADTH_OPS else 'in-depth', 'verdicts': c['verdicts'],
-                    **result_source(c['res'])}
-            if o.respond: meta.update({'response_' + k: v for k, v in result_source(c['response_res']).items()})
+            item, rec = _evolved(c, rnd, o.respond)
             stats.kept(); stats.count(f"evolved: {c['op']}")
-            nxt.append({'id': nid, 'root_id': p['root_id'], 'instruction': c['text'], 'round': rnd, 'lang_of': c['text'],
-                        'record': None})
-            yield {'instruction': c['text'], 'input': '', 'output': c.get('response') or '', 'meta': meta}
+            nxt.append(item)
+            yield rec
         pool = nxt
 
 # %% ../nbs/04_evol_instruct.ipynb #26edead7

@@ -418,6 +418,7 @@ def train_cmd(config: str = typer.Option(None, '--config', '-c', help="A TOML fi
     for s, r in res.items():
         typer.echo(f"stage {s}: {r['global_step']} steps, loss {r['train_loss']:.4f}, lora |B| {r['lora_norm']:.3g} -> {r['final']}")
 
+# %% ../nbs/11a_grpo_train.ipynb #e513e031
 @grpo_app.command('generate')
 def generate_cmd(model: str = typer.Option(..., '--model', '-m', help="A trained model directory (a stage's final)."),
                  n: int = typer.Option(8, '--n', help="How many questions."),
@@ -435,6 +436,7 @@ def generate_cmd(model: str = typer.Option(..., '--model', '-m', help="A trained
     else:
         for q in qs: typer.echo(json.dumps(q, ensure_ascii=False))
 
+# %% ../nbs/11a_grpo_train.ipynb #7d4e9ae6
 @grpo_app.command('score')
 def score_cmd(path: str = typer.Argument(..., help="Questions (jsonl/json/parquet)."),
               field: str = typer.Option('question', help="The field holding the question."),

@@ -578,37 +578,41 @@ class Auditor:
             if len(memo) < self.memo_size: memo[k] = got[k]
         return [got[k] if k in got else memo[k] for k in keys]
 
-    def scan(self, records: Iterable[dict], file: str | None = None, batch_size: int = 256) -> Iterator[dict]:
-        "One finding dict per hit: file, line, field path, kind (pii or toxicity), entity or category, score. No PII text."
-        line = 0
-        for batch in chunked(records, batch_size):
-            where = [(line + j + 1, p, c[k]) for j, r in enumerate(batch) for p, c, k in record_texts(r)]
-            line += len(batch)
-            verdicts = self._verdicts([t for _, _, t in where])
-            for (ln, p, _), (fs, _) in zip(where, verdicts):
-                for e, s, x, v in fs: yield {'file': file, 'line': ln, 'field': p, 'kind': 'pii', 'entity': e, 'start': s, 'end': x, 'score': v}
-            for (ln, p, _), (_, hits) in zip(where, verdicts):
-                for cat, v in hits: yield {'file': file, 'line': ln, 'field': p, 'kind': 'toxicity', 'entity': cat, 'score': v}
+# %% ../nbs/05b_pii.ipynb #f6f02c32
+@patch
+def scan(self: Auditor, records: Iterable[dict], file: str | None = None, batch_size: int = 256) -> Iterator[dict]:
+    "One finding dict per hit: file, line, field path, kind (pii or toxicity), entity or category, score. No PII text."
+    line = 0
+    for batch in chunked(records, batch_size):
+        where = [(line + j + 1, p, c[k]) for j, r in enumerate(batch) for p, c, k in record_texts(r)]
+        line += len(batch)
+        verdicts = self._verdicts([t for _, _, t in where])
+        for (ln, p, _), (fs, _) in zip(where, verdicts):
+            for e, s, x, v in fs: yield {'file': file, 'line': ln, 'field': p, 'kind': 'pii', 'entity': e, 'start': s, 'end': x, 'score': v}
+        for (ln, p, _), (_, hits) in zip(where, verdicts):
+            for cat, v in hits: yield {'file': file, 'line': ln, 'field': p, 'kind': 'toxicity', 'entity': cat, 'score': v}
 
-    def audit_files(self, paths: Iterable[str | os.PathLike], findings: str | os.PathLike | None = None) -> dict:
-        "Scan every file of `paths`; findings go to the JSONL file `findings`; returns counts per file and kind."
-        files, n = {}, 0
-        w = RecordWriter(findings) if findings else None
-        try:
-            for path in paths:
-                c = Counter(); recs = 0
-                def counted(it):
-                    nonlocal recs
-                    for r in it: recs += 1; yield r
-                for f in self.scan(counted(read_records(path, allow_empty=True)), str(path)):
-                    c[f"{f['kind']}:{f['entity']}"] += 1; n += 1
-                    if w: w.write(f)
-                files[str(path)] = {'records': recs, 'findings': sum(c.values()), 'by_type': dict(c.most_common())}
-        finally:
-            if w: w.close()
-        return {'files': files, 'findings': n, 'findings_file': str(findings) if findings else None,
-                'names': self.scrubber.report()['names'],
-                'toxicity_backend': self.tox.backend.name if self.tox is not None else None}
+# %% ../nbs/05b_pii.ipynb #cb8e2a63
+@patch
+def audit_files(self: Auditor, paths: Iterable[str | os.PathLike], findings: str | os.PathLike | None = None) -> dict:
+    "Scan every file of `paths`; findings go to the JSONL file `findings`; returns counts per file and kind."
+    files, n = {}, 0
+    w = RecordWriter(findings) if findings else None
+    try:
+        for path in paths:
+            c = Counter(); recs = 0
+            def counted(it):
+                nonlocal recs
+                for r in it: recs += 1; yield r
+            for f in self.scan(counted(read_records(path, allow_empty=True)), str(path)):
+                c[f"{f['kind']}:{f['entity']}"] += 1; n += 1
+                if w: w.write(f)
+            files[str(path)] = {'records': recs, 'findings': sum(c.values()), 'by_type': dict(c.most_common())}
+    finally:
+        if w: w.close()
+    return {'files': files, 'findings': n, 'findings_file': str(findings) if findings else None,
+            'names': self.scrubber.report()['names'],
+            'toxicity_backend': self.tox.backend.name if self.tox is not None else None}
 
 # %% ../nbs/05b_pii.ipynb #123f72df
 import typer

@@ -375,6 +375,29 @@ def _write_info(out: Path, res: TrainResult, opts, train_recs, extra: dict | Non
     info = {**asdict(res), 'options': asdict(opts), 'train_query_ids': sorted(query_ids(train_recs)), **(extra or {})}
     (out / TRAIN_INFO).write_text(json.dumps(info, ensure_ascii=False, indent=1), encoding='utf-8')
 
+# %% ../nbs/10_retriever_train.ipynb #0c4efb97
+def _mnrl(m, temperature: float):
+    "The contrastive loss for `loss='mnrl'`: in-batch negatives (`MultipleNegativesRankingLoss`), scale 1/temperature."
+    try: from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+    except ImportError: from sentence_transformers.losses import MultipleNegativesRankingLoss
+    return MultipleNegativesRankingLoss(m, scale=1.0 / temperature)
+
+def _batch_loss(m, batch: list[dict], mnrl, temperature: float, dev):
+    "One batch's loss: MNRL on (query, best positive) when `mnrl` is given, else the listwise KL over each padded list."
+    import torch
+    qf = _to(_prep(m, [r['query'] for r in batch]), dev)
+    if mnrl is not None:
+        pf = _to(_prep(m, [r['positive'] for r in batch]), dev)
+        return mnrl([qf, pf], None)
+    n = max(len(r['pos']) for r in batch)
+    mask = torch.tensor([[j < len(r['pos']) for j in range(n)] for r in batch], device=dev)
+    tgt = torch.tensor([r['scores'] + [0.0] * (n - len(r['scores'])) for r in batch], device=dev)
+    qe = m(qf)['sentence_embedding']
+    de = m(_to(_prep(m, [d for r in batch for d in r['pos']]), dev))['sentence_embedding']
+    padded = de.new_zeros(len(batch), n, de.shape[-1])
+    padded[mask] = de
+    return listwise_kl(qe, padded, tgt, mask, temperature)
+
 # %% ../nbs/10_retriever_train.ipynb #f368a943
 def train_retriever(data, out: str | os.PathLike, opts: RetrieverOptions | None = None, stats: Stats | None = None,
                     verbose: bool = True, **overrides) -> TrainResult:
@@ -398,28 +421,11 @@ def train_retriever(data, out: str | os.PathLike, opts: RetrieverOptions | None 
     total = _n_steps(len(train), o.batch_size, o.epochs, o.max_steps)
     opt = torch.optim.AdamW(m.parameters(), lr=o.learning_rate, weight_decay=0.01)
     sched = _schedule(opt, total, o.warmup_ratio)
-    mnrl = None
-    if o.loss == 'mnrl':
-        try: from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
-        except ImportError: from sentence_transformers.losses import MultipleNegativesRankingLoss
-        mnrl = MultipleNegativesRankingLoss(m, scale=1.0 / o.temperature)
+    mnrl = _mnrl(m, o.temperature) if o.loss == 'mnrl' else None
     m.train()
     losses, log = [], []
     for step, idx in enumerate(_batches(len(train), o.batch_size, o.epochs, o.max_steps, o.seed), 1):
-        batch = [train[i] for i in idx]
-        qf = _to(_prep(m, [r['query'] for r in batch]), dev)
-        if mnrl is not None:
-            pf = _to(_prep(m, [r['positive'] for r in batch]), dev)
-            loss = mnrl([qf, pf], None)
-        else:
-            n = max(len(r['pos']) for r in batch)
-            mask = torch.tensor([[j < len(r['pos']) for j in range(n)] for r in batch], device=dev)
-            tgt = torch.tensor([r['scores'] + [0.0] * (n - len(r['scores'])) for r in batch], device=dev)
-            qe = m(qf)['sentence_embedding']
-            de = m(_to(_prep(m, [d for r in batch for d in r['pos']]), dev))['sentence_embedding']
-            padded = de.new_zeros(len(batch), n, de.shape[-1])
-            padded[mask] = de
-            loss = listwise_kl(qe, padded, tgt, mask, o.temperature)
+        loss = _batch_loss(m, [train[i] for i in idx], mnrl, o.temperature, dev)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
         opt.step(); sched.step(); opt.zero_grad()

@@ -6,7 +6,7 @@ Docs: https://dataalchemy.github.io/dataalchemy/review.html.md"""
 
 # %% ../nbs/14a_review.ipynb #9efc0c61
 from __future__ import annotations
-import collections, datetime, getpass, html, json, math, os, random, sys, threading, webbrowser
+import collections, datetime, getpass, html, importlib.resources, json, math, os, random, sys, threading, webbrowser
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -230,121 +230,11 @@ class Labels:
         if self.fd is not None: os.close(self.fd); self.fd = None
 
 # %% ../nbs/14a_review.ipynb #ef68c65b
-PAGE = r"""<!doctype html><html lang="zh-CN"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
-<title>dataalchemy review</title><style>
-body{font-family:system-ui,-apple-system,"Segoe UI","Noto Sans CJK SC","Noto Sans SC","PingFang SC","Microsoft YaHei","WenQuanYi Micro Hei",sans-serif;margin:0;background:#f6f7f9;color:#1d2430}
-header,footer{padding:.5em 1em;background:#1d2430;color:#fff;display:flex;gap:1.5em;align-items:center;flex-wrap:wrap}
-footer{background:#e9ecf1;color:#444;font-size:.85em}main{max-width:60em;margin:0 auto;padding:1em}
-#status.err{color:#ff9a9a}#status.ok{color:#9be39b}.turn{background:#fff;border:1px solid #dde1e7;border-radius:6px;margin:.5em 0;padding:.5em .8em}
-.role{font-size:.75em;text-transform:uppercase;color:#667;letter-spacing:.05em}.text{white-space:pre-wrap;line-height:1.6;overflow-wrap:anywhere}
-.turn.user,.turn.instruction,.turn.input{background:#eef4ff}.turn.system{background:#f3f3f3}
-#verdict{font-weight:bold;padding:.3em .6em;border-radius:4px;display:inline-block}#verdict.pass{background:#d8f5d8}#verdict.fail{background:#ffd9d9}#verdict.none{background:#eee;color:#666}
-#reasons span{margin-right:1em;cursor:pointer}#reasons.fail{background:#fff3c4;padding:.3em;border-radius:4px}#reasons b{font-family:monospace}
-textarea{width:100%;min-height:3em;font:inherit;margin-top:.5em}#done{background:#d8f5d8;padding:.5em;border-radius:4px}
-kbd{background:#fff;border:1px solid #bbb;border-radius:3px;padding:0 .3em;font-size:.9em}button{font:inherit}
-</style></head><body>
-<header><b>dataalchemy review</b><span id="progress">loading…</span><span id="pos"></span><span id="status"></span></header>
-<main><div id="done" hidden></div>
-<p><span id="verdict"></span> <span id="where"></span></p>
-<div id="record"></div>
-<p><button data-key="p">pass <kbd>p</kbd></button> <button data-key="f">fail <kbd>f</kbd></button>
-<button data-key="k">previous <kbd>k</kbd></button> <button data-key="j">next <kbd>j</kbd></button></p>
-<div id="reasons"></div>
-<textarea id="note" placeholder="note: n to write, Enter to keep, Esc to leave"></textarea></main>
-<footer><span><kbd>p</kbd> pass</span><span><kbd>f</kbd> then <kbd>1</kbd>–<kbd>9</kbd> fail with a reason</span>
-<span><kbd>n</kbd> note</span><span><kbd>←</kbd><kbd>→</kbd> / <kbd>k</kbd><kbd>j</kbd> move</span><span><kbd>u</kbd> first unlabelled</span>
-<span id="paths"></span></footer>
-<script>
-"use strict";
-const $ = id => document.getElementById(id);
-let S = null, i = 0, mode = "", noting = false, queue = Promise.resolve();
-const drafts = {};
-const run = f => { queue = queue.then(f).catch(err => status("error: " + err, "err")); };
-const status = (t, c) => { $("status").textContent = t; $("status").className = c || ""; };
-const labelled = () => S.items.filter(it => S.labels[it.key]).length;
-const firstUnlabelled = () => { const k = S.items.findIndex(it => !S.labels[it.key]); return k < 0 ? S.items.length - 1 : k; };
-function show() {
-  const it = S.items[i], l = S.labels[it.key], n = labelled();
-  $("progress").textContent = `${n} / ${S.items.length} labelled`;
-  $("pos").textContent = `record ${i + 1} of ${S.items.length}`;
-  $("where").textContent = `${S.by || "stratum"}: ${it.stratum} · line ${it.line} of ${S.data}`;
-  $("record").innerHTML = it.html;                       // escaped by the server
-  $("verdict").textContent = l ? (l.verdict === "pass" ? "PASS" : "FAIL: " + l.reason) : "not labelled";
-  $("verdict").className = l ? l.verdict : "none";
-  $("note").value = it.key in drafts ? drafts[it.key] : (l && l.note) || "";
-  mode = ""; reasons();
-  $("done").hidden = n < S.items.length;
-  $("done").textContent = `All ${S.items.length} records labelled. The estimate: dataalchemy review --summary ${S.labels_path}`;
-}
-function reasons() {
-  $("reasons").className = mode;
-  $("reasons").replaceChildren((mode === "fail" ? "fail because: " : "reasons: "), ...S.reasons.map((r, k) => {
-    const s = document.createElement("span"); s.dataset.key = String(k + 1);
-    const b = document.createElement("b"); b.textContent = String(k + 1); s.append(b, " " + r); return s; }));
-}
-function go(k) {
-  const it = S.items[i], l = S.labels[it.key], v = $("note").value;
-  if (v !== ((l && l.note) || "")) drafts[it.key] = v;
-  i = Math.max(0, Math.min(S.items.length - 1, k)); show();
-}
-async function post(verdict, reason) {
-  const it = S.items[i], note = $("note").value;
-  status("saving…");
-  let r, j;
-  try {
-    r = await fetch("api/label", {method: "POST", headers: {"Content-Type": "application/json"},
-                                  body: JSON.stringify({key: it.key, verdict, reason, note})});
-    j = await r.json();
-  } catch (err) { status("not saved: the server does not answer", "err"); return false; }
-  if (!r.ok) { status("not saved: " + j.error, "err"); return false; }
-  S.labels[it.key] = j.label; delete drafts[it.key];
-  status(`saved: ${verdict}${reason ? " (" + reason + ")" : ""}`, "ok");
-  return true;
-}
-async function saveNote() {
-  const it = S.items[i], l = S.labels[it.key], v = $("note").value;
-  if (l && v !== (l.note || "")) await post(l.verdict, l.reason); else if (!l) drafts[it.key] = v;
-}
-async function handle(key) {
-  if (mode === "fail") {
-    const k = Number(key);
-    if (Number.isInteger(k) && k >= 1 && k <= S.reasons.length) { if (await post("fail", S.reasons[k - 1])) go(i + 1); else { mode = ""; reasons(); } }
-    else if (key === "Escape") { mode = ""; reasons(); }
-    return;
-  }
-  if (key === "p") { if (await post("pass", null)) go(i + 1); }
-  else if (key === "f") { mode = "fail"; reasons(); }
-  else if (key === "j" || key === "ArrowRight") go(i + 1);
-  else if (key === "k" || key === "ArrowLeft") go(i - 1);
-  else if (key === "u") go(firstUnlabelled());
-}
-const KEYS = new Set(["p", "f", "j", "k", "u", "ArrowRight", "ArrowLeft", "Escape", "1", "2", "3", "4", "5", "6", "7", "8", "9"]);
-document.addEventListener("keydown", e => {
-  if (!S) return;
-  if (e.target === $("note")) {
-    if (e.key === "Escape" || (e.key === "Enter" && !e.shiftKey && !e.isComposing)) { e.preventDefault(); $("note").blur(); run(saveNote); }
-    return;
-  }
-  if (e.ctrlKey || e.metaKey || e.altKey || e.isComposing || noting) return;
-  if (e.key === "n") {
-    e.preventDefault(); noting = true;
-    run(async () => { const t = $("note"); t.focus(); t.setSelectionRange(t.value.length, t.value.length); noting = false; });
-    return;
-  }
-  if (KEYS.has(e.key)) { e.preventDefault(); run(() => handle(e.key)); }
-});
-document.addEventListener("click", e => {
-  const k = e.target.closest("[data-key]");
-  if (!k || !S) return;
-  const key = k.dataset.key;
-  run(async () => { if (/^[1-9]$/.test(key)) mode = "fail"; await handle(key); });
-});
-fetch("api/state").then(r => r.json()).then(s => {
-  S = s; $("paths").textContent = `labels: ${S.labels_path}`;
-  i = S.items.findIndex(it => !S.labels[it.key]); if (i < 0) i = S.items.length - 1;
-  show();
-}).catch(err => status("cannot load the sample: " + err, "err"));
-</script></body></html>"""
+def _page() -> str:
+    "The review page (HTML, CSS and JavaScript in one file), from the package data."
+    return (importlib.resources.files('dataalchemy') / 'templates' / 'review.html').read_text(encoding='utf-8')
+
+PAGE = _page()
 
 # %% ../nbs/14a_review.ipynb #926409d9
 class _Quiet(ThreadingHTTPServer):

@@ -472,6 +472,55 @@ def _opts(opts: SelfInstructOptions | None, **overrides) -> SelfInstructOptions:
 
 def _lang_ok(text: str, lang: str) -> bool: return lang == 'mixed' or task_lang(text) == lang
 
+# %% ../nbs/03_self_instruct.ipynb #73b3398c
+def _round_requests(rnd: int, machine: list[dict], human: list[dict], o: SelfInstructOptions,
+                    rng: random.Random) -> tuple[list[dict], list[list[str]]]:
+    "One round's batch: (requests, the ids of the tasks shown in each prompt)."
+    reqs, shown = [], []
+    for b in range(o.request_batch_size):
+        mach = [m for m in machine if _lang_ok(m['instruction'], o.lang)
+                and (m['meta'].get('classification_prompt', False) or not o.classification_only)]
+        n_m = min(o.num_prompt_instructions - o.num_human_in_prompt, len(mach))
+        tasks = rng.sample(mach, n_m) + rng.sample(human, min(o.num_prompt_instructions - n_m, len(human)))
+        rng.shuffle(tasks)
+        shown.append([t['id'] for t in tasks])
+        nxt = len(tasks) + o.num_new_per_prompt + 1                  # the number after the last task asked for
+        reqs.append(request(f"self-instruct{'-clf' if o.classification_only else ''}/r{rnd}/b{b}",
+                            encode_prompt([t['instruction'] for t in tasks], o.num_new_per_prompt,
+                                          'zh' if o.lang == 'zh' else 'en', o.classification_only),
+                            o.temperature, o.max_tokens, top_p=o.top_p, presence_penalty=o.presence_penalty,
+                            frequency_penalty=o.frequency_penalty, stop=[f'\n{nxt}.', f'\n{nxt} .']))
+    return reqs, shown
+
+# %% ../nbs/03_self_instruct.ipynb #b1f462eb
+def _check_candidate(cand: str, k: int, n_cands: int, cut: bool, ids: list[str], rnd: int, o: SelfInstructOptions,
+                     pool: RougeLPool, stats: Stats) -> tuple[str, float, int] | None:
+    "(task, ROUGE-L, index of the most similar pool task) when the `k`-th task of a reply passes, else None (counted)."
+    stats.seen()
+    if cut and (o.truncated == 'drop_reply' or k == n_cands - 1):
+        stats.drop({'instruction': cand}, 'reply cut at max_tokens', round=rnd); return None
+    if k >= o.num_new_per_prompt:
+        stats.drop({'instruction': cand}, 'more tasks than asked for', round=rnd); return None
+    if cand[:1].isascii() and cand[:1].islower(): cand = cand[0].upper() + cand[1:]
+    ok, why = instruction_filter(cand, o.min_words, o.max_words, o.blacklist)
+    if not ok: stats.drop({'instruction': cand}, why, round=rnd, prompt_ids=ids); return None
+    score, j = pool.most_similar(cand)
+    if score > o.rouge_threshold:
+        stats.drop({'instruction': cand}, f'rouge-l > {o.rouge_threshold}', round=rnd, rouge_l=round(score, 4),
+                   most_similar=pool.texts[j] if j >= 0 else None)
+        return None
+    return cand, score, j
+
+def _machine_task(cand: str, score: float, j: int, rnd: int, ids: list[str], res, o: SelfInstructOptions,
+                  pool: RougeLPool, pool_ids: list[str]) -> dict:
+    "A new machine task with its lineage: prompt ids, ROUGE-L and the closest pool task, round, backend and model."
+    tid = 'si_' + stable_id(cand, 12)
+    return {'id': tid, 'instruction': cand,
+            'meta': {'source': 'self-instruct', 'task_id': tid, 'round': rnd, 'prompt_ids': ids,
+                     'rouge_l': round(score, 4), 'most_similar': pool.texts[j] if j >= 0 else None,
+                     'most_similar_id': pool_ids[j] if j >= 0 else None, **result_source(res),
+                     **({'classification_prompt': True} if o.classification_only else {})}}
+
 # %% ../nbs/03_self_instruct.ipynb #601908b9
 def bootstrap_instructions(generate, num: int, seeds=None, machine: list[dict] | None = None,
                            opts: SelfInstructOptions | None = None, stats: Stats | None = None,
@@ -490,20 +539,8 @@ def bootstrap_instructions(generate, num: int, seeds=None, machine: list[dict] |
     if not human: raise ValueError(f"no {'classification ' if o.classification_only else ''}seed tasks in language {o.lang!r}")
     rnd, stall, n_rounds = max([m['meta'].get('round', 0) for m in machine], default=0), 0, 0
     while len(machine) < num and stall < o.patience:
-        rnd += 1; n_rounds += 1; reqs, shown = [], []
-        for b in range(o.request_batch_size):
-            mach = [m for m in machine if _lang_ok(m['instruction'], o.lang)
-                    and (m['meta'].get('classification_prompt', False) or not o.classification_only)]
-            n_m = min(o.num_prompt_instructions - o.num_human_in_prompt, len(mach))
-            tasks = rng.sample(mach, n_m) + rng.sample(human, min(o.num_prompt_instructions - n_m, len(human)))
-            rng.shuffle(tasks)
-            shown.append([t['id'] for t in tasks])
-            nxt = len(tasks) + o.num_new_per_prompt + 1                  # the number after the last task asked for
-            reqs.append(request(f"self-instruct{'-clf' if o.classification_only else ''}/r{rnd}/b{b}",
-                                encode_prompt([t['instruction'] for t in tasks], o.num_new_per_prompt,
-                                              'zh' if o.lang == 'zh' else 'en', o.classification_only),
-                                o.temperature, o.max_tokens, top_p=o.top_p, presence_penalty=o.presence_penalty,
-                                frequency_penalty=o.frequency_penalty, stop=[f'\n{nxt}.', f'\n{nxt} .']))
+        rnd += 1; n_rounds += 1
+        reqs, shown = _round_requests(rnd, machine, human, o, rng)
         added = 0
         for res, ids in zip(run_batch(generate, reqs), shown):
             text = result_text(res)
@@ -512,27 +549,11 @@ def bootstrap_instructions(generate, num: int, seeds=None, machine: list[dict] |
             cut = getattr(res, 'finish_reason', None) == 'length'
             for k, cand in enumerate(cands):
                 if len(machine) >= num: break
-                stats.seen()
-                if cut and (o.truncated == 'drop_reply' or k == len(cands) - 1):
-                    stats.drop({'instruction': cand}, 'reply cut at max_tokens', round=rnd); continue
-                if k >= o.num_new_per_prompt:
-                    stats.drop({'instruction': cand}, 'more tasks than asked for', round=rnd); continue
-                if cand[:1].isascii() and cand[:1].islower(): cand = cand[0].upper() + cand[1:]
-                ok, why = instruction_filter(cand, o.min_words, o.max_words, o.blacklist)
-                if not ok: stats.drop({'instruction': cand}, why, round=rnd, prompt_ids=ids); continue
-                score, j = pool.most_similar(cand)
-                near = pool.texts[j] if j >= 0 else None
-                if score > o.rouge_threshold:
-                    stats.drop({'instruction': cand}, f'rouge-l > {o.rouge_threshold}', round=rnd, rouge_l=round(score, 4),
-                               most_similar=near)
-                    continue
-                tid = 'si_' + stable_id(cand, 12)
-                machine.append({'id': tid, 'instruction': cand,
-                                'meta': {'source': 'self-instruct', 'task_id': tid, 'round': rnd, 'prompt_ids': ids,
-                                         'rouge_l': round(score, 4), 'most_similar': near,
-                                         'most_similar_id': pool_ids[j] if j >= 0 else None, **result_source(res),
-                                         **({'classification_prompt': True} if o.classification_only else {})}})
-                pool.add(cand); pool_ids.append(tid); stats.kept(); added += 1
+                ok = _check_candidate(cand, k, len(cands), cut, ids, rnd, o, pool, stats)
+                if ok is None: continue
+                task = _machine_task(*ok, rnd, ids, res, o, pool, pool_ids)
+                machine.append(task)
+                pool.add(task['instruction']); pool_ids.append(task['id']); stats.kept(); added += 1
         stall = 0 if added else stall + 1
     stats.count('rounds', n_rounds)
     return machine

@@ -9,7 +9,7 @@ import json
 import pytest
 
 import dataalchemy.llm as L
-import dataalchemy.taskdata as td
+import dataalchemy.classify as td
 from dataalchemy.testing import FakeOpenAI, last_user
 
 POS, NEG = 'Positive', 'Negative'

@@ -23,6 +23,8 @@ def test_every_module_and_data_file_is_in_the_wheel(wheel):
     for py in pkg.rglob("*.py"):
         assert f"dataalchemy/{py.relative_to(pkg).as_posix()}" in names, py
     assert "dataalchemy/settings.ini" in names
+    for f in (pkg / "templates").rglob("*"):                 # the review page
+        if f.is_file(): assert f"dataalchemy/templates/{f.relative_to(pkg / 'templates').as_posix()}" in names, f
     for f in (ROOT / "examples").rglob("*"):                  # the notebooks' examples ship too (Colab has no checkout)
         if f.is_file(): assert f"dataalchemy/examples/{f.relative_to(ROOT / 'examples').as_posix()}" in names, f
     for f in (ROOT / "data").rglob("*"):
