@@ -14,7 +14,8 @@ the driver's peak resident set (`VmHWM`, read every 50 ms until it exits: the pr
 and the index) and that peak per million records above the start-up peak (a 10-record job); the largest sum of the
 resident sets of the driver and its worker processes (sampled; each worker holds one chunk's arrays, whatever the
 input size); records kept. `--scale 0.1` makes the sets ten times smaller (a quick
-check).
+check). The jobs run in the temporary folder, so `PYTHONPATH=OTHER_CHECKOUT python bench/dedup_memory.py` measures
+another version of the package (e.g. a worktree of an earlier commit).
 """
 from __future__ import annotations
 import argparse, gzip, json, shutil, subprocess, sys, tempfile, time
@@ -89,12 +90,13 @@ def _children(pid: int) -> list[int]:
     except OSError: return []
 
 
-def run(args: list[str]) -> tuple[float, int, int, int, str]:
+def run(args: list[str], cwd: Path) -> tuple[float, int, int, int, str]:
     """Run `dataalchemy` in a fresh process: (seconds, the driver's peak RSS (VmHWM, sampled until it exits), the
     largest sum of RSS over the driver and its workers (sampled every 50 ms), exit status, output)."""
     t = time.perf_counter()
     out = tempfile.TemporaryFile()
-    p = subprocess.Popen([sys.executable, '-c', 'from dataalchemy.cli import main; main()', *args], stdout=out, stderr=subprocess.STDOUT)
+    p = subprocess.Popen([sys.executable, '-c', 'from dataalchemy.cli import main; main()', *args], stdout=out, stderr=subprocess.STDOUT,
+                         cwd=cwd)   # not the checkout: `python -c` would import the package from the current folder
     hwm = total = 0
     while p.poll() is None:
         hwm = max(hwm, _status(p.pid, 'VmHWM'))
@@ -117,7 +119,7 @@ def main():
     try:
         tiny = tmp / 'tiny.jsonl'
         tiny.write_text(''.join(json.dumps({'id': i, 'instruction': f'record {i}', 'output': 'x'}) + '\n' for i in range(10)))
-        base = run(['dedup', str(tiny), str(tmp / 'tiny.out.jsonl'), '--workers', str(a.workers)])[1]
+        base = run(['dedup', str(tiny), str(tmp / 'tiny.out.jsonl'), '--workers', str(a.workers)], tmp)[1]
         print(f'start-up peak of the driver (10 records): {base / 2**20:.0f} MiB; "per million" below counts the peak above it', flush=True)
         for name in a.sets.split(','):
             make, size = makers[name]
@@ -128,7 +130,7 @@ def main():
             for mode in a.modes.split(','):
                 flag = {'verify': ['--verify'], 'no-verify': ['--no-verify'], 'strict': ['--verify', '--strict-clusters']}[mode]
                 out = tmp / f'{name}.{mode}.jsonl'
-                secs, rss, total, rc, text = run(['dedup', str(src), str(out), '--fields', fields, '--workers', str(a.workers), *flag])
+                secs, rss, total, rc, text = run(['dedup', str(src), str(out), '--fields', fields, '--workers', str(a.workers), *flag], tmp)
                 if rc: print(text[-2000:])
                 kept = sum(1 for _ in open(out, encoding='utf-8')) if out.exists() else 0
                 print(f'  {mode:9}: {secs:6.0f} s  driver peak {rss / 2**20:6.0f} MiB ({(rss - base) / 2**20 / (n / 1e6):5.0f} MiB per million '

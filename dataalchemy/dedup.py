@@ -760,15 +760,20 @@ class _Sets:
             if got != hi - lo: raise OSError('dedup: the temporary shingle-set file was cut short')
         return buf, out_off
 
-    def jaccard(self, u: np.ndarray, v: np.ndarray, block: int = 1 << 15) -> np.ndarray:
-        "Exact Jaccard of the sets of texts `u[i]` and `v[i]`, block by block: only a block's sets are in memory (no file mapping)."
+    def jaccard(self, u: np.ndarray, v: np.ndarray, block: int = 1 << 15, max_vals: int = 1 << 21) -> np.ndarray:
+        "Exact Jaccard of the sets of texts `u[i]` and `v[i]`, block by block (at most `block` pairs and about `max_vals` set values, 16 MB): only a block's sets are in memory (no file mapping)."
         u, v = np.asarray(u, np.int64), np.asarray(v, np.int64)
         out = np.empty(len(u))
-        for s in range(0, len(u), block):
-            ub, vb = u[s:s + block], v[s:s + block]
+        work = np.cumsum(self.size(u) + self.size(v)) if len(u) else np.zeros(0, np.int64)
+        s = 0
+        while s < len(u):
+            e = int(np.searchsorted(work, (work[s - 1] if s else 0) + max_vals, 'right'))
+            e = min(len(u), s + block, max(e, s + 1))
+            a, s = s, e
+            ub, vb = u[a:e], v[a:e]
             t = np.unique(np.r_[ub, vb])
             vals, off = self.read(t)
-            out[s:s + block] = pair_jaccard(vals, off, np.searchsorted(t, ub), np.searchsorted(t, vb))
+            out[a:e] = pair_jaccard(vals, off, np.searchsorted(t, ub), np.searchsorted(t, vb))
         return out
 
     def close(self): self.f.close()
@@ -1090,6 +1095,8 @@ def cosine_edges(emb: np.ndarray, threshold: float, block: int = 2048) -> tuple[
     if not us: return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
     return np.concatenate(us), np.concatenate(vs), np.concatenate(cs)
 
+
+# %% ../nbs/06_dedup.ipynb #931692fe
 def _embed_pass(src, fl: list[str], score_field: str, model, batch_size: int, stats: Stats, chunk: int = 4096) -> tuple:
     "First pass of `semantic_dedup`: embeddings, token counts, scores and ids of every record, texts embedded `chunk` at a time (no record kept)."
     embs, ntok, score, ids, buf = [], [], [], [], []
