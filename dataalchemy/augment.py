@@ -10,9 +10,9 @@ import asyncio, copy, dataclasses, os, random, re, shutil, tempfile, warnings
 from collections import Counter, defaultdict
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
-from .core import Stats, has_cjk, normalize, read_records, stable_id, tokenize, write_records
+from .core import RecordStore, RecordWriter, Stats, has_cjk, normalize, read_records, stable_id, tokenize, write_records
 import numpy as np
 from .dedup import NearDupIndex, Shingler, band_keys, lsh_params, minhash_signatures
 from .llm import run_sync
@@ -27,7 +27,7 @@ __all__ = ['METHODS', 'SIMILARITY', 'EDA_OPS', 'PROTECTED_TERMS', 'WORDNET_FILES
            'synonym_replace', 'eda', 'mask', 'unmask', 'lang_of', 'translate_request', 'paraphrase_request',
            'back_translate', 'paraphrase', 'GoogleTranslator', 'StreamDupIndex', 'lexical_similarity',
            'minilm_available', 'SimilarityCheck', 'answer_terms', 'record_terms', 'augment_texts', 'resolve_method',
-           'augment_dataset', 'augment_cmd']
+           'iter_augment', 'augment_dataset', 'augment_cmd']
 
 # %% ../nbs/07_augment.ipynb #408f51f4
 METHODS = ('auto', 'paraphrase', 'backtranslate', 'synonym', 'eda')
@@ -1013,18 +1013,22 @@ def resolve_method(method: str, engine=None):
     return method, engine
 
 # %% ../nbs/07_augment.ipynb #1d0c2aef
-def _parents(recs: list[dict], o: AugmentOpts, st: Stats, index) -> list[int]:
-    "Indices of the records that may be parents (code and math tasks only with `force`); every record's text goes into `index`."
-    keys, parents = [], []
-    for i, r in enumerate(recs):
+def _pass_through(records, o: AugmentOpts, st: Stats, index, store: RecordStore, parents: list[int]) -> Iterator[dict]:
+    """Yield the input records as they are read. Every record's text goes into the near-duplicate `index` (so a
+    candidate that repeats an original is caught too); the records that may be parents (code and math tasks only with
+    `force`) go into `store`, their numbers into `parents`."""
+    keys = []
+    for r in read_records(records):
+        st.seen(); yield r
         key = _key_text(r, o.fields)
         if key: keys.append(key)
+        if len(keys) >= 4096: index.add_many(keys); keys = []
         kind = task_kind(r)
-        if kind and not o.force: st.count(f'not augmented: {kind} task'); continue
-        if not key: st.count('not augmented: no text field'); continue
-        parents.append(i)
+        if kind and not o.force: st.count(f'not augmented: {kind} task')
+        elif not key: st.count('not augmented: no text field')
+        else: parents.append(store.add(r))
     index.add_many(keys)
-    return parents
+
 
 # %% ../nbs/07_augment.ipynb #c3d8290f
 def _reword(jobs: list[tuple], n_parents: int, method: str, seed, o: AugmentOpts, engine, synonyms) -> tuple[list, dict]:
@@ -1104,39 +1108,51 @@ def _augment_batch(jobs: list[tuple], picks: list[int], n_parents: int, method: 
     return barren
 
 # %% ../nbs/07_augment.ipynb #f61138eb
+def iter_augment(records, target_size: int | None = None, method: str | None = None, seed: int = 0, engine=None,
+                 stats: Stats | None = None, opts: AugmentOpts | None = None, synonyms: WordNetSynonyms | None = None,
+                 similarity: SimilarityCheck | None = None, index=None, factor: float | None = None, **overrides) -> Iterator[dict]:
+    """`augment_dataset` as a stream: the input records pass through as they are read (the parents wait on disk in a
+    `RecordStore`), then the augmented records follow, batch by batch. The target is `target_size`, or `factor` times
+    the input's size once it is known."""
+    o = opts or options(AugmentOpts, 'augment', method=method, **overrides)
+    st = stats if stats is not None else Stats('augment')
+    index = index if index is not None else StreamDupIndex(o.near_threshold, o.ngram)
+    with RecordStore() as store:
+        parents, n = [], 0
+        for r in _pass_through(records, o, st, index, store, parents): n += 1; yield r
+        target = int(target_size) if target_size else round(n * float(factor or 1.0))
+        made = yield from _augment_rounds(store, parents, target - n, seed, engine, o, synonyms, similarity, index, st)
+    if n + made < target: st.count('short of target', target - n - made)
+    st.kept(n + made)
+
+def _augment_rounds(store: RecordStore, parents: list[int], want: int, seed, engine, o: AugmentOpts, synonyms, similarity,
+                    index, st: Stats) -> Iterator[dict]:
+    "Yield up to `want` augmented records, in rounds over the shuffled `parents` (numbers in `store`); returns how many."
+    if want <= 0 or not parents: return 0
+    method = o.method
+    if method in ('auto', 'paraphrase') or (method == 'backtranslate' and o.translator == 'llm'):
+        method, engine = resolve_method(method, engine)
+    sim = similarity or SimilarityCheck(o.similarity, o.min_cosine, o.min_lexical)
+    random.Random(f'augment:{seed}').shuffle(parents)
+    budget, k, made = max(1, o.max_attempts) * want, 0, 0
+    while made < want and k < budget and parents:
+        n = min(want - made, budget - k, o.batch_size)
+        picks = [parents[(k + j) % len(parents)] for j in range(n)]
+        jobs = [(store[i], k + j) for j, i in enumerate(picks)]
+        k, out = k + n, []
+        barren = _augment_batch(jobs, picks, len(parents), method, seed, o, engine, synonyms, sim, index, st, out)
+        made += len(out); yield from out
+        if barren:                                       # leave them out of the next rounds (counted once each)
+            st.count('not augmented: nothing to replace', len(barren))
+            parents = [i for i in parents if i not in barren]
+    return made
+
 def augment_dataset(records, target_size: int, method: str | None = None, seed: int = 0, engine=None,
                     stats: Stats | None = None, opts: AugmentOpts | None = None, synonyms: WordNetSynonyms | None = None,
                     similarity: SimilarityCheck | None = None, index=None, **overrides) -> list[dict]:
     "The input records plus augmented ones, up to `target_size`; candidates that lose a protected span, drift from their parent or duplicate a record are dropped and counted in `stats`."
-    o = opts or options(AugmentOpts, 'augment', method=method, **overrides)
-    st = stats if stats is not None else Stats('augment')
-    recs = list(read_records(records))
-    st.seen(len(recs))
-    out = list(recs)
-    want = target_size - len(out)
-    if want <= 0:
-        st.kept(len(out)); return out
-    method = o.method
-    if method in ('auto', 'paraphrase') or (method == 'backtranslate' and o.translator == 'llm'):
-        method, engine = resolve_method(method, engine)
-    index = index if index is not None else StreamDupIndex(o.near_threshold, o.ngram)
-    sim = similarity or SimilarityCheck(o.similarity, o.min_cosine, o.min_lexical)
-    parents = _parents(recs, o, st, index)
-    rng = random.Random(f'augment:{seed}')
-    rng.shuffle(parents)
-    budget, k = max(1, o.max_attempts) * want, 0
-    while len(out) < target_size and k < budget and parents:
-        n = min(target_size - len(out), budget - k, o.batch_size)
-        picks = [parents[(k + j) % len(parents)] for j in range(n)]
-        jobs = [(recs[i], k + j) for j, i in enumerate(picks)]
-        k += n
-        barren = _augment_batch(jobs, picks, len(parents), method, seed, o, engine, synonyms, sim, index, st, out)
-        if barren:                                       # leave them out of the next rounds (counted once each)
-            st.count('not augmented: nothing to replace', len(barren))
-            parents = [i for i in parents if i not in barren]
-    if len(out) < target_size: st.count('short of target', target_size - len(out))
-    st.kept(len(out))
-    return out
+    return list(iter_augment(records, target_size, method, seed, engine, stats, opts, synonyms, similarity, index, **overrides))
+
 
 # %% ../nbs/07_augment.ipynb #347616a4
 import typer
@@ -1171,8 +1187,8 @@ def augment_cmd(inp: Path = typer.Argument(..., help="Input records (jsonl, json
         from dataalchemy.llm import Engine
         engine = Engine(settings=s, **llm)
     with Stats('augment', rejected=rejected) as st:
-        try: recs = augment_dataset(read_records(inp), target_size, seed=seed, engine=engine, stats=st, opts=o)
+        try:
+            with RecordWriter(out) as w: n = w.write_all(iter_augment(inp, target_size, seed=seed, engine=engine, stats=st, opts=o))
         except ValueError as e: fail(e, 2)
-        write_records(recs, out)
     typer.echo(st.table())
-    if len(recs) < target_size: typer.echo(f'warning: only {len(recs)} of {target_size} records (see the counts above)', err=True)
+    if n < target_size: typer.echo(f'warning: only {n} of {target_size} records (see the counts above)', err=True)

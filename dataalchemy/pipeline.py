@@ -533,12 +533,11 @@ def semantic_step(records, stats, ctx, fields='instruction,input,output', thresh
 
 def augment_step(records, stats, ctx, factor=None, target_size=None, seed=0, **opts):
     "Add augmented variants up to `target_size` records (or `factor` x the input); near duplicates of existing ones dropped."
-    from dataalchemy.augment import AugmentOpts, augment_dataset
-    recs = list(records)
-    n = int(target_size) if target_size else round(len(recs) * float(factor or 1.0))
+    from dataalchemy.augment import AugmentOpts, iter_augment
     o = AugmentOpts(**opts)
     llm = o.uses_llm                                  # auto/paraphrase with an endpoint, LLM translation or synonyms
-    yield from augment_dataset(recs, n, seed=seed, engine=ctx.engine if llm else None, stats=stats, opts=o)
+    yield from iter_augment(records, int(target_size or 0) or None, seed=seed, engine=ctx.engine if llm else None, stats=stats,
+                            opts=o, factor=float(factor or 1.0))     # inputs stream through; parents wait on disk
 
 def topk_step(records, stats, ctx, corpus='ingest', decontaminate=None, **opts):
     "Branch: CLaRa top-k records from the QA records, negatives drawn from the chunks of stage `corpus`; `decontaminate`: its options, for the documents too."

@@ -81,6 +81,21 @@ def test_task_kind():
     assert [aug.task_kind(r) for r in DATA] == [None, None, None, None, 'code', 'math']
 
 
+def test_iter_augment_streams(syn, tmp_path):
+    "Input records come out as they are read (the rest of the input not yet read), the augmented ones after; `factor` sets the target; a file works as input."
+    read = []
+    def source():
+        for r in DATA: read.append(r['id']); yield r
+    it = aug.iter_augment(source(), method='synonym', seed=0, synonyms=syn, factor=2.0)
+    assert next(it) == DATA[0] and read == ['en1']
+    out = [DATA[0], *it]
+    assert out == aug.augment_dataset(DATA, 2 * len(DATA), method='synonym', seed=0, synonyms=syn)
+    write_records(DATA, tmp_path / 'd.jsonl')
+    st = Stats('augment')
+    assert list(aug.iter_augment(str(tmp_path / 'd.jsonl'), 9, method='synonym', seed=0, synonyms=syn, stats=st)) == out[:9]
+    assert st.n_in == len(DATA) and st.n_out == 9
+
+
 def test_augment_dataset_synonym(syn):
     st = Stats('augment')
     out = aug.augment_dataset(DATA, 14, method='synonym', seed=0, stats=st, synonyms=syn)
