@@ -78,20 +78,21 @@ class Request:
         "Everything that determines the reply (the id is a hash of this)."
         return {'messages': self.messages, **self.params(), **({'task': self.task, 'data': self.data} if self.task else {})}
 
-    @classmethod
-    def coerce(cls, x, file=None, line=None) -> 'Request':
-        "A `Request` from a Request, a prompt string, or a dict with `messages` or `prompt` (a bad dict raises `RecordError`)."
-        if isinstance(x, cls): return x
-        if isinstance(x, str): return cls(x)
-        if not isinstance(x, dict): raise RecordError(f"expected a request dict, got {type(x).__name__}", file, line)
-        kw = {k: x[k] for k in ('id', 'task', 'data', *PARAMS) if x.get(k) is not None}
-        msgs = x.get('messages')
-        if msgs is None and x.get('prompt') is not None:
-            msgs = ([{'role': 'system', 'content': x['system']}] if x.get('system') else []) + [{'role': 'user', 'content': x['prompt']}]
-        if msgs is None and not kw.get('task'):
-            raise RecordError("needs `messages` (a list of {'role','content'}) or `prompt` (a string)", file, line, 'messages')
-        try: return cls(msgs, **kw)
-        except (ValueError, TypeError) as e: raise RecordError(str(e), file, line, 'messages') from None
+# %% ../nbs/02_llm.ipynb #75be4257
+@patch(cls_method=True)
+def coerce(cls: Request, x, file=None, line=None) -> 'Request':
+    "A `Request` from a Request, a prompt string, or a dict with `messages` or `prompt` (a bad dict raises `RecordError`)."
+    if isinstance(x, cls): return x
+    if isinstance(x, str): return cls(x)
+    if not isinstance(x, dict): raise RecordError(f"expected a request dict, got {type(x).__name__}", file, line)
+    kw = {k: x[k] for k in ('id', 'task', 'data', *PARAMS) if x.get(k) is not None}
+    msgs = x.get('messages')
+    if msgs is None and x.get('prompt') is not None:
+        msgs = ([{'role': 'system', 'content': x['system']}] if x.get('system') else []) + [{'role': 'user', 'content': x['prompt']}]
+    if msgs is None and not kw.get('task'):
+        raise RecordError("needs `messages` (a list of {'role','content'}) or `prompt` (a string)", file, line, 'messages')
+    try: return cls(msgs, **kw)
+    except (ValueError, TypeError) as e: raise RecordError(str(e), file, line, 'messages') from None
 
 # %% ../nbs/02_llm.ipynb #ca82d8d1
 @dataclass
@@ -251,35 +252,37 @@ class AdaptiveLimit:
             self.in_flight += 1
         return time.monotonic()
 
-    async def release(self, t0: float, outcome: str, work: float = 1.0, timed_out: bool = False):
-        "`outcome`: 'ok' (with its `work`, e.g. output tokens), 'overload' (cut; `timed_out` caps too) or 'other' (no change)."
-        now = time.monotonic()
-        if self.adaptive:
-            if outcome == 'overload' and t0 > self._last_cut:
-                if timed_out: self.ceiling = max(1, min(self.ceiling, math.ceil(self.limit) - 1))
-                self.limit, self.slow_start, self._last_cut = max(1.0, min(self.limit / 2, self.ceiling)), False, now
-                self.cuts += 1
-            elif outcome == 'ok':
-                latency = now - t0
-                rate = latency / max(work, 1e-9)
-                self.base = min(self.base, rate)
-                if latency < self.timeout / 4 or (rate <= 1.25 * self.base and latency < self.timeout / 2):
-                    self.limit += 1 if self.slow_start else 1 / self.limit
-                elif latency < self.timeout / 2: self.slow_start = False; self.limit += 1 / self.limit
-                else:
-                    self.slow_start = False
-                    if not self.warned:
-                        self.warned = True
-                        log.warning('a reply took %.0f s, more than half the timeout (%g s): no more requests are added in '
-                                    'flight; raise the timeout (--timeout) or lower max_tokens if the server can take more',
-                                    latency, self.timeout)
-                self.limit = max(1.0, min(self.limit, float(self.maximum), float(self.ceiling)))
-                self.peak = max(self.peak, self.limit)
-        async with self._cond:
-            self.in_flight -= 1
-            self._cond.notify_all()
-
     def __repr__(self): return f'AdaptiveLimit({self.limit:.1f} of {self.maximum}, {self.in_flight} in flight, {self.cuts} cuts)'
+
+# %% ../nbs/02_llm.ipynb #6a2dfaf9
+@patch
+async def release(self: AdaptiveLimit, t0: float, outcome: str, work: float = 1.0, timed_out: bool = False):
+    "`outcome`: 'ok' (with its `work`, e.g. output tokens), 'overload' (cut; `timed_out` caps too) or 'other' (no change)."
+    now = time.monotonic()
+    if self.adaptive:
+        if outcome == 'overload' and t0 > self._last_cut:
+            if timed_out: self.ceiling = max(1, min(self.ceiling, math.ceil(self.limit) - 1))
+            self.limit, self.slow_start, self._last_cut = max(1.0, min(self.limit / 2, self.ceiling)), False, now
+            self.cuts += 1
+        elif outcome == 'ok':
+            latency = now - t0
+            rate = latency / max(work, 1e-9)
+            self.base = min(self.base, rate)
+            if latency < self.timeout / 4 or (rate <= 1.25 * self.base and latency < self.timeout / 2):
+                self.limit += 1 if self.slow_start else 1 / self.limit
+            elif latency < self.timeout / 2: self.slow_start = False; self.limit += 1 / self.limit
+            else:
+                self.slow_start = False
+                if not self.warned:
+                    self.warned = True
+                    log.warning('a reply took %.0f s, more than half the timeout (%g s): no more requests are added in '
+                                'flight; raise the timeout (--timeout) or lower max_tokens if the server can take more',
+                                latency, self.timeout)
+            self.limit = max(1.0, min(self.limit, float(self.maximum), float(self.ceiling)))
+            self.peak = max(self.peak, self.limit)
+    async with self._cond:
+        self.in_flight -= 1
+        self._cond.notify_all()
 
 # %% ../nbs/02_llm.ipynb #f8facb72
 class _Progress:
@@ -557,7 +560,7 @@ async def _send(self: Engine, req: Request, params: dict, res: Result, key: str 
     res.latency = time.perf_counter() - t0
     return res
 
-# %% ../nbs/02_llm.ipynb #e848581e
+# %% ../nbs/02_llm.ipynb #5b09a4c0
 @patch
 def _by_id(self: Engine, reqs: list[Request]) -> dict[str, Request]:
     "The requests by id, in order; an id repeated with other content is an error."
@@ -568,6 +571,7 @@ def _by_id(self: Engine, reqs: list[Request]) -> dict[str, Request]:
         else: first[r.id] = r
     return first
 
+# %% ../nbs/02_llm.ipynb #e848581e
 @patch
 async def agenerate(self: Engine, requests: Iterable, out: str | os.PathLike | None = None, desc: str | None = None) -> list[Result]:
     "Run `requests` concurrently; results in request order. With `out`, stream records to that JSONL and resume from it."
