@@ -8,17 +8,23 @@ Docs: https://dataalchemy.github.io/dataalchemy/backends.html.md"""
 from __future__ import annotations
 import asyncio, base64, concurrent.futures, email.utils, importlib, logging, os, re, time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import Callable, Protocol
 from fastcore.basics import patch
 from .cache import _content_text, approx_tokens
-if TYPE_CHECKING: from dataalchemy.llm import Request
 
 log = logging.getLogger('dataalchemy.llm')   # the engine's logger: one name configures the engine and its backends
 
 # %% auto #0
-__all__ = ['log', 'OFFLINE_MODEL', 'TASKS', 'BUILTIN_TASKS', 'BACKENDS', 'run_sync', 'Task', 'register_task', 'get_task',
-           'known_tasks', 'LLMError', 'error_reason', 'redact', 'OfflineBackend', 'embedding_problem', 'OnePromptOnly',
-           'OpenAIBackend', 'TransformersBackend', 'backend_kind', 'make_backend']
+__all__ = ['log', 'OFFLINE_MODEL', 'TASKS', 'BUILTIN_TASKS', 'BACKENDS', 'ChatRequest', 'run_sync', 'Task', 'register_task',
+           'get_task', 'known_tasks', 'LLMError', 'error_reason', 'redact', 'OfflineBackend', 'embedding_problem',
+           'OnePromptOnly', 'OpenAIBackend', 'TransformersBackend', 'backend_kind', 'make_backend']
+
+# %% ../nbs/02c_backends.ipynb #f3c1b2fe
+class ChatRequest(Protocol):
+    "What a backend reads from a request: the chat `messages` and, for the offline backend, a `task` with its `data`."
+    messages: list[dict]
+    task: str | None
+    data: dict | None
 
 # %% ../nbs/02c_backends.ipynb #8dcbce58
 def run_sync(coro):
@@ -122,7 +128,7 @@ class OfflineBackend:
     async def open(self): pass
     async def close(self): pass
 
-    async def complete(self, req: Request, params: dict) -> dict:
+    async def complete(self, req: ChatRequest, params: dict) -> dict:
         t = get_task(req.task)
         if t is None or t.offline is None:
             can = known_tasks(offline=True)
@@ -231,7 +237,7 @@ def _error(self: OpenAIBackend, e: Exception, model: str | None = None, setting:
 
 # %% ../nbs/02c_backends.ipynb #6c875618
 @patch
-async def complete(self: OpenAIBackend, req: Request, params: dict) -> dict:
+async def complete(self: OpenAIBackend, req: ChatRequest, params: dict) -> dict:
     import openai, httpx
     try:
         r = await self.client.post('/chat/completions', body={'model': self.model, 'messages': req.messages, **params},
@@ -343,7 +349,7 @@ def _prompt(self: TransformersBackend, messages: list[dict]) -> str:
     return ''.join(f"{m['role']}: {_content_text(m['content'])}\n" for m in messages) + 'assistant:'
 
 @patch
-def _generate(self: TransformersBackend, req: Request, params: dict) -> dict:
+def _generate(self: TransformersBackend, req: ChatRequest, params: dict) -> dict:
     import torch
     tok, model = self._tok, self._model
     enc = tok(self._prompt(req.messages), return_tensors='pt').to(model.device)
@@ -370,7 +376,7 @@ def _generate(self: TransformersBackend, req: Request, params: dict) -> dict:
 
 # %% ../nbs/02c_backends.ipynb #78460549
 @patch
-async def complete(self: TransformersBackend, req: Request, params: dict) -> dict:
+async def complete(self: TransformersBackend, req: ChatRequest, params: dict) -> dict:
     async with self._lock:
         try: return await asyncio.to_thread(self._generate, req, params)
         except Exception as e: raise LLMError(f'local generation failed: {type(e).__name__}: {e}') from None
