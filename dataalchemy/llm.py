@@ -6,24 +6,29 @@ Docs: https://dataalchemy.github.io/dataalchemy/llm.html.md"""
 
 # %% ../nbs/02_llm.ipynb #5046d000
 from __future__ import annotations
-import asyncio, base64, concurrent.futures, email.utils, hashlib, importlib, json, logging, math, os, random, re, sqlite3, threading, time
-from dataclasses import dataclass, field, asdict
+import asyncio, json, logging, math, os, random, re, time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
-from .core import (RecordError, dumps, is_cjk, read_records, stable_id, tokenize)
+from fastcore.basics import patch
+from .core import RecordError, dumps, read_records, stable_id
 from .config import Settings, get_settings
+from .cache import Cache, Estimate, TokenCounter, Usage, _content_text, approx_tokens, cache_key, load_pricing, price_of
+from .backends import (LLMError, OFFLINE_MODEL, OfflineBackend, OnePromptOnly, OpenAIBackend, TransformersBackend,
+                                  backend_kind, embedding_problem, get_task, known_tasks, make_backend, redact, run_sync)
 import json_repair
 
 log = logging.getLogger('dataalchemy.llm')
 
 # %% auto #0
-__all__ = ['log', 'PARAMS', 'OFFLINE_MODEL', 'TASKS', 'BUILTIN_TASKS', 'QA_SCHEMA', 'DEFAULT_PRICING', 'REPAIR_PROMPT',
-           'LLM_OPTIONS', 'Request', 'Result', 'Task', 'register_task', 'get_task', 'known_tasks', 'json_values',
-           'extract_json', 'schema_errors', 'cache_key', 'Cache', 'RateLimiter', 'run_sync', 'load_pricing', 'price_of',
-           'approx_tokens', 'TokenCounter', 'Estimate', 'LLMError', 'error_reason', 'redact', 'OfflineBackend',
-           'embedding_problem', 'OpenAIBackend', 'OnePromptOnly', 'TransformersBackend', 'Usage', 'AdaptiveLimit',
-           'Engine', 'run_batch', 'parse_all', 'parse_json', 'llm_report', 'llm_options', 'generate_cmd',
-           'estimate_cmd']
+__all__ = ['log', 'PARAMS', 'QA_SCHEMA', 'REPAIR_PROMPT', 'LLM_OPTIONS', 'Request', 'Result', 'json_values', 'extract_json',
+           'schema_errors', 'RateLimiter', 'AdaptiveLimit', 'Engine', 'run_batch', 'parse_all', 'parse_json',
+           'llm_report', 'llm_options', 'generate_cmd', 'estimate_cmd']
+
+# %% ../nbs/02_llm.ipynb #a55f6e94
+# the engine's building blocks, importable from here as they were before they had chapters of their own
+from .cache import DEFAULT_PRICING  # noqa: F401
+from .backends import BACKENDS, BUILTIN_TASKS, TASKS, Task, error_reason, register_task  # noqa: F401
 
 # %% ../nbs/02_llm.ipynb #eb9b3979
 PARAMS = ('temperature', 'top_p', 'max_tokens', 'n', 'seed', 'response_format', 'presence_penalty', 'frequency_penalty',
@@ -73,20 +78,21 @@ class Request:
         "Everything that determines the reply (the id is a hash of this)."
         return {'messages': self.messages, **self.params(), **({'task': self.task, 'data': self.data} if self.task else {})}
 
-    @classmethod
-    def coerce(cls, x, file=None, line=None) -> 'Request':
-        "A `Request` from a Request, a prompt string, or a dict with `messages` or `prompt` (a bad dict raises `RecordError`)."
-        if isinstance(x, cls): return x
-        if isinstance(x, str): return cls(x)
-        if not isinstance(x, dict): raise RecordError(f"expected a request dict, got {type(x).__name__}", file, line)
-        kw = {k: x[k] for k in ('id', 'task', 'data', *PARAMS) if x.get(k) is not None}
-        msgs = x.get('messages')
-        if msgs is None and x.get('prompt') is not None:
-            msgs = ([{'role': 'system', 'content': x['system']}] if x.get('system') else []) + [{'role': 'user', 'content': x['prompt']}]
-        if msgs is None and not kw.get('task'):
-            raise RecordError("needs `messages` (a list of {'role','content'}) or `prompt` (a string)", file, line, 'messages')
-        try: return cls(msgs, **kw)
-        except (ValueError, TypeError) as e: raise RecordError(str(e), file, line, 'messages') from None
+# %% ../nbs/02_llm.ipynb #75be4257
+@patch(cls_method=True)
+def coerce(cls: Request, x, file=None, line=None) -> 'Request':
+    "A `Request` from a Request, a prompt string, or a dict with `messages` or `prompt` (a bad dict raises `RecordError`)."
+    if isinstance(x, cls): return x
+    if isinstance(x, str): return cls(x)
+    if not isinstance(x, dict): raise RecordError(f"expected a request dict, got {type(x).__name__}", file, line)
+    kw = {k: x[k] for k in ('id', 'task', 'data', *PARAMS) if x.get(k) is not None}
+    msgs = x.get('messages')
+    if msgs is None and x.get('prompt') is not None:
+        msgs = ([{'role': 'system', 'content': x['system']}] if x.get('system') else []) + [{'role': 'user', 'content': x['prompt']}]
+    if msgs is None and not kw.get('task'):
+        raise RecordError("needs `messages` (a list of {'role','content'}) or `prompt` (a string)", file, line, 'messages')
+    try: return cls(msgs, **kw)
+    except (ValueError, TypeError) as e: raise RecordError(str(e), file, line, 'messages') from None
 
 # %% ../nbs/02_llm.ipynb #ca82d8d1
 @dataclass
@@ -122,38 +128,6 @@ class Result:
                    finish_reason=rec.get('finish_reason'), usage=rec.get('usage') or {}, latency=rec.get('latency') or 0.0,
                    attempts=rec.get('attempts') or 0, cached=bool(rec.get('cached')), error=rec.get('error'),
                    backend=rec.get('backend', ''), model=rec.get('model', ''))
-
-# %% ../nbs/02_llm.ipynb #3db03cda
-OFFLINE_MODEL = 'dataalchemy-rules-1'
-
-@dataclass
-class Task:
-    "A named task: `prompt(data) -> messages` for model backends, `offline(data) -> reply text` for the offline backend."
-    name: str
-    prompt: Callable[[dict], list[dict]] | None = None
-    offline: Callable[[dict], str] | None = None
-
-TASKS: dict[str, Task] = {}
-BUILTIN_TASKS = {'qa': ('dataalchemy.qa', 'qa_prompt', 'offline_qa'),        # task -> (chapter, prompt, offline rules)
-                 'doc_qa': ('dataalchemy.qa', 'doc_qa_prompt', 'offline_doc_qa')}
-
-def register_task(name: str, prompt: Callable | None = None, offline: Callable | None = None) -> Task:
-    "Register (or replace) task `name`."
-    TASKS[name] = Task(name, prompt, offline)
-    return TASKS[name]
-
-def get_task(name: str | None) -> Task | None:
-    "Task `name`; a built-in task is registered from its chapter on first use (the engine does not import the chapters itself)."
-    if name and name not in TASKS and name in BUILTIN_TASKS:
-        mod, prompt, offline = BUILTIN_TASKS[name]
-        m = importlib.import_module(mod)
-        register_task(name, getattr(m, prompt), getattr(m, offline))
-    return TASKS.get(name) if name else None
-
-def known_tasks(offline: bool = False) -> list[str]:
-    "Names of the registered and built-in tasks (only those with an offline implementation if `offline`)."
-    for name in BUILTIN_TASKS: get_task(name)
-    return sorted(k for k, v in TASKS.items() if v.offline or not offline)
 
 # %% ../nbs/02_llm.ipynb #167684cb
 _re_fence = re.compile(r'```[ \t]*(?:json|JSON|javascript|js|python)?[ \t]*\n?(.*?)(?:```|$)', re.S)
@@ -232,53 +206,6 @@ def schema_errors(obj: Any, schema: dict | None) -> list[str]:
 QA_SCHEMA = {'type': 'array', 'minItems': 1, 'items': {'type': 'object', 'required': ['question', 'answer'],
              'properties': {'question': {'type': 'string', 'minLength': 1}, 'answer': {'type': 'string', 'minLength': 1}}}}
 
-# %% ../nbs/02_llm.ipynb #450e1596
-def cache_key(endpoint: str, model: str, payload: Any) -> str:
-    "The cache key of a request: SHA-256 of endpoint, model and payload (messages and parameters); never the API key."
-    s = json.dumps([endpoint.rstrip('/'), model, payload], ensure_ascii=False, sort_keys=True, separators=(',', ':'))
-    return hashlib.sha256(s.encode('utf-8', 'surrogatepass')).hexdigest()
-
-class Cache:
-    "A persistent reply cache: SQLite (WAL) at `path`, shared by processes; each reply is committed when stored, so a kill loses none."
-    def __init__(self, path: str | os.PathLike, sync_seconds: float = 1.0):
-        self.path, self.sync_seconds = Path(path), sync_seconds
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self.con = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
-        self.con.execute('PRAGMA journal_mode=WAL')
-        self.con.execute('PRAGMA synchronous=NORMAL')       # a commit survives a kill; a checkpoint syncs it to the disk
-        self.con.execute('CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, value TEXT NOT NULL, created REAL)')
-        self._synced = time.monotonic()
-
-    def get(self, key: str) -> dict | None:
-        with self._lock: row = self.con.execute('SELECT value FROM replies WHERE key=?', (key,)).fetchone()
-        return json.loads(row[0]) if row else None
-
-    def put(self, key: str, value: dict):
-        "Store `value` in its own commit (it survives a kill at once); fsync'd by a checkpoint at most every `sync_seconds`."
-        with self._lock:
-            self.con.execute('INSERT OR REPLACE INTO replies VALUES (?, ?, ?)', (key, dumps(value), time.time()))
-            if time.monotonic() - self._synced >= self.sync_seconds: self._sync()
-
-    def _sync(self):
-        self.con.execute('PRAGMA wal_checkpoint(PASSIVE)')   # syncs the WAL, copies it into the database, syncs that
-        self._synced = time.monotonic()
-
-    def flush(self):
-        "Sync what is committed to the disk (the end of a run)."
-        with self._lock: self._sync()
-
-    def __len__(self) -> int:
-        with self._lock: return self.con.execute('SELECT COUNT(*) FROM replies').fetchone()[0]
-
-    def clear(self):
-        with self._lock: self.con.execute('DELETE FROM replies')
-
-    def close(self):
-        with self._lock: self._sync(); self.con.close()
-
-    def __repr__(self): return f'Cache({self.path}, {len(self)} replies)'
-
 # %% ../nbs/02_llm.ipynb #c69e82ed
 class RateLimiter:
     "Spaces out acquisitions to `per_minute` units per minute (burst: one second's worth); no-op when falsy."
@@ -299,478 +226,6 @@ class RateLimiter:
     def adjust(self, amount: float):
         "Charge (or refund, if negative) `amount` units after the fact."
         if self.interval: self.tat += amount * self.interval
-
-def run_sync(coro):
-    "Run `coro` to completion from sync code; inside a running event loop (Jupyter) in a worker thread, which Ctrl-C cancels."
-    try: asyncio.get_running_loop()
-    except RuntimeError: return asyncio.run(coro)
-    box = {}
-    async def main():
-        box['loop'], box['task'] = asyncio.get_running_loop(), asyncio.current_task()
-        return await coro
-    with concurrent.futures.ThreadPoolExecutor(1) as ex:
-        fut = ex.submit(asyncio.run, main())
-        try: return fut.result()
-        except KeyboardInterrupt:
-            if 'task' in box: box['loop'].call_soon_threadsafe(box['task'].cancel)
-            raise
-
-# %% ../nbs/02_llm.ipynb #d1eb4e3e
-DEFAULT_PRICING = {   # USD per 1M tokens (input, output), list prices at the time of writing: check your provider's page
-    'gpt-4o-mini': (0.15, 0.60), 'gpt-4o': (2.50, 10.00), 'gpt-4.1': (2.00, 8.00), 'gpt-4.1-mini': (0.40, 1.60),
-    'gpt-4.1-nano': (0.10, 0.40), 'gpt-4-turbo': (10.00, 30.00), 'gpt-4': (30.00, 60.00), 'gpt-3.5-turbo': (0.50, 1.50),
-    'text-embedding-3-small': (0.02, 0.0), 'text-embedding-3-large': (0.13, 0.0)}
-
-def load_pricing(settings: Settings | None = None, override: dict | None = None) -> dict:
-    "Prices per 1M tokens: `DEFAULT_PRICING` < settings `[pricing]` (`model = input, output`) < `override`."
-    s = settings or get_settings()
-    prices = dict(DEFAULT_PRICING)
-    for k in s.keys('pricing'):
-        v = s.get('pricing', k)
-        if v is None: continue
-        try: i, o = (float(x) for x in str(v).replace(';', ',').split(','))
-        except ValueError: raise ValueError(f"settings [pricing] {k} = {v!r}: expected 'input, output' USD per 1M tokens") from None
-        prices[k.lower()] = (i, o)
-    for k, v in (override or {}).items(): prices[k.lower()] = tuple(float(x) for x in v)
-    return prices
-
-def price_of(model: str, pricing: dict) -> tuple[float, float] | None:
-    "(input, output) USD per 1M tokens for `model`: exact name, else the longest known prefix (dated versions), else None."
-    m = (model or '').lower()
-    if m in pricing: return pricing[m]
-    best = max((k for k in pricing if m.startswith(k + '-')), key=len, default=None)
-    return pricing[best] if best else None
-
-_TIKTOKEN_FAILED: dict[str, str] = {}
-
-def _tiktoken_for(model: str):
-    "(encoding, note): the tiktoken encoding for an OpenAI `model`, or None and why not."
-    try: import tiktoken
-    except ImportError: return None, 'tiktoken is not installed'
-    try: name = tiktoken.encoding_name_for_model(model)
-    except KeyError: return None, f'tiktoken does not know the model {model!r}'
-    if name in _TIKTOKEN_FAILED: return None, _TIKTOKEN_FAILED[name]
-    try: return tiktoken.get_encoding(name), f'tiktoken:{name}'
-    except Exception as e:
-        _TIKTOKEN_FAILED[name] = (f'tiktoken could not load the {name} encoding ({type(e).__name__}; it downloads it on first '
-                                  'use, so it needs internet or TIKTOKEN_CACHE_DIR): using the CJK-aware approximation')
-        return None, _TIKTOKEN_FAILED[name]
-
-_re_punct = re.compile(r'[^\w\s]')
-
-def approx_tokens(text: str) -> int:
-    "CJK-aware token estimate: 1 per CJK character, 1.3 per word in other scripts, 1 per punctuation mark."
-    toks = tokenize(text)
-    n_cjk = sum(1 for t in toks if len(t) == 1 and is_cjk(t))
-    return math.ceil(n_cjk + 1.3 * (len(toks) - n_cjk) + len(_re_punct.findall(text or '')))
-
-# %% ../nbs/02_llm.ipynb #6ee23e73
-class TokenCounter:
-    "Counts tokens for `model`: its HF `tokenizer` if given, tiktoken for OpenAI models, else the CJK-aware estimate."
-    def __init__(self, model: str | None = None, tokenizer=None):
-        self.notes: list[str] = []
-        self._enc = self._hf = None
-        if tokenizer is not None:
-            if isinstance(tokenizer, str):
-                try: from transformers import AutoTokenizer
-                except ImportError: raise ImportError('a tokenizer by name needs transformers: pip install "dataalchemy[ml]"') from None
-                tokenizer = AutoTokenizer.from_pretrained(tokenizer)
-            self._hf, self.method = tokenizer, f"hf:{getattr(tokenizer, 'name_or_path', '') or type(tokenizer).__name__}"
-            return
-        self._enc, note = _tiktoken_for(model) if model else (None, 'no model given')
-        if self._enc is not None: self.method = note
-        else:
-            self.method = 'approx (CJK-aware)'
-            if model and not note.startswith('tiktoken does not know'): self.notes.append(note)
-
-    def count(self, text: str) -> int:
-        if self._hf is not None: return len(self._hf.encode(text or '', add_special_tokens=False))
-        if self._enc is not None: return len(self._enc.encode(text or '', disallowed_special=()))
-        return approx_tokens(text)
-
-    def count_messages(self, messages: list[dict]) -> int:
-        "Prompt tokens of a chat request (content plus about 4 tokens of framing per message and 3 for the reply)."
-        return sum(self.count(_content_text(m.get('content'))) + 4 for m in messages) + 3
-
-def _content_text(content) -> str:
-    if isinstance(content, str): return content
-    if isinstance(content, list): return ''.join(p.get('text', '') for p in content if isinstance(p, dict))
-    return '' if content is None else str(content)
-
-# %% ../nbs/02_llm.ipynb #89521cf2
-@dataclass
-class Estimate:
-    "Tokens, cost and time of a run, before it happens."
-    model: str
-    n_requests: int
-    input_tokens: int
-    output_tokens: int
-    price_input: float | None
-    price_output: float | None
-    minutes: float
-    concurrency: int
-    counter: str
-    output_basis: str
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def total_tokens(self) -> int: return self.input_tokens + self.output_tokens
-    @property
-    def input_cost(self) -> float | None: return None if self.price_input is None else self.input_tokens / 1e6 * self.price_input
-    @property
-    def output_cost(self) -> float | None: return None if self.price_output is None else self.output_tokens / 1e6 * self.price_output
-    @property
-    def total_cost(self) -> float | None: return None if self.input_cost is None else self.input_cost + self.output_cost
-    @property
-    def cost_per_sample(self) -> float | None:
-        return None if self.total_cost is None or not self.n_requests else self.total_cost / self.n_requests
-
-    def as_dict(self) -> dict:
-        d = asdict(self)
-        d.update(total_tokens=self.total_tokens, input_cost=self.input_cost, output_cost=self.output_cost,
-                 total_cost=self.total_cost, cost_per_sample=self.cost_per_sample)
-        return d
-
-    def table(self) -> str:
-        money = lambda x, nd=4: 'n/a' if x is None else f'${x:,.{nd}f}'
-        rows = [('model', self.model), ('requests', f'{self.n_requests:,}'),
-                ('input tokens', f'{self.input_tokens:,}  ({self.counter})'),
-                ('output tokens', f'{self.output_tokens:,}  ({self.output_basis})'),
-                ('total tokens', f'{self.total_tokens:,}'),
-                ('price / 1M tokens', 'n/a' if self.price_input is None else f'${self.price_input} in, ${self.price_output} out'),
-                ('input cost', money(self.input_cost)), ('output cost', money(self.output_cost)),
-                ('total cost', money(self.total_cost, 2)), ('cost per sample', money(self.cost_per_sample, 6)),
-                ('estimated time', f'{self.minutes:,.1f} min at concurrency {self.concurrency}')]
-        w = max(len(r[0]) for r in rows)
-        return '\n'.join([f'{a:<{w}}  {b}' for a, b in rows] + [f'note: {n}' for n in self.notes])
-
-    def __repr__(self): return self.table()
-    def _repr_markdown_(self): return '```\n' + self.table() + '\n```'
-
-# %% ../nbs/02_llm.ipynb #408db191
-class LLMError(Exception):
-    "A failed model call: `retryable` says whether to try again, `retry_after` how long the server asked us to wait, `overload` whether it says the server is busy (timeout, 429, 5xx, no connection)."
-    def __init__(self, message: str, retryable: bool = False, retry_after: float | None = None, status: int | None = None,
-                 overload: bool | None = None):
-        super().__init__(message)
-        self.retryable, self.retry_after, self.status = retryable, retry_after, status
-        self.overload = retryable if overload is None else overload
-
-def error_reason(body, text: str | None = None) -> str:
-    "The reason in an error body: OpenAI's `error.message` (or `error` as a string, Ollama), FastAPI's `detail`, a `message`, else the raw text."
-    if isinstance(body, dict):
-        err = body.get('error')
-        if isinstance(err, dict) and err.get('message'): return str(err['message'])
-        if isinstance(err, str) and err.strip(): return err.strip()
-        d = body.get('detail')
-        if isinstance(d, list):                                # FastAPI validation errors: [{'loc': [...], 'msg': ...}]
-            return '; '.join(f"{'.'.join(map(str, x.get('loc', [])[1:]))}: {x.get('msg')}".lstrip(': ') if isinstance(x, dict)
-                             else str(x) for x in d)
-        if d: return str(d)
-        if body.get('message'): return str(body['message'])
-    elif isinstance(body, str) and body.strip(): return body.strip()[:500]
-    text = (text or '').strip()
-    return text[:500] if text else '(empty response body)'
-
-_re_keylike = re.compile(r'\b(sk-[A-Za-z0-9_\-]{2})[A-Za-z0-9_\-]{6,}')
-_re_url_password = re.compile(r'(\b[a-z][a-z0-9+.\-]*://[^/\s:@]*:)[^@\s/]+@', re.I)
-
-def redact(text: str, secret: str | None = None) -> str:
-    "`text` with `secret`, anything shaped like an `sk-...` key and the password of a `scheme://user:password@` URL replaced by `***`."
-    if text is None: return text
-    if secret and len(secret) >= 4: text = text.replace(secret, '***')
-    return _re_url_password.sub(r'\1***@', _re_keylike.sub(r'\1***', text))
-
-def _retry_after(headers) -> float | None:
-    if headers is None: return None
-    if (ms := headers.get('retry-after-ms')):
-        try: return float(ms) / 1000
-        except ValueError: pass
-    ra = headers.get('retry-after')
-    if not ra: return None
-    try: return float(ra)
-    except ValueError: pass
-    try: return max(0.0, email.utils.parsedate_to_datetime(ra).timestamp() - time.time())
-    except (TypeError, ValueError): return None
-
-# %% ../nbs/02_llm.ipynb #f7a310e9
-class OfflineBackend:
-    "Deterministic rule-based replies for built-in tasks (see `TASKS`); anything else fails with a clear message."
-    name, cacheable, endpoint = 'offline', False, 'offline'
-    def __init__(self): self.model = OFFLINE_MODEL
-    async def open(self): pass
-    async def close(self): pass
-
-    async def complete(self, req: Request, params: dict) -> dict:
-        t = get_task(req.task)
-        if t is None or t.offline is None:
-            can = known_tasks(offline=True)
-            raise LLMError(f"the offline backend cannot answer this request (task={req.task!r}): it only runs the built-in "
-                           f"tasks {can} and never invents replies. Set DATAALCHEMY_BASE_URL and DATAALCHEMY_MODEL (and the "
-                           "API key in OPENAI_API_KEY) to use an OpenAI-compatible endpoint, or use backend='transformers' "
-                           "with a local model.")
-        text = t.offline(req.data or {})
-        p, c = sum(approx_tokens(_content_text(m['content'])) for m in req.messages), approx_tokens(text)
-        return {'texts': [text], 'finish_reason': 'stop', 'model': self.model,
-                'usage': {'prompt_tokens': p, 'completion_tokens': c, 'total_tokens': p + c}}
-
-_SSL: list = []
-
-def _ssl_context():
-    "One shared SSL context (building one per client costs ~0.1-0.3 s, which would dominate single `chat` calls)."
-    if not _SSL:
-        import ssl
-        try: import certifi; ca = os.environ.get('SSL_CERT_FILE') or certifi.where()
-        except ImportError: ca = os.environ.get('SSL_CERT_FILE')
-        _SSL.append(ssl.create_default_context(cafile=ca))
-    return _SSL[0]
-
-def _as_vector(v):
-    "An embedding as sent: a list (possibly nested) or a base64 string of float32 (decoded)."
-    if isinstance(v, str):
-        import numpy as np
-        try: return np.frombuffer(base64.b64decode(v), dtype='<f4').tolist()
-        except ValueError: return v
-    return v
-
-def _shape(v) -> tuple:
-    if not isinstance(v, list): return (type(v).__name__,)
-    if v and isinstance(v[0], list): return (len(v), *_shape(v[0]))
-    return (len(v),)
-
-# %% ../nbs/02_llm.ipynb #5bb974c4
-def embedding_problem(vecs: list, n: int, dim: int | None = None) -> str | None:
-    "What is wrong with `vecs` as `n` embeddings (of dimension `dim`, if known): None when they are `n` flat numeric vectors of one length."
-    if len(vecs) != n: return f'{len(vecs)} embeddings'
-    shapes = [_shape(v) for v in vecs]
-    if any(len(s) != 1 or not isinstance(s[0], int) for s in shapes):
-        shown = ', '.join(str(s).replace(',)', ')') for s in shapes[:3]) + (', ...' if n > 3 else '')
-        return f'nested vectors (one per token?) of shapes {shown}'
-    if any(not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v) for v in vecs): return 'non-numeric vectors'
-    dims = sorted({s[0] for s in shapes})
-    if len(dims) > 1: return f'vectors of different lengths {dims[:4]}'
-    if dims[0] == 0: return 'empty vectors'
-    if dim is not None and dims[0] != dim: return f'{dims[0]}-dimensional vectors after {dim}-dimensional ones'
-    return None
-
-# %% ../nbs/02_llm.ipynb #8c92ed14
-class OpenAIBackend:
-    "Any OpenAI-compatible endpoint through `openai.AsyncOpenAI` (one client per run, connection pool sized to the concurrency)."
-    name, cacheable = 'openai', True
-    def __init__(self, model: str, base_url: str | None, api_key: str | None, timeout: float, concurrency: int,
-                 api_key_env: str = 'OPENAI_API_KEY'):
-        self.model, self.base_url, self.timeout, self.concurrency = model, base_url, timeout, concurrency
-        self._key, self.api_key_env = api_key, api_key_env
-        self.endpoint = (base_url or 'https://api.openai.com/v1').rstrip('/')
-        self.client = None
-
-    async def open(self):
-        try: import openai, httpx
-        except ImportError: raise ImportError('the openai backend needs openai: pip install openai') from None
-        n = max(1, self.concurrency)
-        http = openai.DefaultAsyncHttpxClient(limits=httpx.Limits(max_connections=n + 8, max_keepalive_connections=n + 8),
-                                              timeout=self.timeout, verify=_ssl_context())
-        self.client = openai.AsyncOpenAI(base_url=self.base_url, api_key=self._key or 'not-set', max_retries=0,
-                                         timeout=self.timeout, http_client=http)
-
-    async def close(self):
-        if self.client is not None: await self.client.close()
-        self.client = None
-
-    def _error(self, e: Exception, model: str | None = None, setting: str = 'model') -> LLMError:
-        "An `LLMError` for a client exception; a 404 names `setting` (the chat `model` or the `embed_model`) and its value."
-        import openai
-        red = lambda s: redact(str(s), self._key)
-        if isinstance(e, openai.APITimeoutError):
-            return LLMError(f'timed out after {self.timeout:g} s', retryable=True)
-        if isinstance(e, openai.APIConnectionError):
-            return LLMError(red(f'cannot connect to {self.endpoint}: {e.__cause__ or e}'), retryable=True)
-        if isinstance(e, openai.APIStatusError):
-            st = e.status_code
-            try: raw = e.response.text
-            except Exception: raw = ''
-            msg = red(error_reason({'error': e.body} if isinstance(e.body, (dict, str)) and not (isinstance(e.body, dict) and 'detail' in e.body)
-                                   else e.body, raw))
-            if st == 429: return LLMError(f'rate limited (429): {msg}', True, _retry_after(e.response.headers), st)
-            if st >= 500 or st in (408, 409): return LLMError(f'server error ({st}): {msg}', True, _retry_after(e.response.headers), st)
-            hint = {401: f'authentication failed: check the API key in the {self.api_key_env} environment variable',
-                    403: 'permission denied: this key may not use this model or endpoint',
-                    404: f'not found: check the {setting} {model or self.model!r} and the base_url {self.endpoint}',
-                    400: 'bad request: check the parameters'}.get(st, 'client error')
-            return LLMError(f'{hint} ({st}, not retried): {msg}', False, None, st)
-        if isinstance(e, (ValueError, openai.APIResponseValidationError)):   # json.JSONDecodeError is a ValueError
-            return LLMError(red(f'malformed response from {self.endpoint}: {type(e).__name__}: {e}'), retryable=True, overload=False)
-        return LLMError(red(f'{type(e).__name__}: {e}'), retryable=False)
-
-    async def complete(self, req: Request, params: dict) -> dict:
-        import openai, httpx
-        try:
-            r = await self.client.post('/chat/completions', body={'model': self.model, 'messages': req.messages, **params},
-                                       cast_to=httpx.Response)
-            d = r.json()
-        except (openai.OpenAIError, ValueError) as e: raise self._error(e) from None
-        choices = d.get('choices') if isinstance(d, dict) else None
-        if not choices or not isinstance(choices, list):
-            raise LLMError(f'malformed response from {self.endpoint}: no choices', retryable=True, overload=False)
-        choices = sorted(choices, key=lambda c: c.get('index', 0))
-        u = d.get('usage') or {}
-        p, c = u.get('prompt_tokens') or 0, u.get('completion_tokens') or 0
-        return {'texts': [(ch.get('message') or {}).get('content') or '' for ch in choices],
-                'finish_reason': choices[0].get('finish_reason'), 'model': d.get('model') or self.model,
-                'usage': {'prompt_tokens': p, 'completion_tokens': c, 'total_tokens': p + c}}
-
-    async def embed(self, texts: list[str], model: str) -> tuple[list[list[float]], dict]:
-        "One flat vector per text from `/embeddings`, or a non-retryable `LLMError` saying what the server returned instead."
-        import openai, httpx
-        body = {'model': model, 'input': texts, 'encoding_format': 'float'}
-        try: d = (await self.client.post('/embeddings', body=body, cast_to=httpx.Response)).json()
-        except (openai.OpenAIError, ValueError) as e: raise self._error(e, model, 'embed_model') from None
-        data = d.get('data') if isinstance(d, dict) else None
-        if not isinstance(data, list) or not all(isinstance(x, dict) for x in data):
-            raise LLMError(f'malformed response from {self.endpoint}: no embedding data', retryable=True, overload=False)
-        vecs = [_as_vector(x.get('embedding')) for x in sorted(data, key=lambda x: x.get('index', 0))]
-        if (problem := embedding_problem(vecs, len(texts))):
-            raise LLMError(f'{self.endpoint} returned {problem} for {len(texts)} input(s) of embed_model {model!r}: expected one '
-                           'flat vector per input (a llama.cpp server pools per token unless started with --pooling mean)')
-        return vecs, {'prompt_tokens': (d.get('usage') or {}).get('prompt_tokens') or 0}
-
-    async def loglik(self, pairs: list[tuple[str, str]], tokens: bool = False) -> tuple[list, dict]:
-        "log P(continuation | prefix) per pair (with `tokens`, the list of the continuation's token log-probs), from `/completions` with `echo` and `logprobs` (as vLLM serves them)."
-        import openai, httpx
-        prompts = [p + c for p, c in pairs]
-        body = {'model': self.model, 'prompt': prompts if len(prompts) > 1 else prompts[0], 'echo': True, 'max_tokens': 1,
-                'logprobs': 1, 'temperature': 0}
-        try: d = (await self.client.post('/completions', body=body, cast_to=httpx.Response)).json()
-        except (openai.OpenAIError, ValueError) as e:
-            err = self._error(e)
-            if len(pairs) > 1 and err.status in (400, 422, 500, 501): raise OnePromptOnly(str(err)) from None
-            raise err from None
-        choices = sorted((d.get('choices') if isinstance(d, dict) else None) or [], key=lambda c: c.get('index', 0))
-        if len(choices) != len(pairs):
-            if len(pairs) > 1 and len(choices) < len(pairs): raise OnePromptOnly(f'{len(choices)} choices for {len(pairs)} prompts')
-            raise LLMError(f'malformed response from {self.endpoint}: {len(choices)} choices for {len(pairs)} prompts',
-                           retryable=True, overload=False)
-        out = []
-        for (p, c), ch in zip(pairs, choices):
-            lp = ch.get('logprobs') or {}
-            toks, offs, lps = lp.get('tokens'), lp.get('text_offset'), lp.get('token_logprobs')
-            if not toks or offs is None or lps is None:
-                raise LLMError(f'{self.endpoint} returned no prompt logprobs (model {self.model!r}): scoring needs '
-                               '/v1/completions that honours echo=true with logprobs; vLLM serves them (llama.cpp, Ollama '
-                               'and transformers serve do not, or not for the prompt). Or score with a local model: '
-                               "Engine(backend='transformers', model=PATH), or `retrieval-scores --lm-backend hf --lm PATH`.")
-            if not (ch.get('text') or '').startswith(p + c[:1]) and sum(len(t) for t in toks) < len(p) + len(c):
-                raise LLMError(f'{self.endpoint} did not echo the prompt (model {self.model!r}): scoring needs /v1/completions '
-                               'with echo=true and logprobs, as vLLM serves them')
-            lo, hi = len(p), len(p) + len(c)          # the tokens that overlap the continuation's characters
-            xs = [float(x) for t, off, x in zip(toks, offs, lps) if x is not None and off < hi and off + len(t) > lo]
-            out.append(xs if tokens else float(sum(xs)))
-        return out, {'prompt_tokens': (d.get('usage') or {}).get('prompt_tokens') or 0}
-
-# %% ../nbs/02_llm.ipynb #45007c16
-class OnePromptOnly(Exception):
-    "A `/completions` server that failed a request with several prompts: ask again one prompt per request."
-
-# %% ../nbs/02_llm.ipynb #f0a79646
-class TransformersBackend:
-    "A local Hugging Face causal LM (a name/path, or a model object with its `tokenizer`); one generation at a time."
-    name = 'transformers'
-    def __init__(self, model, tokenizer=None, device: str | None = None):
-        self._model, self._tok, self.device = model, tokenizer, device
-        self.cacheable = isinstance(model, str)
-        self.model = model if isinstance(model, str) else (getattr(getattr(model, 'config', None), '_name_or_path', '')
-                                                           or getattr(getattr(model, 'config', None), 'model_type', 'local-model'))
-        self.endpoint = 'transformers'
-        self._lock, self._loaded, self._warned = None, False, False
-
-    def _load(self):
-        try: import torch, transformers  # noqa: F401
-        except ImportError: raise ImportError('the transformers backend needs torch and transformers: pip install "dataalchemy[ml]"') from None
-        if isinstance(self._model, str):
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-            self._tok = self._tok or AutoTokenizer.from_pretrained(self._model)
-            self._model = AutoModelForCausalLM.from_pretrained(self._model)
-            if self.device: self._model.to(self.device)
-        elif self._tok is None: raise ValueError("a transformers model object needs its tokenizer: Engine(..., tokenizer=tok)")
-        self._model.eval()
-        self._loaded = True
-
-    @property
-    def tokenizer(self):
-        if not self._loaded: self._load()
-        return self._tok
-
-    async def open(self):
-        if not self._loaded: await asyncio.to_thread(self._load)
-        self._lock = asyncio.Lock()
-    async def close(self): pass
-
-    def _prompt(self, messages: list[dict]) -> str:
-        tok = self._tok
-        if getattr(tok, 'chat_template', None):
-            return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return ''.join(f"{m['role']}: {_content_text(m['content'])}\n" for m in messages) + 'assistant:'
-
-    def _generate(self, req: Request, params: dict) -> dict:
-        import torch
-        tok, model = self._tok, self._model
-        enc = tok(self._prompt(req.messages), return_tensors='pt').to(model.device)
-        max_new = int(params.get('max_tokens') or 256)
-        temp = params.get('temperature')
-        kw = dict(max_new_tokens=max_new, num_return_sequences=int(params.get('n', 1)),
-                  pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
-        if temp:
-            kw.update(do_sample=True, temperature=float(temp))
-            if params.get('top_p') is not None: kw['top_p'] = float(params['top_p'])
-        else: kw['do_sample'] = False
-        if params.get('seed') is not None: torch.manual_seed(int(params['seed']))
-        if (ign := [k for k in ('presence_penalty', 'frequency_penalty', 'logit_bias', 'stop') if params.get(k) is not None]) and not self._warned:
-            self._warned = True; log.warning('the transformers backend does not apply %s (OpenAI-only parameters)', ', '.join(ign))
-        with torch.no_grad(): out = model.generate(**enc, **kw)
-        n_in = enc['input_ids'].shape[1]
-        gen = [o[n_in:] for o in out]
-        texts = [tok.decode(g, skip_special_tokens=True) for g in gen]
-        eos = tok.eos_token_id
-        finish = 'length' if any(len(g) >= max_new and (eos is None or int(g[-1]) != eos) for g in gen) else 'stop'
-        c = sum(int((g != (tok.pad_token_id if tok.pad_token_id is not None else -1)).sum()) for g in gen)
-        return {'texts': texts, 'finish_reason': finish, 'model': self.model,
-                'usage': {'prompt_tokens': n_in, 'completion_tokens': c, 'total_tokens': n_in + c}}
-
-    async def complete(self, req: Request, params: dict) -> dict:
-        async with self._lock:
-            try: return await asyncio.to_thread(self._generate, req, params)
-            except Exception as e: raise LLMError(f'local generation failed: {type(e).__name__}: {e}') from None
-
-    async def loglik(self, pairs: list[tuple[str, str]]) -> tuple[list[float], dict]:
-        "log P(continuation | prefix) per pair under the local model (the retrieval chapter's `HFScorer`): no server needed."
-        from dataalchemy.retrieval import HFScorer
-        async with self._lock:
-            try: vals = await asyncio.to_thread(HFScorer(self._model, self._tok, batch_size=len(pairs)).loglik, pairs)
-            except Exception as e: raise LLMError(f'local scoring failed: {type(e).__name__}: {e}') from None
-        return vals, {'prompt_tokens': 0}
-
-# %% ../nbs/02_llm.ipynb #ac68bca1
-@dataclass
-class Usage:
-    "Measured counts over an engine's runs."
-    requests: int = 0
-    cached: int = 0
-    failed: int = 0
-    attempts: int = 0
-    retries: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    seconds: float = 0.0
-    parse_failures: int = 0
-    repaired: int = 0
-    short_choices: int = 0          # replies with fewer choices than the request's n
-    missing_choices: int = 0        # ...and how many choices were missing in all
-    not_sent: int = 0               # requests left unsent when a run stopped (retry budget spent)
-
-    @property
-    def total_tokens(self) -> int: return self.prompt_tokens + self.completion_tokens
-    def as_dict(self) -> dict: return {**asdict(self), 'total_tokens': self.total_tokens}
-    def __repr__(self): return ', '.join(f'{k}={v:.2f}' if isinstance(v, float) else f'{k}={v}' for k, v in self.as_dict().items())
 
 # %% ../nbs/02_llm.ipynb #240a0b57
 class AdaptiveLimit:
@@ -797,35 +252,37 @@ class AdaptiveLimit:
             self.in_flight += 1
         return time.monotonic()
 
-    async def release(self, t0: float, outcome: str, work: float = 1.0, timed_out: bool = False):
-        "`outcome`: 'ok' (with its `work`, e.g. output tokens), 'overload' (cut; `timed_out` caps too) or 'other' (no change)."
-        now = time.monotonic()
-        if self.adaptive:
-            if outcome == 'overload' and t0 > self._last_cut:
-                if timed_out: self.ceiling = max(1, min(self.ceiling, math.ceil(self.limit) - 1))
-                self.limit, self.slow_start, self._last_cut = max(1.0, min(self.limit / 2, self.ceiling)), False, now
-                self.cuts += 1
-            elif outcome == 'ok':
-                latency = now - t0
-                rate = latency / max(work, 1e-9)
-                self.base = min(self.base, rate)
-                if latency < self.timeout / 4 or (rate <= 1.25 * self.base and latency < self.timeout / 2):
-                    self.limit += 1 if self.slow_start else 1 / self.limit
-                elif latency < self.timeout / 2: self.slow_start = False; self.limit += 1 / self.limit
-                else:
-                    self.slow_start = False
-                    if not self.warned:
-                        self.warned = True
-                        log.warning('a reply took %.0f s, more than half the timeout (%g s): no more requests are added in '
-                                    'flight; raise the timeout (--timeout) or lower max_tokens if the server can take more',
-                                    latency, self.timeout)
-                self.limit = max(1.0, min(self.limit, float(self.maximum), float(self.ceiling)))
-                self.peak = max(self.peak, self.limit)
-        async with self._cond:
-            self.in_flight -= 1
-            self._cond.notify_all()
-
     def __repr__(self): return f'AdaptiveLimit({self.limit:.1f} of {self.maximum}, {self.in_flight} in flight, {self.cuts} cuts)'
+
+# %% ../nbs/02_llm.ipynb #6a2dfaf9
+@patch
+async def release(self: AdaptiveLimit, t0: float, outcome: str, work: float = 1.0, timed_out: bool = False):
+    "`outcome`: 'ok' (with its `work`, e.g. output tokens), 'overload' (cut; `timed_out` caps too) or 'other' (no change)."
+    now = time.monotonic()
+    if self.adaptive:
+        if outcome == 'overload' and t0 > self._last_cut:
+            if timed_out: self.ceiling = max(1, min(self.ceiling, math.ceil(self.limit) - 1))
+            self.limit, self.slow_start, self._last_cut = max(1.0, min(self.limit / 2, self.ceiling)), False, now
+            self.cuts += 1
+        elif outcome == 'ok':
+            latency = now - t0
+            rate = latency / max(work, 1e-9)
+            self.base = min(self.base, rate)
+            if latency < self.timeout / 4 or (rate <= 1.25 * self.base and latency < self.timeout / 2):
+                self.limit += 1 if self.slow_start else 1 / self.limit
+            elif latency < self.timeout / 2: self.slow_start = False; self.limit += 1 / self.limit
+            else:
+                self.slow_start = False
+                if not self.warned:
+                    self.warned = True
+                    log.warning('a reply took %.0f s, more than half the timeout (%g s): no more requests are added in '
+                                'flight; raise the timeout (--timeout) or lower max_tokens if the server can take more',
+                                latency, self.timeout)
+            self.limit = max(1.0, min(self.limit, float(self.maximum), float(self.ceiling)))
+            self.peak = max(self.peak, self.limit)
+    async with self._cond:
+        self.in_flight -= 1
+        self._cond.notify_all()
 
 # %% ../nbs/02_llm.ipynb #f8facb72
 class _Progress:
@@ -906,10 +363,7 @@ class Engine:
         self.base_url = g('base_url', base_url)
         self.api_key_env = g('api_key_env', api_key_env, 'OPENAI_API_KEY')
         self._api_key = api_key or s.env.get(self.api_key_env) or None
-        kind = str(g('backend', backend, 'auto')).lower()
-        if kind == 'auto': kind = 'openai' if (self.base_url or self._api_key) else 'offline'
-        if kind not in ('openai', 'transformers', 'offline'):
-            raise ValueError(f"unknown backend {kind!r}: use 'openai', 'transformers', 'offline' or 'auto'")
+        kind = backend_kind(g('backend', backend, 'auto'), self.base_url, self._api_key)
         self.model = model if (model is not None and not isinstance(model, str)) else str(g('model', model, 'gpt-4o-mini'))
         self.concurrency = max(1, int(g('concurrency', concurrency, 16)))
         self.rpm, self.tpm = float(g('rpm', rpm, 0) or 0), float(g('tpm', tpm, 0) or 0)
@@ -926,359 +380,253 @@ class Engine:
         self.cache_dir = Path(s.get('cache', 'dir', '.dataalchemy_cache', cache_dir))
         self.pricing = load_pricing(s, pricing)
         self.tokenizer = tokenizer
-        if kind == 'openai':
-            self.backend = OpenAIBackend(self.model, self.base_url, self._api_key, self.timeout, self.concurrency, self.api_key_env)
-        elif kind == 'transformers':
-            if model is None: raise ValueError("backend='transformers' needs model= (a Hugging Face name, path or model object)")
-            self.backend = TransformersBackend(model, tokenizer)
-            self.model = self.backend.model
-        else: self.backend = OfflineBackend()
+        self.backend = make_backend(kind, model if kind == 'transformers' else self.model, self.base_url, self._api_key,
+                                    self.timeout, self.concurrency, self.api_key_env, tokenizer)
+        if kind == 'transformers': self.model = self.backend.model
         self.usage = Usage()
         self._cache: Cache | None = None
         self._inflight: dict[str, asyncio.Future] = {}
         self._one_prompt, self._embed_dims = False, {}
         _ENGINES.add(self)
 
-    # -- helpers -------------------------------------------------------------------------------------------------
-    @property
-    def cache(self) -> Cache | None:
-        "The reply cache (opened on first use), or None when caching is off."
-        if not self.use_cache: return None
-        if self._cache is None: self._cache = Cache(self.cache_dir / 'llm.sqlite')
-        return self._cache
+# %% ../nbs/02_llm.ipynb #e6e0d5bb
+@patch(as_prop=True)
+def cache(self: Engine) -> Cache | None:
+    "The reply cache (opened on first use), or None when caching is off."
+    if not self.use_cache: return None
+    if self._cache is None: self._cache = Cache(self.cache_dir / 'llm.sqlite')
+    return self._cache
 
-    def _params(self, req: Request) -> dict:
-        p = req.params()
-        if 'temperature' not in p and self.temperature is not None: p['temperature'] = self.temperature
-        if 'max_tokens' not in p and self.max_tokens is not None: p['max_tokens'] = int(self.max_tokens)
-        return p
+@patch
+def _params(self: Engine, req: Request) -> dict:
+    p = req.params()
+    if 'temperature' not in p and self.temperature is not None: p['temperature'] = self.temperature
+    if 'max_tokens' not in p and self.max_tokens is not None: p['max_tokens'] = int(self.max_tokens)
+    return p
 
-    def redact(self, text: str) -> str: return redact(text, self._api_key)
+@patch
+def redact(self: Engine, text: str) -> str: return redact(text, self._api_key)
 
-    def __repr__(self):
-        return (f"Engine(backend={self.backend.name}, model={self.backend.model}, base_url={self.base_url}, "
-                f"concurrency={self.concurrency}, rpm={self.rpm:g}, tpm={self.tpm:g}, api_key={'set' if self._api_key else 'not set'})")
+@patch
+def __repr__(self: Engine):
+    return (f"Engine(backend={self.backend.name}, model={self.backend.model}, base_url={self.base_url}, "
+            f"concurrency={self.concurrency}, rpm={self.rpm:g}, tpm={self.tpm:g}, api_key={'set' if self._api_key else 'not set'})")
 
-    # -- one request ---------------------------------------------------------------------------------------------
-    def _start_run(self):
-        "Fresh per-run state: limiters, the in-flight gate, the retry budget (spent per retry, refilled 0.1 per reply)."
-        self._rpm, self._tpm = RateLimiter(self.rpm), RateLimiter(self.tpm)
-        self.limit.open()
-        self.stopped, self._budget, self._run_ok, self._run_retries, self._gave_up = self.fatal, float(self.retry_budget), 0, 0, 0
+@patch
+def close(self: Engine):
+    if self._cache is not None: self._cache.close(); self._cache = None
 
-    def _stop(self, why: str, quiet: bool = False):
-        "End the run: requests not yet sent are not sent (their results say why); logged once unless `quiet`."
-        if self.stopped is None:
-            self.stopped = why = self.redact(why); self.stop_reason = self.stop_reason or why
-            if not quiet and self.log_stops: log.error('stopping the run: %s', why)
+@patch
+def __enter__(self: Engine): return self
 
-    async def _call(self, fn: Callable, est_tokens: float = 0) -> tuple[Any, int, str | None]:
-        "Run `await fn()` with limits, the adaptive in-flight limit, a client-side deadline and retries: (value, attempts, error)."
-        attempts, msg = 0, None
-        while True:
-            if self.stopped:
-                if attempts: return None, attempts, f'{msg} (not retried: the run stopped)'
-                self.usage.not_sent += 1
-                return None, attempts, f'{self.stopped} (not sent: the run stopped)'
-            await self._rpm.acquire(); await self._tpm.acquire(est_tokens)
-            t0, outcome, work = await self.limit.acquire(), 'other', 16.0
-            if self.stopped:                                  # it stopped while this request waited for its turn
-                await self.limit.release(t0, outcome); continue
-            attempts += 1; self.usage.attempts += 1
-            try:
-                try:                                                  # the HTTP client's own timeout should fire first
-                    async with asyncio.timeout(self.timeout + 5 if isinstance(self.backend, OpenAIBackend) else None):
-                        value = await fn()
-                except TimeoutError: raise LLMError(f'timed out after {self.timeout:g} s', retryable=True) from None
-                outcome = 'ok'; self._run_ok += 1; self._gave_up = 0
-                if isinstance(value, dict): work += (value.get('usage') or {}).get('completion_tokens') or 0
-                self._budget = min(float(self.retry_budget), self._budget + 0.1)
-                return value, attempts, None
-            except LLMError as e:
-                outcome = 'overload' if e.overload else 'other'
-                err = e
-            except (asyncio.CancelledError, KeyboardInterrupt, OnePromptOnly): raise
-            except Exception as e:
-                return None, attempts, self.redact(f'{type(e).__name__}: {e}')
-            finally:                                          # a timed-out request is closed before any retry
-                await self.limit.release(t0, outcome, work, outcome == 'overload' and str(err).startswith('timed out'))
-            msg = self.redact(str(err))
-            if not err.retryable:
-                if err.status in (401, 403, 404): self._stop(msg); self.fatal = self.stopped   # a wrong key, model or URL: no request can succeed
-                return None, attempts, msg
-            if attempts > self.max_retries:
-                self._gave_up += 1
-                if self._run_ok == 0 or self._gave_up >= 2:
-                    self._stop(f'{self.backend.endpoint} is not answering: {self._gave_up} request(s) in a row failed '
-                               f'{attempts} attempts each, {self._run_ok} replies this run; last error: {msg}')
-                return None, attempts, f'{msg} (gave up after {attempts} attempts)'
-            if self._budget < 1:
-                self._stop(f'retry budget spent ({self._run_retries} retries, {self._run_ok} replies) against '
-                           f'{self.backend.endpoint}; last error: {msg}. Check the server, or lower --concurrency / raise --timeout')
-                return None, attempts, f'{msg} (not retried: the run stopped)'
-            self._budget -= 1; self._run_retries += 1
-            delay = err.retry_after if err.retry_after is not None else self.backoff * 2 ** (attempts - 1)
-            delay = min(delay, 300.0) * (1 if err.retry_after is not None else random.uniform(0.5, 1.5))
-            self.usage.retries += 1
-            log.info('%s; retry %d/%d in %.2fs (in-flight limit %.1f)', msg, attempts, self.max_retries, delay, self.limit.limit)
-            await asyncio.sleep(delay)
+@patch
+def __exit__(self: Engine, *_): self.close()
 
-    async def _one(self, req: Request) -> Result:
-        b, t0 = self.backend, time.perf_counter()
-        params = self._params(req)
-        res = Result(req.id, backend=b.name, model=b.model, request=req)
-        key = fut = None
-        if self.use_cache and b.cacheable:
-            key = cache_key(b.endpoint, b.model, {'messages': req.messages, **params})
-            hit = self.cache.get(key)
-            if hit is None and key in self._inflight:
-                other = await asyncio.shield(self._inflight[key])
-                hit = other if other is not None else None
-            if hit is not None:
-                self.usage.cached += 1
-                res.texts, res.finish_reason, res.usage, res.model = hit['texts'], hit.get('finish_reason'), hit.get('usage', {}), hit.get('model', b.model)
-                res.text, res.cached, res.latency = res.texts[0], True, time.perf_counter() - t0
-                return res
-            fut = self._inflight[key] = asyncio.get_running_loop().create_future()
-        try: return await self._send(req, params, res, key, t0)
-        finally:
-            if fut is not None:
-                if not fut.done(): fut.set_result(None)
-                self._inflight.pop(key, None)
+# %% ../nbs/02_llm.ipynb #637b5812
+@patch
+def _start_run(self: Engine):
+    "Fresh per-run state: limiters, the in-flight gate, the retry budget (spent per retry, refilled 0.1 per reply)."
+    self._rpm, self._tpm = RateLimiter(self.rpm), RateLimiter(self.tpm)
+    self.limit.open()
+    self.stopped, self._budget, self._run_ok, self._run_retries, self._gave_up = self.fatal, float(self.retry_budget), 0, 0, 0
 
-    async def _ensure_open(self):
-        "Open the backend on the first request that needs it (a run answered from the cache never imports openai)."
-        if self._opened: return
-        async with self._open_lock:
-            if not self._opened:
-                await self.backend.open()
-                self._opened = True
+@patch
+def _stop(self: Engine, why: str, quiet: bool = False):
+    "End the run: requests not yet sent are not sent (their results say why); logged once unless `quiet`."
+    if self.stopped is None:
+        self.stopped = why = self.redact(why); self.stop_reason = self.stop_reason or why
+        if not quiet and self.log_stops: log.error('stopping the run: %s', why)
 
-    async def _send(self, req: Request, params: dict, res: Result, key: str | None, t0: float) -> Result:
-        b, est = self.backend, 0
-        await self._ensure_open()
-        if self._tpm.interval:
-            est = sum(approx_tokens(_content_text(m['content'])) + 4 for m in req.messages) + (params.get('max_tokens') or 512) * req.n
-        out, res.attempts, res.error = await self._call(lambda: b.complete(req, params), est)
-        value = None
-        if out is not None:
-            res.texts, res.finish_reason, res.usage, res.model = out['texts'], out['finish_reason'], out['usage'], out.get('model') or b.model
-            res.text = res.texts[0] if res.texts else ''
-            if len(res.texts) < req.n:
-                self.usage.short_choices += 1; self.usage.missing_choices += req.n - len(res.texts)
-                if self.usage.short_choices == 1:
-                    log.warning('%s returned %d of n=%d choices (request %s): the server may ignore n; counted in '
-                                'usage.short_choices', b.endpoint, len(res.texts), req.n, req.id)
-            self.usage.requests += 1
-            self.usage.prompt_tokens += res.usage.get('prompt_tokens', 0)
-            self.usage.completion_tokens += res.usage.get('completion_tokens', 0)
-            if est: self._tpm.adjust(res.usage.get('total_tokens', est) - est)
-            value = {'texts': res.texts, 'finish_reason': res.finish_reason, 'usage': res.usage, 'model': res.model}
-            if key:
-                self.cache.put(key, value)
-                if (f := self._inflight.get(key)) is not None and not f.done(): f.set_result(value)
-        else: self.usage.failed += 1; self.first_error = self.first_error or res.error
-        res.latency = time.perf_counter() - t0
-        return res
-
-    # -- batches -------------------------------------------------------------------------------------------------
-    async def agenerate(self, requests: Iterable, out: str | os.PathLike | None = None, desc: str | None = None) -> list[Result]:
-        "Run `requests` concurrently; results in request order. With `out`, stream records to that JSONL and resume from it."
-        reqs = [Request.coerce(r) for r in requests]
-        first: dict[str, Request] = {}
-        for r in reqs:
-            if r.id in first:
-                if first[r.id].content() != r.content(): raise ValueError(f"duplicate request id {r.id!r} with different content")
-            else: first[r.id] = r
-        done: dict[str, Result] = {}
-        writer = _OutFile(out) if out is not None else None
-        if writer:
-            for rid, rec in writer.done.items():
-                if rid in first:
-                    done[rid] = Result.from_record(rec); done[rid].cached = True; done[rid].request = first[rid]
-        todo = [r for rid, r in first.items() if rid not in done]
-        self._start_run(); self._inflight = {}
-        short0 = self.usage.short_choices
-        n_workers = 1 if isinstance(self.backend, (OfflineBackend, TransformersBackend)) else min(self.concurrency, len(todo))
-        bar = _Progress(len(first), len(done), self.progress, desc or f'{self.backend.name}:{self.backend.model}')
-        t0 = time.perf_counter()
-        it = iter(todo)
-        async def worker():
-            for r in it:
-                if self.stopped:
-                    res = Result(r.id, error=f'{self.stopped} (not sent: the run stopped)', backend=self.backend.name,
-                                 model=self.backend.model, request=r)
-                    self.usage.not_sent += 1; self.usage.failed += 1
-                else: res = await self._one(r)
-                done[r.id] = res
-                if writer: writer.write(res)
-                bar.update(res)
-        self._opened, self._open_lock = False, asyncio.Lock()
+# %% ../nbs/02_llm.ipynb #d024de13
+@patch
+async def _call(self: Engine, fn: Callable, est_tokens: float = 0) -> tuple[Any, int, str | None]:
+    "Run `await fn()` with limits, the adaptive in-flight limit, a client-side deadline and retries: (value, attempts, error)."
+    attempts, msg = 0, None
+    while True:
+        if self.stopped:
+            if attempts: return None, attempts, f'{msg} (not retried: the run stopped)'
+            self.usage.not_sent += 1
+            return None, attempts, f'{self.stopped} (not sent: the run stopped)'
+        await self._rpm.acquire(); await self._tpm.acquire(est_tokens)
+        t0, outcome, work = await self.limit.acquire(), 'other', 16.0
+        if self.stopped:                                  # it stopped while this request waited for its turn
+            await self.limit.release(t0, outcome); continue
+        attempts += 1; self.usage.attempts += 1
         try:
-            if todo:
-                try: await asyncio.gather(*(worker() for _ in range(max(1, n_workers))))
-                finally:
-                    if self._opened: await self.backend.close()
-        finally:
-            self.usage.seconds += time.perf_counter() - t0
-            bar.close()
-            if (k := self.usage.short_choices - short0) > 1:
-                log.warning('%d replies had fewer choices than n (%d choices missing in all)', k, self.usage.missing_choices)
-            if writer: writer.close()
-            if self._cache is not None: self._cache.flush()
-        return [done[r.id] for r in reqs]
+            try:                                                  # the HTTP client's own timeout should fire first
+                async with asyncio.timeout(self.timeout + 5 if isinstance(self.backend, OpenAIBackend) else None):
+                    value = await fn()
+            except TimeoutError: raise LLMError(f'timed out after {self.timeout:g} s', retryable=True) from None
+            outcome = 'ok'; self._run_ok += 1; self._gave_up = 0
+            if isinstance(value, dict): work += (value.get('usage') or {}).get('completion_tokens') or 0
+            self._budget = min(float(self.retry_budget), self._budget + 0.1)
+            return value, attempts, None
+        except LLMError as e:
+            outcome = 'overload' if e.overload else 'other'
+            err = e
+        except (asyncio.CancelledError, KeyboardInterrupt, OnePromptOnly): raise
+        except Exception as e:
+            return None, attempts, self.redact(f'{type(e).__name__}: {e}')
+        finally:                                          # a timed-out request is closed before any retry
+            await self.limit.release(t0, outcome, work, outcome == 'overload' and str(err).startswith('timed out'))
+        msg = self.redact(str(err))
+        if (final := self._give_up(err, msg, attempts)) is not None: return None, attempts, final
+        self._budget -= 1; self._run_retries += 1
+        delay = err.retry_after if err.retry_after is not None else self.backoff * 2 ** (attempts - 1)
+        delay = min(delay, 300.0) * (1 if err.retry_after is not None else random.uniform(0.5, 1.5))
+        self.usage.retries += 1
+        log.info('%s; retry %d/%d in %.2fs (in-flight limit %.1f)', msg, attempts, self.max_retries, delay, self.limit.limit)
+        await asyncio.sleep(delay)
 
-    def generate(self, requests: Iterable, out: str | os.PathLike | None = None, desc: str | None = None) -> list[Result]:
-        "Sync `agenerate` (also inside Jupyter's running event loop)."
-        return run_sync(self.agenerate(requests, out, desc))
+# %% ../nbs/02_llm.ipynb #dad8f328
+@patch
+def _give_up(self: Engine, err: LLMError, msg: str, attempts: int) -> str | None:
+    "The error to return for a failed attempt (stopping the run when no request can succeed), or None: try again."
+    if not err.retryable:
+        if err.status in (401, 403, 404): self._stop(msg); self.fatal = self.stopped   # a wrong key, model or URL: no request can succeed
+        return msg
+    if attempts > self.max_retries:
+        self._gave_up += 1
+        if self._run_ok == 0 or self._gave_up >= 2:
+            self._stop(f'{self.backend.endpoint} is not answering: {self._gave_up} request(s) in a row failed '
+                       f'{attempts} attempts each, {self._run_ok} replies this run; last error: {msg}')
+        return f'{msg} (gave up after {attempts} attempts)'
+    if self._budget < 1:
+        self._stop(f'retry budget spent ({self._run_retries} retries, {self._run_ok} replies) against '
+                   f'{self.backend.endpoint}; last error: {msg}. Check the server, or lower --concurrency / raise --timeout')
+        return f'{msg} (not retried: the run stopped)'
+    return None
 
-    def chat(self, messages: str | list[dict], **params) -> Result:
-        "One request: a prompt string or chat messages, with `Request` parameters."
-        p, self.progress = self.progress, False
-        try: return self.generate([Request(messages, **params)])[0]
-        finally: self.progress = p
+# %% ../nbs/02_llm.ipynb #0755392d
+@patch
+async def _one(self: Engine, req: Request) -> Result:
+    b, t0 = self.backend, time.perf_counter()
+    params = self._params(req)
+    res = Result(req.id, backend=b.name, model=b.model, request=req)
+    key = fut = None
+    if self.use_cache and b.cacheable:
+        key = cache_key(b.endpoint, b.model, {'messages': req.messages, **params})
+        hit = self.cache.get(key)
+        if hit is None and key in self._inflight:
+            other = await asyncio.shield(self._inflight[key])
+            hit = other if other is not None else None
+        if hit is not None:
+            self.usage.cached += 1
+            res.texts, res.finish_reason, res.usage, res.model = hit['texts'], hit.get('finish_reason'), hit.get('usage', {}), hit.get('model', b.model)
+            res.text, res.cached, res.latency = res.texts[0], True, time.perf_counter() - t0
+            return res
+        fut = self._inflight[key] = asyncio.get_running_loop().create_future()
+    try: return await self._send(req, params, res, key, t0)
+    finally:
+        if fut is not None:
+            if not fut.done(): fut.set_result(None)
+            self._inflight.pop(key, None)
 
-    # -- batched calls answered per item: embeddings, log-likelihoods ------------------------------------------------
-    def _need_endpoint(self, what: str, alternative: str):
-        if not isinstance(self.backend, OpenAIBackend):
-            raise ValueError(f"{what} needs an OpenAI-compatible endpoint (backend is {self.backend.name!r}): set "
-                             f"DATAALCHEMY_BASE_URL, {alternative}")
-
-    async def _abatched(self, keys: list[str], call: Callable, batch_size: int, tokens: Callable, what: str,
-                        cache: bool = True) -> list:
-        "One value per cache key: hits from the cache, the rest from `await call(indices) -> (values, usage)` in concurrent batches."
-        vals: list = [None] * len(keys)
-        cache = cache and self.use_cache
-        if cache:
-            for i, k in enumerate(keys):
-                if (hit := self.cache.get(k)) is not None: vals[i] = hit['v']; self.usage.cached += 1
-        todo = [i for i, v in enumerate(vals) if v is None]
-        batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
-        self._start_run()
-        errors = []
-        async def run(batch):
-            if errors and self.stopped: return
-            try: val, _, err = await self._call(lambda: call(batch), tokens(batch) if self._tpm.interval else 0)
-            except OnePromptOnly as e:                          # the server takes one prompt per request
-                if not self._one_prompt:
-                    self._one_prompt = True
-                    log.warning('%s failed a request of %d prompts (%s): sending one prompt per request', self.backend.endpoint,
-                                len(batch), e)
-                for i in batch: await run([i])
-                return
-            if err:
-                errors.append(err); self.usage.failed += len(batch); self.first_error = self.first_error or err
-                if not err.endswith(('attempts)', 'stopped)')): self._stop(f'{what} failed: {err}', quiet=True)
-                return
-            vs, u = val
-            self.usage.requests += 1; self.usage.prompt_tokens += u.get('prompt_tokens', 0)
-            for i, v in zip(batch, vs):
-                vals[i] = v
-                if cache: self.cache.put(keys[i], {'v': v})
-        if batches:
+@patch
+async def _ensure_open(self: Engine):
+    "Open the backend on the first request that needs it (a run answered from the cache never imports openai)."
+    if self._opened: return
+    async with self._open_lock:
+        if not self._opened:
             await self.backend.open()
-            try:
-                sem = asyncio.Semaphore(self.concurrency)
-                async def guarded(b):
-                    async with sem: await run(b)
-                await asyncio.gather(*(guarded(b) for b in batches))
+            self._opened = True
+
+# %% ../nbs/02_llm.ipynb #265de9da
+@patch
+async def _send(self: Engine, req: Request, params: dict, res: Result, key: str | None, t0: float) -> Result:
+    b, est = self.backend, 0
+    await self._ensure_open()
+    if self._tpm.interval:
+        est = sum(approx_tokens(_content_text(m['content'])) + 4 for m in req.messages) + (params.get('max_tokens') or 512) * req.n
+    out, res.attempts, res.error = await self._call(lambda: b.complete(req, params), est)
+    value = None
+    if out is not None:
+        res.texts, res.finish_reason, res.usage, res.model = out['texts'], out['finish_reason'], out['usage'], out.get('model') or b.model
+        res.text = res.texts[0] if res.texts else ''
+        if len(res.texts) < req.n:
+            self.usage.short_choices += 1; self.usage.missing_choices += req.n - len(res.texts)
+            if self.usage.short_choices == 1:
+                log.warning('%s returned %d of n=%d choices (request %s): the server may ignore n; counted in '
+                            'usage.short_choices', b.endpoint, len(res.texts), req.n, req.id)
+        self.usage.requests += 1
+        self.usage.prompt_tokens += res.usage.get('prompt_tokens', 0)
+        self.usage.completion_tokens += res.usage.get('completion_tokens', 0)
+        if est: self._tpm.adjust(res.usage.get('total_tokens', est) - est)
+        value = {'texts': res.texts, 'finish_reason': res.finish_reason, 'usage': res.usage, 'model': res.model}
+        if key:
+            self.cache.put(key, value)
+            if (f := self._inflight.get(key)) is not None and not f.done(): f.set_result(value)
+    else: self.usage.failed += 1; self.first_error = self.first_error or res.error
+    res.latency = time.perf_counter() - t0
+    return res
+
+# %% ../nbs/02_llm.ipynb #5b09a4c0
+@patch
+def _by_id(self: Engine, reqs: list[Request]) -> dict[str, Request]:
+    "The requests by id, in order; an id repeated with other content is an error."
+    first: dict[str, Request] = {}
+    for r in reqs:
+        if r.id in first:
+            if first[r.id].content() != r.content(): raise ValueError(f"duplicate request id {r.id!r} with different content")
+        else: first[r.id] = r
+    return first
+
+# %% ../nbs/02_llm.ipynb #e848581e
+@patch
+async def agenerate(self: Engine, requests: Iterable, out: str | os.PathLike | None = None, desc: str | None = None) -> list[Result]:
+    "Run `requests` concurrently; results in request order. With `out`, stream records to that JSONL and resume from it."
+    reqs = [Request.coerce(r) for r in requests]
+    first = self._by_id(reqs)
+    done: dict[str, Result] = {}
+    writer = _OutFile(out) if out is not None else None
+    if writer:
+        for rid, rec in writer.done.items():
+            if rid in first:
+                done[rid] = Result.from_record(rec); done[rid].cached = True; done[rid].request = first[rid]
+    todo = [r for rid, r in first.items() if rid not in done]
+    self._start_run(); self._inflight = {}
+    short0 = self.usage.short_choices
+    n_workers = 1 if isinstance(self.backend, (OfflineBackend, TransformersBackend)) else min(self.concurrency, len(todo))
+    bar = _Progress(len(first), len(done), self.progress, desc or f'{self.backend.name}:{self.backend.model}')
+    t0 = time.perf_counter()
+    it = iter(todo)
+    async def worker():
+        for r in it:
+            if self.stopped:
+                res = Result(r.id, error=f'{self.stopped} (not sent: the run stopped)', backend=self.backend.name,
+                             model=self.backend.model, request=r)
+                self.usage.not_sent += 1; self.usage.failed += 1
+            else: res = await self._one(r)
+            done[r.id] = res
+            if writer: writer.write(res)
+            bar.update(res)
+    self._opened, self._open_lock = False, asyncio.Lock()
+    try:
+        if todo:
+            try: await asyncio.gather(*(worker() for _ in range(max(1, n_workers))))
             finally:
-                await self.backend.close()
-                if self._cache is not None: self._cache.flush()
-        if errors or self.stopped:
-            n_left = sum(v is None for v in vals)
-            raise RuntimeError(f'{what} failed for {n_left} of {len(keys)} inputs: {errors[0] if errors else self.stopped}')
-        return vals
+                if self._opened: await self.backend.close()
+    finally:
+        self.usage.seconds += time.perf_counter() - t0
+        bar.close()
+        if (k := self.usage.short_choices - short0) > 1:
+            log.warning('%d replies had fewer choices than n (%d choices missing in all)', k, self.usage.missing_choices)
+        if writer: writer.close()
+        if self._cache is not None: self._cache.flush()
+    return [done[r.id] for r in reqs]
 
-    async def aembed(self, texts: list[str], model: str | None = None, batch_size: int = 128):
-        "Embeddings of `texts` (openai backend, `/v1/embeddings`) as a float32 numpy array; cached per text."
-        import numpy as np
-        self._need_endpoint('embed()', 'or use a local sentence-transformers model for embeddings')
-        model, texts = model or self.embed_model, list(texts)
-        keys = [cache_key(self.backend.endpoint, model, {'embed': t}) for t in texts]
-        where = (self.backend.endpoint, model)
-        async def call(b):
-            vs, u = await self.backend.embed([texts[i] for i in b], model)
-            if (problem := embedding_problem(vs, len(b), self._embed_dims.get(where))):
-                raise LLMError(f'{self.backend.endpoint} returned {problem} (embed_model {model!r}): one model gives one dimension')
-            self._embed_dims.setdefault(where, len(vs[0]) if vs else None)
-            return vs, u
-        vecs = await self._abatched(keys, call, batch_size, lambda b: sum(approx_tokens(texts[i]) for i in b), 'embedding')
-        if vecs and (problem := embedding_problem(vecs, len(texts))):
-            raise RuntimeError(f'embedding failed: the cached and new vectors of embed_model {model!r} at {self.backend.endpoint} '
-                               f'disagree ({problem}): clear the cache ({self.cache_dir}) or use another embed_model')
-        return np.asarray(vecs, dtype=np.float32).reshape(len(texts), -1)
+# %% ../nbs/02_llm.ipynb #0f7cd02d
+@patch
+def generate(self: Engine, requests: Iterable, out: str | os.PathLike | None = None, desc: str | None = None) -> list[Result]:
+    "Sync `agenerate` (also inside Jupyter's running event loop)."
+    return run_sync(self.agenerate(requests, out, desc))
 
-    async def aloglik(self, pairs, batch_size: int = 8, tokens: bool = False) -> list:
-        "log P(continuation | prefix) for each `(prefix, continuation)`: `/v1/completions` with prompt logprobs (openai backend), or the local model (transformers); with `tokens`, the continuation's token log-probs; cached per pair."
-        if not isinstance(self.backend, TransformersBackend):
-            self._need_endpoint('loglik()', "to an endpoint that serves prompt logprobs (e.g. vLLM), or use backend='transformers' with a local model")
-        pairs = [(str(p), str(c)) for p, c in pairs]
-        keys = [cache_key(self.backend.endpoint, self.backend.model, {'loglik': list(pc), **({'tokens': True} if tokens else {})})
-                for pc in pairs]
-        async def call(b):
-            if len(b) > 1 and self._one_prompt: raise OnePromptOnly('known from an earlier request')
-            batch = [pairs[i] for i in b]
-            return await (self.backend.loglik(batch, tokens) if tokens else self.backend.loglik(batch))
-        return await self._abatched(keys, call, batch_size,
-                                    lambda b: sum(approx_tokens(pairs[i][0] + pairs[i][1]) for i in b), 'log-likelihood scoring',
-                                    cache=self.backend.cacheable)
-
-    def loglik(self, pairs, batch_size: int = 8, tokens: bool = False) -> list:
-        "Sync `aloglik`."
-        return run_sync(self.aloglik(pairs, batch_size, tokens))
-
-    def embed(self, texts: list[str], model: str | None = None, batch_size: int = 128):
-        "Sync `aembed`."
-        return run_sync(self.aembed(texts, model, batch_size))
-
-    # -- estimates and costs -------------------------------------------------------------------------------------
-    def estimate(self, requests: Iterable, max_tokens: int | None = None, output_tokens: int | None = None,
-                 model: str | None = None, seconds_per_request: float | None = None) -> Estimate:
-        "Tokens, cost and time of running `requests` (input counted; output = `output_tokens`, else `max_tokens` per choice)."
-        reqs = [Request.coerce(r) for r in requests]
-        model = model or (self.model if isinstance(self.model, str) else self.backend.model)
-        tok = self.tokenizer or (self.backend.tokenizer if isinstance(self.backend, TransformersBackend) else None)
-        counter = TokenCounter(model, tok)
-        inp = sum(counter.count_messages(r.messages) for r in reqs)
-        per = output_tokens or max_tokens
-        out = 0
-        for r in reqs:
-            o = per or r.max_tokens or self.max_tokens or 1024
-            out += int(o) * r.n
-        basis = (f'{output_tokens} expected per choice' if output_tokens else
-                 f'upper bound: max_tokens={max_tokens} per choice' if max_tokens else "upper bound: each request's max_tokens")
-        notes = list(counter.notes)
-        price = price_of(model, self.pricing)
-        if isinstance(self.backend, (TransformersBackend,)) or model == OFFLINE_MODEL:
-            price = (0.0, 0.0); notes.append('local backend: no per-token price')
-        elif price is None: notes.append(f'no price for {model!r}: add "{model} = input, output" (USD per 1M tokens) to [pricing] in settings.ini')
-        measured = self.usage.requests and self.usage.seconds
-        if seconds_per_request is None:
-            if measured:
-                seconds_per_request = self.usage.seconds * min(self.concurrency, max(self.usage.requests, 1)) / self.usage.requests
-                notes.append(f'time from the measured {seconds_per_request:.2f} s per request of this engine')
-            else:
-                seconds_per_request = 1.0 + (out / max(len(reqs), 1)) / 50
-                notes.append('time assumes 1 s + 50 output tokens/s per request; measure a small run for a better figure')
-        n = len(reqs)
-        minutes = seconds_per_request * n / self.concurrency / 60
-        if self.rpm: minutes = max(minutes, n / self.rpm)
-        if self.tpm: minutes = max(minutes, (inp + out) / self.tpm)
-        return Estimate(model, n, inp, out, price and price[0], price and price[1], minutes, self.concurrency,
-                        counter.method, basis, notes)
-
-    def cost(self) -> float | None:
-        "Measured cost in USD of the tokens used so far (cached replies are free), or None without a price."
-        if self.backend.name in ('offline', 'transformers'): return 0.0
-        p = price_of(self.backend.model, self.pricing)
-        if p is None: return None
-        return self.usage.prompt_tokens / 1e6 * p[0] + self.usage.completion_tokens / 1e6 * p[1]
-
-    def close(self):
-        if self._cache is not None: self._cache.close(); self._cache = None
-    def __enter__(self): return self
-    def __exit__(self, *_): self.close()
+@patch
+def chat(self: Engine, messages: str | list[dict], **params) -> Result:
+    "One request: a prompt string or chat messages, with `Request` parameters."
+    p, self.progress = self.progress, False
+    try: return self.generate([Request(messages, **params)])[0]
+    finally: self.progress = p
 
 # %% ../nbs/02_llm.ipynb #02340094
 def run_batch(engine, requests: list[dict]) -> list:
@@ -1332,6 +680,154 @@ def parse_all(engine: Engine, results: list[Result], schema: dict | None = None,
 def parse_json(engine: Engine, result: Result, schema: dict | None = None, repair: bool = True) -> Any:
     "The JSON value of `result` checked against `schema`, after at most one repair request; None if it stays invalid."
     return parse_all(engine, [result], schema, repair)[0]
+
+# %% ../nbs/02_llm.ipynb #4b2fc37b
+@patch
+def estimate(self: Engine, requests: Iterable, max_tokens: int | None = None, output_tokens: int | None = None,
+             model: str | None = None, seconds_per_request: float | None = None) -> Estimate:
+    "Tokens, cost and time of running `requests` (input counted; output = `output_tokens`, else `max_tokens` per choice)."
+    reqs = [Request.coerce(r) for r in requests]
+    model = model or (self.model if isinstance(self.model, str) else self.backend.model)
+    tok = self.tokenizer or (self.backend.tokenizer if isinstance(self.backend, TransformersBackend) else None)
+    counter = TokenCounter(model, tok)
+    inp = sum(counter.count_messages(r.messages) for r in reqs)
+    per = output_tokens or max_tokens
+    out = 0
+    for r in reqs:
+        o = per or r.max_tokens or self.max_tokens or 1024
+        out += int(o) * r.n
+    basis = (f'{output_tokens} expected per choice' if output_tokens else
+             f'upper bound: max_tokens={max_tokens} per choice' if max_tokens else "upper bound: each request's max_tokens")
+    notes = list(counter.notes)
+    price = price_of(model, self.pricing)
+    if isinstance(self.backend, (TransformersBackend,)) or model == OFFLINE_MODEL:
+        price = (0.0, 0.0); notes.append('local backend: no per-token price')
+    elif price is None: notes.append(f'no price for {model!r}: add "{model} = input, output" (USD per 1M tokens) to [pricing] in settings.ini')
+    measured = self.usage.requests and self.usage.seconds
+    if seconds_per_request is None:
+        if measured:
+            seconds_per_request = self.usage.seconds * min(self.concurrency, max(self.usage.requests, 1)) / self.usage.requests
+            notes.append(f'time from the measured {seconds_per_request:.2f} s per request of this engine')
+        else:
+            seconds_per_request = 1.0 + (out / max(len(reqs), 1)) / 50
+            notes.append('time assumes 1 s + 50 output tokens/s per request; measure a small run for a better figure')
+    n = len(reqs)
+    minutes = seconds_per_request * n / self.concurrency / 60
+    if self.rpm: minutes = max(minutes, n / self.rpm)
+    if self.tpm: minutes = max(minutes, (inp + out) / self.tpm)
+    return Estimate(model, n, inp, out, price and price[0], price and price[1], minutes, self.concurrency,
+                    counter.method, basis, notes)
+
+# %% ../nbs/02_llm.ipynb #40c7e607
+@patch
+def cost(self: Engine) -> float | None:
+    "Measured cost in USD of the tokens used so far (cached replies are free), or None without a price."
+    if self.backend.name in ('offline', 'transformers'): return 0.0
+    p = price_of(self.backend.model, self.pricing)
+    if p is None: return None
+    return self.usage.prompt_tokens / 1e6 * p[0] + self.usage.completion_tokens / 1e6 * p[1]
+
+# %% ../nbs/02_llm.ipynb #f94def9a
+@patch
+async def _abatched(self: Engine, keys: list[str], call: Callable, batch_size: int, tokens: Callable, what: str,
+                    cache: bool = True) -> list:
+    "One value per cache key: hits from the cache, the rest from `await call(indices) -> (values, usage)` in concurrent batches."
+    vals: list = [None] * len(keys)
+    cache = cache and self.use_cache
+    if cache:
+        for i, k in enumerate(keys):
+            if (hit := self.cache.get(k)) is not None: vals[i] = hit['v']; self.usage.cached += 1
+    todo = [i for i, v in enumerate(vals) if v is None]
+    batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
+    self._start_run()
+    errors = []
+    async def run(batch):
+        if errors and self.stopped: return
+        try: val, _, err = await self._call(lambda: call(batch), tokens(batch) if self._tpm.interval else 0)
+        except OnePromptOnly as e:                          # the server takes one prompt per request
+            if not self._one_prompt:
+                self._one_prompt = True
+                log.warning('%s failed a request of %d prompts (%s): sending one prompt per request', self.backend.endpoint,
+                            len(batch), e)
+            for i in batch: await run([i])
+            return
+        if err:
+            errors.append(err); self.usage.failed += len(batch); self.first_error = self.first_error or err
+            if not err.endswith(('attempts)', 'stopped)')): self._stop(f'{what} failed: {err}', quiet=True)
+            return
+        vs, u = val
+        self.usage.requests += 1; self.usage.prompt_tokens += u.get('prompt_tokens', 0)
+        for i, v in zip(batch, vs):
+            vals[i] = v
+            if cache: self.cache.put(keys[i], {'v': v})
+    if batches:
+        await self.backend.open()
+        try:
+            sem = asyncio.Semaphore(self.concurrency)
+            async def guarded(b):
+                async with sem: await run(b)
+            await asyncio.gather(*(guarded(b) for b in batches))
+        finally:
+            await self.backend.close()
+            if self._cache is not None: self._cache.flush()
+    if errors or self.stopped:
+        n_left = sum(v is None for v in vals)
+        raise RuntimeError(f'{what} failed for {n_left} of {len(keys)} inputs: {errors[0] if errors else self.stopped}')
+    return vals
+
+# %% ../nbs/02_llm.ipynb #0d6c9e1e
+@patch
+def _need_endpoint(self: Engine, what: str, alternative: str):
+    if not isinstance(self.backend, OpenAIBackend):
+        raise ValueError(f"{what} needs an OpenAI-compatible endpoint (backend is {self.backend.name!r}): set "
+                         f"DATAALCHEMY_BASE_URL, {alternative}")
+
+@patch
+async def aembed(self: Engine, texts: list[str], model: str | None = None, batch_size: int = 128):
+    "Embeddings of `texts` (openai backend, `/v1/embeddings`) as a float32 numpy array; cached per text."
+    import numpy as np
+    self._need_endpoint('embed()', 'or use a local sentence-transformers model for embeddings')
+    model, texts = model or self.embed_model, list(texts)
+    keys = [cache_key(self.backend.endpoint, model, {'embed': t}) for t in texts]
+    where = (self.backend.endpoint, model)
+    async def call(b):
+        vs, u = await self.backend.embed([texts[i] for i in b], model)
+        if (problem := embedding_problem(vs, len(b), self._embed_dims.get(where))):
+            raise LLMError(f'{self.backend.endpoint} returned {problem} (embed_model {model!r}): one model gives one dimension')
+        self._embed_dims.setdefault(where, len(vs[0]) if vs else None)
+        return vs, u
+    vecs = await self._abatched(keys, call, batch_size, lambda b: sum(approx_tokens(texts[i]) for i in b), 'embedding')
+    if vecs and (problem := embedding_problem(vecs, len(texts))):
+        raise RuntimeError(f'embedding failed: the cached and new vectors of embed_model {model!r} at {self.backend.endpoint} '
+                           f'disagree ({problem}): clear the cache ({self.cache_dir}) or use another embed_model')
+    return np.asarray(vecs, dtype=np.float32).reshape(len(texts), -1)
+
+@patch
+def embed(self: Engine, texts: list[str], model: str | None = None, batch_size: int = 128):
+    "Sync `aembed`."
+    return run_sync(self.aembed(texts, model, batch_size))
+
+# %% ../nbs/02_llm.ipynb #d83d033a
+@patch
+async def aloglik(self: Engine, pairs, batch_size: int = 8, tokens: bool = False) -> list:
+    "log P(continuation | prefix) for each `(prefix, continuation)`: `/v1/completions` with prompt logprobs (openai backend), or the local model (transformers); with `tokens`, the continuation's token log-probs; cached per pair."
+    if not isinstance(self.backend, TransformersBackend):
+        self._need_endpoint('loglik()', "to an endpoint that serves prompt logprobs (e.g. vLLM), or use backend='transformers' with a local model")
+    pairs = [(str(p), str(c)) for p, c in pairs]
+    keys = [cache_key(self.backend.endpoint, self.backend.model, {'loglik': list(pc), **({'tokens': True} if tokens else {})})
+            for pc in pairs]
+    async def call(b):
+        if len(b) > 1 and self._one_prompt: raise OnePromptOnly('known from an earlier request')
+        batch = [pairs[i] for i in b]
+        return await (self.backend.loglik(batch, tokens) if tokens else self.backend.loglik(batch))
+    return await self._abatched(keys, call, batch_size,
+                                lambda b: sum(approx_tokens(pairs[i][0] + pairs[i][1]) for i in b), 'log-likelihood scoring',
+                                cache=self.backend.cacheable)
+
+@patch
+def loglik(self: Engine, pairs, batch_size: int = 8, tokens: bool = False) -> list:
+    "Sync `aloglik`."
+    return run_sync(self.aloglik(pairs, batch_size, tokens))
 
 # %% ../nbs/02_llm.ipynb #1682f9ef
 import functools, inspect, typer

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse, asyncio, base64, collections, hashlib, json, math, re, struct, subprocess, sys, threading, time
 from dataclasses import dataclass
 from typing import Any, Callable
+from fastcore.basics import patch
 from .core import CJK_RANGES, has_cjk, normalize
 
 # %% auto #0
@@ -139,7 +140,6 @@ class FakeOpenAI:
         self._thread = self._loop = self._runner = None
         self.reset()
 
-    # -- what the server saw ------------------------------------------------------------------------------------
     def reset(self):
         "Forget the requests seen so far (faults still queued are kept)."
         with self._lock:
@@ -161,248 +161,273 @@ class FakeOpenAI:
                     'prompt_counts': dict(self.prompt_counts), 'cancelled': self.cancelled, 'abandoned': self.abandoned,
                     'status_counts': dict(collections.Counter(r['status'] for r in self.requests))}
 
-    # -- faults -------------------------------------------------------------------------------------------------
-    def fail(self, *faults) -> 'FakeOpenAI':
-        "Queue `faults` (e.g. `'429'`, `'500'`, `'slow:3'`, None for a normal reply): the next requests get them in order."
-        with self._lock: self._faults.extend(Fault.parse(f) for f in faults)
-        return self
-
-    def fail_prompt(self, prompt: str, *faults) -> 'FakeOpenAI':
-        "Queue `faults` for the next requests whose prompt is `prompt`."
-        with self._lock: self._prompt_faults.setdefault(prompt, collections.deque()).extend(Fault.parse(f) for f in faults)
-        return self
-
-    def _next_fault(self, path: str, prompt: str, body: dict) -> Fault | None:
-        with self._lock:
-            q = self._prompt_faults.get(prompt)
-            if q: return q.popleft()
-            if self._faults: return self._faults.popleft()
-        return Fault.parse(self.rule(path, body)) if self.rule else None
-
-    # -- lifecycle ----------------------------------------------------------------------------------------------
-    @property
-    def url(self) -> str:
-        "The `base_url` for an OpenAI client (ends in `/v1`)."
-        if not self.port: raise RuntimeError("the server is not started: call .start()")
-        return f'http://{self.host}:{self.port}/v1'
-
-    def start(self) -> 'FakeOpenAI':
-        "Start serving in a background thread; returns once the port is open."
-        try: import aiohttp.web  # noqa: F401
-        except ImportError: raise ImportError('FakeOpenAI needs aiohttp: pip install aiohttp (or pip install "dataalchemy[dev]")') from None
-        if self._thread: return self
-        ready, err = threading.Event(), []
-        def run():
-            self._loop = asyncio.new_event_loop()
-            asyncio.set_event_loop(self._loop)
-            try: self._loop.run_until_complete(self._startup())
-            except BaseException as e:
-                err.append(e); ready.set(); return
-            ready.set()
-            self._loop.run_forever()
-            pending = [t for t in asyncio.all_tasks(self._loop) if not t.done()]     # e.g. abandoned generations
-            for t in pending: t.cancel()
-            self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-            self._loop.run_until_complete(self._runner.cleanup())
-            self._loop.close()
-        self._thread = threading.Thread(target=run, name='FakeOpenAI', daemon=True)
-        self._thread.start()
-        ready.wait(30)
-        if err: self._thread = None; raise err[0]
-        return self
-
-    async def _startup(self):
-        from aiohttp import web
-        self._stream = asyncio.Semaphore(1)
-        app = web.Application(client_max_size=64 * 2**20)
-        app.router.add_post('/v1/chat/completions', self._chat)
-        app.router.add_post('/v1/completions', self._completions)
-        app.router.add_post('/v1/embeddings', self._embeddings)
-        app.router.add_get('/v1/models', self._list_models)
-        app.router.add_get('/_fake/stats', self._stats)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.2,
-                                     handler_cancellation=True)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, backlog=1024)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
-
-    def stop(self):
-        "Stop the server (requests still in flight are cancelled)."
-        if not self._thread: return
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._thread = None
-
-    def __enter__(self): return self.start()
-    def __exit__(self, *_): self.stop()
-    def __repr__(self):
-        where = self.url if self.port and self._thread else 'not started'
-        return f'FakeOpenAI({where}, latency={self.latency}, requests={self.n_requests})'
-
-    # -- request handling ---------------------------------------------------------------------------------------
-    async def _handle(self, request, path: str, prompt_of: Callable[[dict], str], reply: Callable[[dict, Fault | None], dict]):
-        auth = request.headers.get('Authorization', '')
-        try: body = await request.json()
-        except Exception: body = None
-        prompt = prompt_of(body) if isinstance(body, dict) else ''
-        rec = {'path': path, 'prompt': prompt, 'model': (body or {}).get('model') if isinstance(body, dict) else None,
-               'auth': bool(auth), 'status': 200, 'fault': None, 't': time.time(),
-               'body': body if self.keep_bodies else None}
-        with self._lock:
-            self.requests.append(rec); self.prompt_counts[prompt] += 1
-            self.in_flight += 1; self.max_in_flight = max(self.max_in_flight, self.in_flight)
-        work = asyncio.ensure_future(self._work(request, rec, auth, body, prompt, path, reply))
-        try:
-            # a single-stream server (transformers serve) keeps generating for a client that hung up: `shield`
-            return await (asyncio.shield(work) if 'single_stream' in self.quirks else work)
-        except asyncio.CancelledError:                     # the client closed the connection (e.g. it timed out)
-            with self._lock: self.cancelled += 1
-            rec['status'] = 'cancelled'
-            if 'single_stream' in self.quirks and not work.done():
-                def _abandoned(t):
-                    if not t.cancelled():
-                        with self._lock: self.abandoned += 1
-                work.add_done_callback(_abandoned)
-            else: work.cancel()
-            raise
-        finally:
-            with self._lock: self.in_flight -= 1
-
-    async def _work(self, request, rec, auth, body, prompt, path, reply):
-        "Answer one request (one at a time, the others queued, with the `single_stream` quirk)."
-        if 'single_stream' not in self.quirks: return await self._answer(request, rec, auth, body, prompt, path, reply)
-        async with self._stream: return await self._answer(request, rec, auth, body, prompt, path, reply)
-
-    async def _answer(self, request, rec, auth, body, prompt, path, reply):
-        from aiohttp import web
-        status, payload, headers = 200, None, {}
-        fault = self._next_fault(path, prompt, body or {}) if isinstance(body, dict) else None
-        rec['fault'] = fault and fault.kind
-        if self.latency: await asyncio.sleep(self.latency)
-        if not auth.startswith('Bearer ') or not auth[7:].strip():
-            status, payload = _err(401, 'You did not provide an API key (Authorization: Bearer ...).', code='invalid_api_key')
-        elif self.api_key is not None and auth[7:] != self.api_key:
-            status, payload = _err(401, f'Incorrect API key provided: {auth[7:]}.', code='invalid_api_key')
-        elif not isinstance(body, dict):
-            status, payload = _err(400, 'The request body is not a JSON object.')
-        elif self.models is not None and body.get('model') not in self.models:
-            status, payload = _err(404, f"The model `{body.get('model')}` does not exist or you do not have access to it.",
-                                   code='model_not_found')
-        elif fault and fault.kind in _FAULT_ERRORS:
-            status, payload = _err(int(fault.kind), *_FAULT_ERRORS[fault.kind])
-            if fault.kind == '429': headers['Retry-After'] = f'{fault.arg if fault.arg is not None else 1:g}'
-        elif fault and fault.kind == 'slow':
-            await asyncio.sleep(fault.arg if fault.arg is not None else self.slow_seconds)
-        elif fault and fault.kind == 'drop':
-            rec['status'] = 0
-            request.transport.close()
-            return web.Response(status=500)
-        elif fault and fault.kind == 'malformed':
-            rec['status'] = 200
-            return web.Response(status=200, text='{"id": "chatcmpl-broken", "choices": [', content_type='application/json')
-        if payload is None:
-            try: payload = reply(body, fault)
-            except _Raw as e:
-                rec['status'] = e.status
-                return web.Response(status=e.status, text=e.text)
-            except Exception as e: status, payload = _err(500, f'responder failed: {type(e).__name__}: {e}', 'server_error')
-        if status != 200 and 'fastapi_errors' in self.quirks: payload = {'detail': payload['error']['message']}
-        rec['status'] = status
-        return web.json_response(payload, status=status, headers=headers, dumps=lambda o: json.dumps(o, ensure_ascii=False))
-
-    def _texts(self, messages, params, fault) -> tuple[list[str], list[str]]:
-        texts, reasons = [], []
-        for i in range(max(1, int(params.get('n') or 1))):
-            t = self.responder(messages, {**params, 'choice': i})
-            if fault and fault.kind == 'fenced': t = f'Here is the JSON you asked for:\n```json\n{t}\n```'
-            if fault and fault.kind == 'invalid_json': t = t[:max(1, len(t) // 2)]
-            mt = params.get('max_tokens', params.get('max_completion_tokens'))
-            t, cut = truncate_tokens(t, mt)
-            texts.append(t); reasons.append('length' if cut else 'stop')
-        return texts, reasons
-
     @staticmethod
     def _usage(p: int, c: int) -> dict: return {'prompt_tokens': p, 'completion_tokens': c, 'total_tokens': p + c}
 
-    async def _chat(self, request):
-        def reply(body, fault):
-            msgs = body.get('messages') or []
-            if not isinstance(msgs, list) or not msgs: raise ValueError('messages must be a non-empty list')
-            params = {k: v for k, v in body.items() if k != 'messages'}
-            if 'one_choice' in self.quirks: params['n'] = 1          # llama.cpp, transformers serve: n is ignored
-            texts, reasons = self._texts(msgs, params, fault)
-            p = sum(count_tokens(message_text(m.get('content'))) + 4 for m in msgs) + 3
-            return {'id': 'chatcmpl-' + hashlib.sha1(json.dumps(body, sort_keys=True).encode()).hexdigest()[:24],
-                    'object': 'chat.completion', 'created': int(time.time()), 'model': body.get('model', 'fake-model'),
-                    'system_fingerprint': 'fake', 'usage': self._usage(p, sum(count_tokens(t) for t in texts)),
-                    'choices': [{'index': i, 'message': {'role': 'assistant', 'content': t}, 'finish_reason': r,
-                                 'logprobs': None} for i, (t, r) in enumerate(zip(texts, reasons))]}
-        return await self._handle(request, 'chat', lambda b: last_user(b.get('messages') or []), reply)
+# %% ../nbs/02a_testserver.ipynb #88c9d30b
+@patch
+def fail(self: FakeOpenAI, *faults) -> 'FakeOpenAI':
+    "Queue `faults` (e.g. `'429'`, `'500'`, `'slow:3'`, None for a normal reply): the next requests get them in order."
+    with self._lock: self._faults.extend(Fault.parse(f) for f in faults)
+    return self
 
-    async def _completions(self, request):
-        def prompts(b):
-            p = b.get('prompt', '')
-            return [p] if isinstance(p, str) else [str(x) for x in p]
-        def reply(body, fault):
-            choices, ptoks, ctoks = [], 0, 0
-            params = {k: v for k, v in body.items() if k != 'prompt'}
-            params.setdefault('max_tokens', 16)
-            if 'one_prompt' in self.quirks and len(prompts(body)) > 1:
-                if 'fastapi_errors' in self.quirks: raise _Raw(400, json.dumps({'detail': 'prompt: Input should be a valid string'}))
-                raise _Raw(500)                                    # llama.cpp: an empty 500
-            if 'no_logprobs' in self.quirks: body = {k: v for k, v in body.items() if k not in ('echo', 'logprobs')}
-            for prompt in prompts(body):
-                texts, reasons = self._texts([{'role': 'user', 'content': prompt}], params, fault)
-                if params['max_tokens'] == 0: reasons = ['length'] * len(texts)
-                ptoks += count_tokens(prompt)
-                for t, r in zip(texts, reasons):
-                    ctoks += count_tokens(t)
-                    full = (prompt + t) if body.get('echo') else t
-                    lp = None
-                    if body.get('logprobs') is not None:
-                        toks, lps, tops, offs, seen, prev, off = [], [], [], [], set(), '', 0
-                        n_prompt = len(pieces(prompt)) if body.get('echo') else 0
-                        for j, tok in enumerate(pieces(full)):
-                            x = token_logprob(prev, tok, seen)
-                            toks.append(tok); offs.append(off)
-                            lps.append(None if j == 0 and n_prompt else x)
-                            tops.append(None if j == 0 and n_prompt else {tok: x})
-                            seen.add(tok.strip()); prev, off = tok, off + len(tok)
-                        lp = {'tokens': toks, 'token_logprobs': lps, 'top_logprobs': tops, 'text_offset': offs}
-                    choices.append({'index': len(choices), 'text': full, 'finish_reason': r, 'logprobs': lp})
-            return {'id': 'cmpl-' + hashlib.sha1(json.dumps(body, sort_keys=True).encode()).hexdigest()[:24],
-                    'object': 'text_completion', 'created': int(time.time()), 'model': body.get('model', 'fake-model'),
-                    'choices': choices, 'usage': self._usage(ptoks, ctoks)}
-        return await self._handle(request, 'completions', lambda b: '\n'.join(prompts(b)), reply)
+@patch
+def fail_prompt(self: FakeOpenAI, prompt: str, *faults) -> 'FakeOpenAI':
+    "Queue `faults` for the next requests whose prompt is `prompt`."
+    with self._lock: self._prompt_faults.setdefault(prompt, collections.deque()).extend(Fault.parse(f) for f in faults)
+    return self
 
-    async def _embeddings(self, request):
-        def inputs(b):
-            x = b.get('input', '')
-            return [x] if isinstance(x, str) else [str(t) for t in x]
-        def reply(body, fault):
-            data = []
-            dim = int(body.get('dimensions') or self.embed_dim)
-            for i, t in enumerate(inputs(body)):
-                v = hash_embedding(t, dim)
-                if 'per_token_embeddings' in self.quirks:              # llama.cpp without pooling: one vector per token
-                    v = [hash_embedding(p, dim) for p in pieces(t) if p.strip()] or [v]
-                if body.get('encoding_format') == 'base64': v = base64.b64encode(struct.pack(f'<{len(v)}f', *v)).decode()
-                data.append({'object': 'embedding', 'index': i, 'embedding': v})
-            n = sum(count_tokens(t) for t in inputs(body))
-            return {'object': 'list', 'data': data, 'model': body.get('model', 'fake-embedding'),
-                    'usage': {'prompt_tokens': n, 'total_tokens': n}}
-        return await self._handle(request, 'embeddings', lambda b: '\n'.join(inputs(b)), reply)
+@patch
+def _next_fault(self: FakeOpenAI, path: str, prompt: str, body: dict) -> Fault | None:
+    with self._lock:
+        q = self._prompt_faults.get(prompt)
+        if q: return q.popleft()
+        if self._faults: return self._faults.popleft()
+    return Fault.parse(self.rule(path, body)) if self.rule else None
 
-    async def _list_models(self, request):
-        from aiohttp import web
-        ids = self.models or ['fake-model', 'fake-embedding']
-        return web.json_response({'object': 'list', 'data': [{'id': m, 'object': 'model', 'created': 0, 'owned_by': 'fake'}
-                                                             for m in ids]})
+# %% ../nbs/02a_testserver.ipynb #bae6034c
+@patch(as_prop=True)
+def url(self: FakeOpenAI) -> str:
+    "The `base_url` for an OpenAI client (ends in `/v1`)."
+    if not self.port: raise RuntimeError("the server is not started: call .start()")
+    return f'http://{self.host}:{self.port}/v1'
 
-    async def _stats(self, request):
-        from aiohttp import web
-        return web.json_response(self.stats())
+@patch
+def start(self: FakeOpenAI) -> 'FakeOpenAI':
+    "Start serving in a background thread; returns once the port is open."
+    try: import aiohttp.web  # noqa: F401
+    except ImportError: raise ImportError('FakeOpenAI needs aiohttp: pip install aiohttp (or pip install "dataalchemy[dev]")') from None
+    if self._thread: return self
+    ready, err = threading.Event(), []
+    def run():
+        self._loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self._loop)
+        try: self._loop.run_until_complete(self._startup())
+        except BaseException as e:
+            err.append(e); ready.set(); return
+        ready.set()
+        self._loop.run_forever()
+        pending = [t for t in asyncio.all_tasks(self._loop) if not t.done()]     # e.g. abandoned generations
+        for t in pending: t.cancel()
+        self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        self._loop.run_until_complete(self._runner.cleanup())
+        self._loop.close()
+    self._thread = threading.Thread(target=run, name='FakeOpenAI', daemon=True)
+    self._thread.start()
+    ready.wait(30)
+    if err: self._thread = None; raise err[0]
+    return self
+
+# %% ../nbs/02a_testserver.ipynb #cb73f3d0
+@patch
+async def _startup(self: FakeOpenAI):
+    from aiohttp import web
+    self._stream = asyncio.Semaphore(1)
+    app = web.Application(client_max_size=64 * 2**20)
+    app.router.add_post('/v1/chat/completions', self._chat)
+    app.router.add_post('/v1/completions', self._completions)
+    app.router.add_post('/v1/embeddings', self._embeddings)
+    app.router.add_get('/v1/models', self._list_models)
+    app.router.add_get('/_fake/stats', self._stats)
+    self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.2,
+                                 handler_cancellation=True)
+    await self._runner.setup()
+    site = web.TCPSite(self._runner, self.host, self.port, backlog=1024)
+    await site.start()
+    self.port = self._runner.addresses[0][1]
+
+@patch
+def stop(self: FakeOpenAI):
+    "Stop the server (requests still in flight are cancelled)."
+    if not self._thread: return
+    self._loop.call_soon_threadsafe(self._loop.stop)
+    self._thread.join(10)
+    self._thread = None
+
+@patch
+def __enter__(self: FakeOpenAI): return self.start()
+
+@patch
+def __exit__(self: FakeOpenAI, *_): self.stop()
+
+@patch
+def __repr__(self: FakeOpenAI):
+    where = self.url if self.port and self._thread else 'not started'
+    return f'FakeOpenAI({where}, latency={self.latency}, requests={self.n_requests})'
+
+# %% ../nbs/02a_testserver.ipynb #7446ecc0
+@patch
+async def _handle(self: FakeOpenAI, request, path: str, prompt_of: Callable[[dict], str], reply: Callable[[dict, Fault | None], dict]):
+    auth = request.headers.get('Authorization', '')
+    try: body = await request.json()
+    except Exception: body = None
+    prompt = prompt_of(body) if isinstance(body, dict) else ''
+    rec = {'path': path, 'prompt': prompt, 'model': (body or {}).get('model') if isinstance(body, dict) else None,
+           'auth': bool(auth), 'status': 200, 'fault': None, 't': time.time(),
+           'body': body if self.keep_bodies else None}
+    with self._lock:
+        self.requests.append(rec); self.prompt_counts[prompt] += 1
+        self.in_flight += 1; self.max_in_flight = max(self.max_in_flight, self.in_flight)
+    work = asyncio.ensure_future(self._work(request, rec, auth, body, prompt, path, reply))
+    try:
+        # a single-stream server (transformers serve) keeps generating for a client that hung up: `shield`
+        return await (asyncio.shield(work) if 'single_stream' in self.quirks else work)
+    except asyncio.CancelledError:                     # the client closed the connection (e.g. it timed out)
+        with self._lock: self.cancelled += 1
+        rec['status'] = 'cancelled'
+        if 'single_stream' in self.quirks and not work.done():
+            def _abandoned(t):
+                if not t.cancelled():
+                    with self._lock: self.abandoned += 1
+            work.add_done_callback(_abandoned)
+        else: work.cancel()
+        raise
+    finally:
+        with self._lock: self.in_flight -= 1
+
+@patch
+async def _work(self: FakeOpenAI, request, rec, auth, body, prompt, path, reply):
+    "Answer one request (one at a time, the others queued, with the `single_stream` quirk)."
+    if 'single_stream' not in self.quirks: return await self._answer(request, rec, auth, body, prompt, path, reply)
+    async with self._stream: return await self._answer(request, rec, auth, body, prompt, path, reply)
+
+# %% ../nbs/02a_testserver.ipynb #84cd6f09
+@patch
+async def _answer(self: FakeOpenAI, request, rec, auth, body, prompt, path, reply):
+    from aiohttp import web
+    status, payload, headers = 200, None, {}
+    fault = self._next_fault(path, prompt, body or {}) if isinstance(body, dict) else None
+    rec['fault'] = fault and fault.kind
+    if self.latency: await asyncio.sleep(self.latency)
+    if not auth.startswith('Bearer ') or not auth[7:].strip():
+        status, payload = _err(401, 'You did not provide an API key (Authorization: Bearer ...).', code='invalid_api_key')
+    elif self.api_key is not None and auth[7:] != self.api_key:
+        status, payload = _err(401, f'Incorrect API key provided: {auth[7:]}.', code='invalid_api_key')
+    elif not isinstance(body, dict):
+        status, payload = _err(400, 'The request body is not a JSON object.')
+    elif self.models is not None and body.get('model') not in self.models:
+        status, payload = _err(404, f"The model `{body.get('model')}` does not exist or you do not have access to it.",
+                               code='model_not_found')
+    elif fault and fault.kind in _FAULT_ERRORS:
+        status, payload = _err(int(fault.kind), *_FAULT_ERRORS[fault.kind])
+        if fault.kind == '429': headers['Retry-After'] = f'{fault.arg if fault.arg is not None else 1:g}'
+    elif fault and fault.kind == 'slow':
+        await asyncio.sleep(fault.arg if fault.arg is not None else self.slow_seconds)
+    elif fault and fault.kind == 'drop':
+        rec['status'] = 0
+        request.transport.close()
+        return web.Response(status=500)
+    elif fault and fault.kind == 'malformed':
+        rec['status'] = 200
+        return web.Response(status=200, text='{"id": "chatcmpl-broken", "choices": [', content_type='application/json')
+    if payload is None:
+        try: payload = reply(body, fault)
+        except _Raw as e:
+            rec['status'] = e.status
+            return web.Response(status=e.status, text=e.text)
+        except Exception as e: status, payload = _err(500, f'responder failed: {type(e).__name__}: {e}', 'server_error')
+    if status != 200 and 'fastapi_errors' in self.quirks: payload = {'detail': payload['error']['message']}
+    rec['status'] = status
+    return web.json_response(payload, status=status, headers=headers, dumps=lambda o: json.dumps(o, ensure_ascii=False))
+
+# %% ../nbs/02a_testserver.ipynb #96e4cbe7
+@patch
+def _texts(self: FakeOpenAI, messages, params, fault) -> tuple[list[str], list[str]]:
+    texts, reasons = [], []
+    for i in range(max(1, int(params.get('n') or 1))):
+        t = self.responder(messages, {**params, 'choice': i})
+        if fault and fault.kind == 'fenced': t = f'Here is the JSON you asked for:\n```json\n{t}\n```'
+        if fault and fault.kind == 'invalid_json': t = t[:max(1, len(t) // 2)]
+        mt = params.get('max_tokens', params.get('max_completion_tokens'))
+        t, cut = truncate_tokens(t, mt)
+        texts.append(t); reasons.append('length' if cut else 'stop')
+    return texts, reasons
+
+@patch
+async def _chat(self: FakeOpenAI, request):
+    def reply(body, fault):
+        msgs = body.get('messages') or []
+        if not isinstance(msgs, list) or not msgs: raise ValueError('messages must be a non-empty list')
+        params = {k: v for k, v in body.items() if k != 'messages'}
+        if 'one_choice' in self.quirks: params['n'] = 1          # llama.cpp, transformers serve: n is ignored
+        texts, reasons = self._texts(msgs, params, fault)
+        p = sum(count_tokens(message_text(m.get('content'))) + 4 for m in msgs) + 3
+        return {'id': 'chatcmpl-' + hashlib.sha1(json.dumps(body, sort_keys=True).encode()).hexdigest()[:24],
+                'object': 'chat.completion', 'created': int(time.time()), 'model': body.get('model', 'fake-model'),
+                'system_fingerprint': 'fake', 'usage': self._usage(p, sum(count_tokens(t) for t in texts)),
+                'choices': [{'index': i, 'message': {'role': 'assistant', 'content': t}, 'finish_reason': r,
+                             'logprobs': None} for i, (t, r) in enumerate(zip(texts, reasons))]}
+    return await self._handle(request, 'chat', lambda b: last_user(b.get('messages') or []), reply)
+
+# %% ../nbs/02a_testserver.ipynb #5f507871
+@patch
+async def _completions(self: FakeOpenAI, request):
+    def prompts(b):
+        p = b.get('prompt', '')
+        return [p] if isinstance(p, str) else [str(x) for x in p]
+    def reply(body, fault):
+        choices, ptoks, ctoks = [], 0, 0
+        params = {k: v for k, v in body.items() if k != 'prompt'}
+        params.setdefault('max_tokens', 16)
+        if 'one_prompt' in self.quirks and len(prompts(body)) > 1:
+            if 'fastapi_errors' in self.quirks: raise _Raw(400, json.dumps({'detail': 'prompt: Input should be a valid string'}))
+            raise _Raw(500)                                    # llama.cpp: an empty 500
+        if 'no_logprobs' in self.quirks: body = {k: v for k, v in body.items() if k not in ('echo', 'logprobs')}
+        for prompt in prompts(body):
+            texts, reasons = self._texts([{'role': 'user', 'content': prompt}], params, fault)
+            if params['max_tokens'] == 0: reasons = ['length'] * len(texts)
+            ptoks += count_tokens(prompt)
+            for t, r in zip(texts, reasons):
+                ctoks += count_tokens(t)
+                full = (prompt + t) if body.get('echo') else t
+                lp = None
+                if body.get('logprobs') is not None:
+                    toks, lps, tops, offs, seen, prev, off = [], [], [], [], set(), '', 0
+                    n_prompt = len(pieces(prompt)) if body.get('echo') else 0
+                    for j, tok in enumerate(pieces(full)):
+                        x = token_logprob(prev, tok, seen)
+                        toks.append(tok); offs.append(off)
+                        lps.append(None if j == 0 and n_prompt else x)
+                        tops.append(None if j == 0 and n_prompt else {tok: x})
+                        seen.add(tok.strip()); prev, off = tok, off + len(tok)
+                    lp = {'tokens': toks, 'token_logprobs': lps, 'top_logprobs': tops, 'text_offset': offs}
+                choices.append({'index': len(choices), 'text': full, 'finish_reason': r, 'logprobs': lp})
+        return {'id': 'cmpl-' + hashlib.sha1(json.dumps(body, sort_keys=True).encode()).hexdigest()[:24],
+                'object': 'text_completion', 'created': int(time.time()), 'model': body.get('model', 'fake-model'),
+                'choices': choices, 'usage': self._usage(ptoks, ctoks)}
+    return await self._handle(request, 'completions', lambda b: '\n'.join(prompts(b)), reply)
+
+# %% ../nbs/02a_testserver.ipynb #6d0fedea
+@patch
+async def _embeddings(self: FakeOpenAI, request):
+    def inputs(b):
+        x = b.get('input', '')
+        return [x] if isinstance(x, str) else [str(t) for t in x]
+    def reply(body, fault):
+        data = []
+        dim = int(body.get('dimensions') or self.embed_dim)
+        for i, t in enumerate(inputs(body)):
+            v = hash_embedding(t, dim)
+            if 'per_token_embeddings' in self.quirks:              # llama.cpp without pooling: one vector per token
+                v = [hash_embedding(p, dim) for p in pieces(t) if p.strip()] or [v]
+            if body.get('encoding_format') == 'base64': v = base64.b64encode(struct.pack(f'<{len(v)}f', *v)).decode()
+            data.append({'object': 'embedding', 'index': i, 'embedding': v})
+        n = sum(count_tokens(t) for t in inputs(body))
+        return {'object': 'list', 'data': data, 'model': body.get('model', 'fake-embedding'),
+                'usage': {'prompt_tokens': n, 'total_tokens': n}}
+    return await self._handle(request, 'embeddings', lambda b: '\n'.join(inputs(b)), reply)
+
+@patch
+async def _list_models(self: FakeOpenAI, request):
+    from aiohttp import web
+    ids = self.models or ['fake-model', 'fake-embedding']
+    return web.json_response({'object': 'list', 'data': [{'id': m, 'object': 'model', 'created': 0, 'owned_by': 'fake'}
+                                                         for m in ids]})
+
+@patch
+async def _stats(self: FakeOpenAI, request):
+    from aiohttp import web
+    return web.json_response(self.stats())
 
 # %% ../nbs/02a_testserver.ipynb #77284f6f
 _re_doc_qa = (re.compile(r'^Text:\n(?P<text>.*)\n\nFirst summarise the text in one sentence, then write (?P<n>\d+) question', re.S),
@@ -416,7 +441,7 @@ def task_responder(messages: list[dict], params: dict) -> str:
     system = next((message_text(m.get('content')) for m in messages or [] if m.get('role') == 'system'), '')
     for kind, pats in (('doc_qa', _re_doc_qa), ('qa', _re_qa)):
         if m := next((x for p in pats if (x := p.search(text))), None):
-            from dataalchemy.llm import get_task                       # registers the QA chapter's tasks on first use
+            from dataalchemy.backends import get_task                  # registers the QA chapter's tasks on first use
             body = get_task(kind).offline({'text': m['text'], 'n': int(m['n'])})
             return 'Here is the JSON you asked for:\n```json\n' + body + '\n```'
     if 'toxicity' in system and 'identity_attack' in system and text.startswith('Text:\n'):
