@@ -781,6 +781,8 @@ def pipeline_from_config(cfg: dict, out: str | os.PathLike | None = None, progre
               Step('alpaca', alpaca_step, per_record=True)]
     if cfg['filters']['enabled']: steps.append(Step('filters', filters_step, resolve_options('filters', fields('filters')), per_record=True))
     dd = resolve_options('dedup', fields('dedup')) if cfg['dedup']['enabled'] else None
+    if dd and b['engine'] == 'ray' and 'engine' not in cfg['dedup']:     # the build's Ray also hashes for dedup
+        dd = {**dd, 'engine': 'ray', 'ray_address': b['ray_address']}
     if dd and cfg['dedup']['early_exact'] and dd['keep'] != 'score' and (pii or tox):   # exact copies go before the costly stages; the result is the same
         steps.append(Step('exact', exact_step, {'fields': dd['fields'], 'lower': dd['lower']}))
     if pii: steps.append(Step('pii', pii_step, pii, per_record=True))
