@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 from fastcore.basics import chunked, patch
+import numpy as np
 from .core import Stats, read_records, RecordWriter, RecordError, record_texts
 from .config import options
 
@@ -549,34 +550,64 @@ def scrub_records(records, scrubber: PIIScrubber | None = None, stats: Stats | N
             else: stats.drop(rec, reason)
     sc.check_fields(n)
 
+# %% ../nbs/05b_pii.ipynb #3bd95cd4
+_CLEAN = ((), ())
+
+class _VerdictMemo:
+    """Verdicts of texts audited before, by a 16-byte digest. Nearly every text has no finding: those digests sit in one
+    sorted numpy array (16 bytes a text, found with `searchsorted`) plus a small set of the latest; the few texts with
+    findings keep their verdict in a dict. Up to `limit` texts are remembered."""
+    def __init__(self, limit: int = 50_000_000, batch: int = 1 << 16):
+        self.clean, self.recent, self.hits, self.limit, self.batch = np.zeros(0, 'V16'), set(), {}, limit, batch
+
+    def __len__(self): return len(self.clean) + len(self.recent) + len(self.hits)
+
+    def get(self, keys: list[bytes]) -> list:
+        "The verdict of each digest, or None for a text not seen before."
+        if not keys: return []
+        found = np.zeros(len(keys), bool)
+        if len(self.clean):
+            q = np.frombuffer(b''.join(keys), 'V16')
+            found = self.clean[np.minimum(np.searchsorted(self.clean, q), len(self.clean) - 1)] == q
+        return [_CLEAN if f or k in self.recent else self.hits.get(k) for k, f in zip(keys, found.tolist())]
+
+    def put(self, key: bytes, verdict: tuple):
+        if len(self) >= self.limit: return
+        if verdict != _CLEAN: self.hits[key] = verdict; return
+        self.recent.add(key)
+        if len(self.recent) >= self.batch:                  # into the sorted array (two sorted runs: a merge)
+            new = np.sort(np.frombuffer(b''.join(self.recent), 'V16'))
+            self.clean = np.sort(np.concatenate([self.clean, new]), kind='stable'); self.recent = set()
+
+
 # %% ../nbs/05b_pii.ipynb #72d91aa1
 class Auditor:
     "Scan whole records (every text, `meta` included) for personal data and toxic text: what a deliverable must not hold."
     def __init__(self, scrubber: PIIScrubber | None = None, toxicity=None, threshold: float | None = None, thresholds=None):
         self.scrubber = scrubber or PIIScrubber('replace', fields='auto')
-        self._memo: dict[bytes, tuple] = {}      # text digest -> verdict (see `_verdicts`)
+        self._memo = _VerdictMemo(self.memo_size)   # text digest -> verdict (see `_verdicts`)
         if toxicity in (None, 'off', False): self.tox = None
         else:
             from dataalchemy.toxicity import ToxicityFilter
             self.tox = toxicity if hasattr(toxicity, 'check_batch') else ToxicityFilter(
                 None if toxicity is True else toxicity, threshold=threshold, thresholds=thresholds, fields='auto')
 
-    memo_size = 1_000_000      # texts whose verdict is remembered: the same answer in four formats and five stage files is scanned once
+    memo_size = 50_000_000     # texts whose verdict is remembered (16 bytes each): the same answer in four formats and five stage files is scanned once
 
     def _verdicts(self, texts: list[str]) -> list[tuple]:
-        "`(pii hits, toxicity hits)` per text; a text seen before (by a 12-byte digest) is not analysed again."
-        memo = self._memo
-        keys = [hashlib.blake2b(t.encode('utf-8', 'surrogatepass'), digest_size=12).digest() for t in texts]
-        new = {k: t for k, t in zip(keys, texts) if k not in memo}
+        "`(pii hits, toxicity hits)` per text; a text seen before (by a 16-byte digest) is not analysed again."
+        keys = [hashlib.blake2b(t.encode('utf-8', 'surrogatepass'), digest_size=16).digest() for t in texts]
+        known = dict(zip(keys, self._memo.get(keys)))
+        new = {k: t for k, t in zip(keys, texts) if known[k] is None}
         nk, nt = list(new), list(new.values())
         pii = self.scrubber.analyze_many(nt) if nt else []
         tox = self.tox.score_texts(nt) if self.tox is not None and nt else [{}] * len(nt)
-        got = {}
         for k, fs, sc in zip(nk, pii, tox):
             hits = tuple((cat, round(v, 3)) for cat, v in sc.items() if v >= self.tox.limit(cat)) if self.tox is not None else ()
-            got[k] = (tuple((f.entity, f.start, f.end, round(f.score, 3)) for f in fs), hits)
-            if len(memo) < self.memo_size: memo[k] = got[k]
-        return [got[k] if k in got else memo[k] for k in keys]
+            known[k] = (tuple((f.entity, f.start, f.end, round(f.score, 3)) for f in fs), hits)
+            self._memo.put(k, known[k])
+        return [known[k] for k in keys]
+
 
 # %% ../nbs/05b_pii.ipynb #f6f02c32
 @patch
