@@ -5,7 +5,7 @@
 For each size N, the first N T0 records (prompt + completion, real English text with many natural repeats: the same
 passage appears under several prompt templates) are written as N/50 plain-text documents of 50 records each, and
 `dataalchemy build` runs on them in a fresh process (offline engine, filters, safety + PII + toxicity, exact stage,
-dedup, top-k; no augmentation). Printed per size: wall seconds, peak RSS of the build process (from `wait4`), records
+dedup, top-k; no augmentation). Printed per size: wall seconds, peak RSS of the build process (its `VmHWM`, sampled; and the same when the last stage has finished, before the audit), records
 after QA and in the SFT files, and the growth ratios between consecutive sizes (time ratio / size ratio ~ 1 means
 linear time; a memory ratio near 1 means memory does not grow with the input).
 
@@ -29,6 +29,7 @@ documents = ["{docs}"]
 out = "{out}"
 formats = ["alpaca", "sharegpt", "messages", "prompt-completion"]
 report = "none"
+audit = "{audit}"
 engine = "{engine}"
 [qa]
 chunk_by = "sentences"
@@ -76,19 +77,32 @@ def make_docs(corpus: Path, n: int, folder: Path, per_doc: int = 50) -> int:
     return chars
 
 
-def run_build(cfg: Path) -> tuple[float, int, int]:
-    "Run `dataalchemy build` in a fresh process: (seconds, peak RSS in bytes, exit status)."
+def _hwm(pid: int) -> int:
+    "The process's peak resident set so far (`VmHWM`, bytes), 0 once it is gone."
+    try:
+        for line in open(f'/proc/{pid}/status'):
+            if line.startswith('VmHWM:'): return int(line.split()[1]) * 1024
+    except OSError: pass
+    return 0
+
+
+def run_build(cfg: Path) -> tuple[float, int, int, int]:
+    """Run `dataalchemy build` in a fresh process: (seconds, its peak RSS in bytes, its peak RSS when the last stage had
+    finished, before the final audit (0 if not seen), exit status). Peaks are the process's `VmHWM`, read every 0.5 s."""
     env = {**os.environ, 'DATAALCHEMY_CACHE_DIR': str(cfg.parent / 'cache')}
     for k in ('DATAALCHEMY_BASE_URL', 'OPENAI_API_KEY', 'DATAALCHEMY_MODEL'): env.pop(k, None)
     t = time.perf_counter()
+    log = tempfile.TemporaryFile()
     p = subprocess.Popen([sys.executable, '-c', 'from dataalchemy.cli import main; main()', 'build', str(cfg), '--quiet'], env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=cfg.parent)
-    out = p.stdout.read()
-    _, status, ru = os.wait4(p.pid, 0)
-    secs = time.perf_counter() - t
-    rc = os.waitstatus_to_exitcode(status)
-    if rc not in (0, 1): sys.stderr.write(out.decode(errors='replace')[-3000:])
-    return secs, ru.ru_maxrss * 1024, rc
+                         stdout=log, stderr=subprocess.STDOUT, cwd=cfg.parent)
+    stages_peak, hwm = 0, 0
+    while p.poll() is None:
+        hwm = max(hwm, _hwm(p.pid))
+        if not stages_peak and list((cfg.parent / 'out' / 'stages').glob('*_topk/done.json')): stages_peak = hwm
+        time.sleep(0.5)
+    secs, rc = time.perf_counter() - t, p.returncode
+    if rc not in (0, 1): log.seek(0); sys.stderr.write(log.read().decode(errors='replace')[-3000:])
+    return secs, hwm, stages_peak, rc
 
 
 def stage(out: Path, name: str) -> dict:
@@ -102,6 +116,7 @@ def main():
     ap.add_argument('--sizes', default='2000,10000,50000', help='comma-separated record counts')
     ap.add_argument('--order', action='store_true', help='also run without the early exact stage and compare')
     ap.add_argument('--engine', default='local', choices=['local', 'ray'], help="build's [build] engine (ray: Ray local mode)")
+    ap.add_argument('--audit', default='fail', choices=['fail', 'warn', 'off'], help="build's [build] audit (off: the stages only)")
     ap.add_argument('--keep', action='store_true', help='keep the temporary folder')
     a = ap.parse_args()
     if not Path(a.corpus).exists(): sys.exit(f'error: {a.corpus}: no such file (see ../shared/corpora/README.md)')
@@ -116,14 +131,14 @@ def main():
             for early in ((True, False) if a.order else (True,)):
                 d = tmp / f'run{n}_{early}'; d.mkdir()
                 cfg = d / 'build.toml'
-                cfg.write_text(CONFIG.format(docs=docs, out=d / 'out', early=str(early).lower(), engine=a.engine), encoding='utf-8')
-                secs, rss, rc = run_build(cfg)
+                cfg.write_text(CONFIG.format(docs=docs, out=d / 'out', early=str(early).lower(), engine=a.engine, audit=a.audit), encoding='utf-8')
+                secs, rss, stages_rss, rc = run_build(cfg)
                 out = d / 'out'
                 key = 'early' if early else 'late'
-                row[key] = {'seconds': secs, 'rss': rss, 'rc': rc, 'qa': stage(out, 'qa').get('records_out'),
+                row[key] = {'seconds': secs, 'rss': rss, 'stages_rss': stages_rss, 'rc': rc, 'qa': stage(out, 'qa').get('records_out'),
                             'pii_s': stage(out, 'pii').get('seconds'), 'pii_in': stage(out, 'pii').get('records_in'),
                             'sft': sum(1 for _ in open(out / 'sft.alpaca.jsonl', encoding='utf-8')) if (out / 'sft.alpaca.jsonl').exists() else None}
-                print(f"n={n:>7,} ({row['mb']:.1f} MB text) {key:5}: {secs:7.1f} s  peak {rss / 2**20:7.0f} MiB  "
+                print(f"n={n:>7,} ({row['mb']:.1f} MB text) {key:5}: {secs:7.1f} s  peak {rss / 2**20:7.0f} MiB (stages {stages_rss / 2**20:.0f})  "
                       f"QA {row[key]['qa']}  PII stage {row[key]['pii_in']} records {row[key]['pii_s']} s  SFT {row[key]['sft']}  rc {rc}", flush=True)
                 st = json.loads((out / 'stats.json').read_text()) if (out / 'stats.json').exists() else {'stages': []}
                 print('    stage seconds: ' + ', '.join(f"{s['stage']} {s.get('seconds', 0):.0f}" for s in st['stages']), flush=True)
@@ -138,7 +153,7 @@ def main():
         for a0, a1 in zip(rows, rows[1:]):
             e0, e1 = a0['early'], a1['early']
             print(f"  {a0['n']:>7,} -> {a1['n']:>7,}: records x{a1['n'] / a0['n']:.1f}  time x{e1['seconds'] / e0['seconds']:.2f}  "
-                  f"memory x{e1['rss'] / e0['rss']:.2f}")
+                  f"memory x{e1['rss'] / e0['rss']:.2f} (stages x{e1['stages_rss'] / max(e0['stages_rss'], 1):.2f})")
     finally:
         if a.keep: print('kept', tmp)
         else: shutil.rmtree(tmp, ignore_errors=True)
