@@ -6,7 +6,7 @@ Docs: https://dataalchemy.github.io/dataalchemy/review.html.md"""
 
 # %% ../nbs/14a_review.ipynb #9efc0c61
 from __future__ import annotations
-import collections, datetime, getpass, html, importlib.resources, json, math, os, random, sys, threading, webbrowser
+import collections, datetime, getpass, html, importlib.resources, json, math, os, random, signal, sys, threading, webbrowser
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -450,6 +450,13 @@ def table(self: ReviewSummary) -> str:
 ReviewSummary.__repr__ = lambda self: self.table()
 
 # %% ../nbs/14a_review.ipynb #a5e4ac20
+def _stop_on_signals():
+    "Ctrl-C and SIGTERM stop the server cleanly, even when the parent process ignored or blocked SIGINT (a service manager, some CI runners)."
+    if threading.current_thread() is not threading.main_thread(): return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    if hasattr(signal, 'pthread_sigmask'): signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+
 def _open_later(url: str):
     if sys.platform.startswith('linux') and not (os.environ.get('DISPLAY') or os.environ.get('WAYLAND_DISPLAY')):
         typer.echo("no display here: open the address above in a browser"); return
@@ -498,9 +505,11 @@ def review_cmd(data: Path = typer.Argument(None, help="The records to spot-check
     typer.echo(strata_table(items))
     done, start = srv.n_labelled(), srv.first_unlabelled()
     typer.echo(f"labels: {lp} ({done} of {len(items)} labelled" + (f"; resuming at record {start + 1})" if 0 < done < len(items) else ')'))
-    typer.echo(f"reviewing at {srv.url}  (Ctrl-C to stop; each label is on disk as soon as it is made)")
-    if browser: _open_later(srv.url)
-    try: srv.serve_forever()
+    try:
+        _stop_on_signals()                # before the address is printed: from then on Ctrl-C stops the server cleanly
+        typer.echo(f"reviewing at {srv.url}  (Ctrl-C to stop; each label is on disk as soon as it is made)")
+        if browser: _open_later(srv.url)
+        srv.serve_forever()
     except KeyboardInterrupt: pass
     finally: srv.close()
     typer.echo(f"\nstopped: {srv.n_labelled()} of {len(items)} labelled in {lp}; the estimate: dataalchemy review --summary {lp}")

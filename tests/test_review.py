@@ -34,17 +34,21 @@ def cli(*a, **kw):
 
 class Server:
     "`dataalchemy review ...` in a subprocess; its stdout read in a thread until it prints its address."
-    def __init__(self, *args):
+    def __init__(self, *args, **popen):
         self.p = subprocess.Popen([sys.executable, '-u', '-c', 'from dataalchemy.cli import main; main()', 'review', *map(str, args)],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
         self.lines, self.q = [], queue.Queue()
         self.reader = threading.Thread(target=lambda: [self.q.put(l) for l in self.p.stdout], daemon=True)
         self.reader.start()
+        self.err = []                                    # stderr read as it comes: a full pipe would stall the server
+        self.err_reader = threading.Thread(target=lambda: self.err.extend(self.p.stderr), daemon=True)
+        self.err_reader.start()
         deadline = time.time() + 60
         while time.time() < deadline:
             try: line = self.q.get(timeout=0.5)
             except queue.Empty:
-                if self.p.poll() is not None: raise AssertionError(f'server exited {self.p.returncode}: {self.p.stderr.read()}')
+                if self.p.poll() is not None:
+                    self.err_reader.join(10); raise AssertionError(f'server exited {self.p.returncode}: {"".join(self.err)}')
                 continue
             self.lines.append(line)
             if m := re.search(r'reviewing at (http://127\.0\.0\.1:\d+/)', line): self.url = m.group(1); return
@@ -54,9 +58,14 @@ class Server:
     def out(self) -> str: return ''.join(self.lines)
 
     def _stop(self, sig) -> str:
-        self.p.send_signal(sig); self.p.wait(20); self.reader.join(10)
+        self.p.send_signal(sig)
+        try: self.p.wait(60)
+        except subprocess.TimeoutExpired:
+            self.p.kill(); self.p.wait(10)
+            raise AssertionError(f'the server did not stop on signal {sig}; stderr: {"".join(self.err)[-3000:]}') from None
+        self.reader.join(10); self.err_reader.join(10)
         while not self.q.empty(): self.lines.append(self.q.get())
-        return self.p.stderr.read()
+        return ''.join(self.err)
 
     def kill(self) -> str:
         "SIGKILL: no chance to flush or clean up. Returns stderr."
@@ -264,3 +273,13 @@ def test_chinese_is_drawn_with_glyphs_not_boxes(tmp_path, chromium):
         page.close()
     assert shot['box1'] == shot['box2']                 # characters no font has are all drawn as the same boxes
     assert shot['zh'] != shot['box1']                   # the page's fonts draw Chinese
+
+
+def test_ctrl_c_stops_the_server_even_when_the_parent_ignored_it(tmp_path):
+    "A server started by a parent that ignores SIGINT (nohup-like runners) and blocks it still stops on Ctrl-C, and says so."
+    write_records(data_records(), tmp_path / 'd.jsonl')
+    def ignore():
+        signal.signal(signal.SIGINT, signal.SIG_IGN); signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    srv = Server(tmp_path / 'd.jsonl', '--n', '3', '--no-browser', preexec_fn=ignore)
+    err = srv.interrupt()
+    assert srv.p.returncode == 0 and 'stopped: 0 of 3 labelled' in srv.out and 'Traceback' not in err, (srv.out, err)
