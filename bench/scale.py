@@ -31,6 +31,7 @@ formats = ["alpaca", "sharegpt", "messages", "prompt-completion"]
 report = "none"
 audit = "{audit}"
 engine = "{engine}"
+shard_size = {shard_size}
 [qa]
 chunk_by = "sentences"
 chunk_size = 80
@@ -116,6 +117,7 @@ def main():
     ap.add_argument('--sizes', default='2000,10000,50000', help='comma-separated record counts')
     ap.add_argument('--order', action='store_true', help='also run without the early exact stage and compare')
     ap.add_argument('--engine', default='local', choices=['local', 'ray'], help="build's [build] engine (ray: Ray local mode)")
+    ap.add_argument('--shard-size', type=int, default=50000, help="build's [build] shard_size (records per Ray task)")
     ap.add_argument('--audit', default='fail', choices=['fail', 'warn', 'off'], help="build's [build] audit (off: the stages only)")
     ap.add_argument('--keep', action='store_true', help='keep the temporary folder')
     a = ap.parse_args()
@@ -131,7 +133,7 @@ def main():
             for early in ((True, False) if a.order else (True,)):
                 d = tmp / f'run{n}_{early}'; d.mkdir()
                 cfg = d / 'build.toml'
-                cfg.write_text(CONFIG.format(docs=docs, out=d / 'out', early=str(early).lower(), engine=a.engine, audit=a.audit), encoding='utf-8')
+                cfg.write_text(CONFIG.format(docs=docs, out=d / 'out', early=str(early).lower(), engine=a.engine, audit=a.audit, shard_size=a.shard_size), encoding='utf-8')
                 secs, rss, stages_rss, rc = run_build(cfg)
                 out = d / 'out'
                 key = 'early' if early else 'late'
