@@ -16,7 +16,8 @@ from fastcore.basics import patch
 __all__ = ['CJK_RANGES', 'TOKEN_RE', 'FILE_FORMATS', 'SKIP_KEYS', 'CJK_FONTS', 'is_cjk', 'has_cjk', 'cjk_ratio', 'tokenize',
            'token_spans', 'text_len', 'split_sentences', 'normalize', 'stable_id', 'RecordError', 'EmptyInputError',
            'file_format', 'ErrorLog', 'RecordReader', 'read_records', 'dumps', 'RecordWriter', 'write_records', 'to_hf',
-           'from_hf', 'Stats', 'record_texts', 'example', 'RecordStore', 'cjk_font', 'use_cjk_font', 'plot_label']
+           'from_hf', 'Stats', 'record_texts', 'example', 'TextStore', 'RecordStore', 'cjk_font', 'use_cjk_font',
+           'plot_label']
 
 # %% ../nbs/00_core.ipynb #7b8ed1ce
 CJK_RANGES = ('\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff'   # CJK unified ideographs (+ext A, compatibility)
@@ -481,27 +482,32 @@ def example(name: str = '') -> Path:
     return p
 
 # %% ../nbs/00_core.ipynb #776e1975
-class RecordStore:
-    "Records in a temporary file (one JSON line each), read back by number: `add` returns the number, `store[i]` the record."
+class TextStore:
+    "Texts in a temporary file, read back by number: `add` returns the number, `store[i]` the text (one `pread`)."
     def __init__(self, dir: str | os.PathLike | None = None):
-        self._f = tempfile.TemporaryFile(prefix='dataalchemy-records-', dir=dir)
+        self._f = tempfile.TemporaryFile(prefix='dataalchemy-store-', dir=dir)
         self._off = array.array('q', [0])
 
-    def add(self, rec: dict) -> int:
-        b = dumps(rec).encode('utf-8', 'surrogatepass')
+    def add(self, text: str) -> int:
+        b = text.encode('utf-8', 'surrogatepass')
         self._f.write(b); self._off.append(self._off[-1] + len(b))
         return len(self._off) - 2
 
     def __len__(self): return len(self._off) - 1
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, i: int) -> str:
         self._f.flush()
         a, b = self._off[i], self._off[i + 1]
-        return json.loads(os.pread(self._f.fileno(), b - a, a).decode('utf-8', 'surrogatepass'))
+        return os.pread(self._f.fileno(), b - a, a).decode('utf-8', 'surrogatepass')
 
     def close(self): self._f.close()
     def __enter__(self): return self
     def __exit__(self, *exc): self.close()
+
+class RecordStore(TextStore):
+    "Records in a temporary file (one JSON line each), read back by number."
+    def add(self, rec: dict) -> int: return super().add(dumps(rec))
+    def __getitem__(self, i: int) -> dict: return json.loads(super().__getitem__(i))
 
 
 # %% ../nbs/00_core.ipynb #dde2159f

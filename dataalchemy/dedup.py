@@ -717,9 +717,8 @@ def strict_split(label: np.ndarray, key: np.ndarray, sim, threshold: float) -> t
         todo, rounds = rest[~ok], rounds + 1
     return new, keep, s_out, rounds
 
-def _sig_agreement(sig, a: np.ndarray, b: np.ndarray, block: int = 1 << 14) -> np.ndarray:
-    "`estimate_jaccard(sig[a], sig[b])` in blocks of rows, so the rows are never copied whole; `sig` is an array or a function of row numbers (`_Staged.sig_rows`)."
-    rows = sig if callable(sig) else sig.__getitem__
+def _sig_agreement(rows, a: np.ndarray, b: np.ndarray, block: int = 1 << 14) -> np.ndarray:
+    "`estimate_jaccard` of the signatures of texts `a[i]` and `b[i]`, in blocks; `rows(t)` reads signature rows (`_Staged.sig_rows`)."
     out, width = np.empty(len(a)), 1
     for s in range(0, len(a), block):
         ra, rb = rows(a[s:s + block]), rows(b[s:s + block])
@@ -727,6 +726,19 @@ def _sig_agreement(sig, a: np.ndarray, b: np.ndarray, block: int = 1 << 14) -> n
     return out / max(width, 1)
 
 # %% ../nbs/06_dedup.ipynb #33e5e303
+def _read_runs(f, t: np.ndarray, file_at: np.ndarray, out: np.ndarray, out_at: np.ndarray, what: str):
+    """Fill `out` from the temporary file `f`: item `t[k]` (sorted, unique) is read from byte `file_at[k]` into bytes
+    `out_at[k]:out_at[k+1]` of `out`; a run of consecutive items is one read (`preadv`, or seek and read where there
+    is none). No file mapping: only what is read becomes resident."""
+    mv, fd = memoryview(out).cast('B'), f.fileno()
+    run = np.flatnonzero(np.r_[True, t[1:] != t[:-1] + 1]) if len(t) else np.zeros(0, np.int64)
+    for a, e in zip(run.tolist(), np.r_[run[1:], len(t)].tolist()):
+        lo, hi, at = int(out_at[a]), int(out_at[e]), int(file_at[a])
+        if hi == lo: continue
+        if hasattr(os, 'preadv'): got = os.preadv(fd, [mv[lo:hi]], at)
+        else: f.seek(at); got = f.readinto(mv[lo:hi])                  # no preadv (Windows)
+        if got != hi - lo: raise OSError(f'dedup: the temporary {what} file was cut short')
+
 class _Sets:
     "Shingle sets by text number, one after another in a temporary file, read back (`pread`) for the pairs being checked; exact Jaccard of pairs."
     def __init__(self):
@@ -749,15 +761,7 @@ class _Sets:
         size = self.size(t)
         buf = np.empty(int(size.sum()), np.uint64)
         out_off = np.r_[0, np.cumsum(size)]
-        run = np.flatnonzero(np.r_[True, t[1:] != t[:-1] + 1])           # first text of each run of consecutive texts
-        ends = np.r_[run[1:], len(t)]
-        mv, fd = memoryview(buf).cast('B'), self.f.fileno()
-        for a, e in zip(run.tolist(), ends.tolist()):
-            lo, hi = int(out_off[a]) * 8, int(out_off[e]) * 8
-            if hi == lo: continue
-            if hasattr(os, 'preadv'): got = os.preadv(fd, [mv[lo:hi]], int(self.off[t[a]]) * 8)
-            else: self.f.seek(int(self.off[t[a]]) * 8); got = self.f.readinto(mv[lo:hi])      # no preadv (Windows)
-            if got != hi - lo: raise OSError('dedup: the temporary shingle-set file was cut short')
+        _read_runs(self.f, t, self.off[t] * 8, buf, out_off * 8, 'shingle-set')
         return buf, out_off
 
     def jaccard(self, u: np.ndarray, v: np.ndarray, block: int = 1 << 15, max_vals: int = 1 << 21) -> np.ndarray:
@@ -807,13 +811,8 @@ class _Staged:
         "Signature rows of texts `t` (any order), read back with `pread` (runs of consecutive texts in one read; no file mapping)."
         self.sig_file.flush()
         u, inv = np.unique(np.asarray(t, np.int64), return_inverse=True)
-        out = np.empty((len(u), self.num_perm), np.uint32)
-        mv, fd, rb = memoryview(out).cast('B'), self.sig_file.fileno(), self.num_perm * 4
-        run = np.flatnonzero(np.r_[True, u[1:] != u[:-1] + 1]) if len(u) else np.zeros(0, np.int64)
-        for a, e in zip(run.tolist(), np.r_[run[1:], len(u)].tolist()):
-            got = os.preadv(fd, [mv[a * rb:e * rb]], int(u[a]) * rb) if hasattr(os, 'preadv') else None
-            if got is None: self.sig_file.seek(int(u[a]) * rb); got = self.sig_file.readinto(mv[a * rb:e * rb])
-            if got != (e - a) * rb: raise OSError('dedup: the temporary signature file was cut short')
+        out, rb = np.empty((len(u), self.num_perm), np.uint32), self.num_perm * 4
+        _read_runs(self.sig_file, u, u * rb, out, np.arange(len(u) + 1) * rb, 'signature')
         return out[inv.ravel()]
 
     def close(self):
@@ -965,12 +964,11 @@ def _similarity(canon: np.ndarray, tod: np.ndarray, staged: _Staged, sets: _Sets
     nt = len(canon)
     if sets is not None:
         o = np.argsort(known[0]); kk, kj = known[0][o], known[1][o]
-    else: sig = staged.sig_rows
     def sim(a, b):
         ca, cb = canon[tod[a]], canon[tod[b]]
         out, d = np.ones(len(a)), np.flatnonzero(ca != cb)
         ca, cb = np.minimum(ca[d], cb[d]), np.maximum(ca[d], cb[d])
-        if sets is None: out[d] = _sig_agreement(sig, ca, cb); return out
+        if sets is None: out[d] = _sig_agreement(staged.sig_rows, ca, cb); return out
         at = np.minimum(np.searchsorted(kk, ca * nt + cb), max(len(kk) - 1, 0))
         hit = (kk[at] == ca * nt + cb) if len(kk) else np.zeros(len(d), bool)
         out[d[hit]] = kj[at[hit]]

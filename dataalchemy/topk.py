@@ -13,15 +13,15 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 import typer
-from .core import RecordError, Stats, read_records, stable_id, write_records
+from .core import RecordError, Stats, TextStore, read_records, stable_id, write_records
 from .config import Settings, options
 from .qa import support_score
 from .cli import app, fail
 
 # %% auto #0
 __all__ = ['MALFORMED', 'TopkOpts', 'topk_options', 'recommend_k', 'normalize_rows', 'mine_hard_negatives',
-           'naive_hard_negatives', 'embed_texts', 'is_false_negative', 'qa_item', 'qa_items', 'TextStore', 'Corpus',
-           'iter_topk', 'build_topk', 'topk_file', 'topk_cmd']
+           'naive_hard_negatives', 'embed_texts', 'is_false_negative', 'qa_item', 'qa_items', 'Corpus', 'iter_topk',
+           'build_topk', 'topk_file', 'topk_cmd']
 
 # %% ../nbs/09a_topk.ipynb #dff6cd41
 @dataclass
@@ -142,26 +142,6 @@ def qa_items(records: Iterable[dict], stats: Stats | None = None) -> list[dict]:
         if (it := qa_item(r)) is None: st.seen(); st.drop(r, MALFORMED, index=i)
         else: out.append(it)
     return out
-
-
-# %% ../nbs/09a_topk.ipynb #effc65b3
-class TextStore:
-    "Texts in a temporary file, read back by index: a corpus of millions of chunks without holding them in memory."
-    def __init__(self, dir: str | os.PathLike | None = None):
-        self._f = tempfile.TemporaryFile(dir=dir)
-        self._off = array('q', [0])
-
-    def add(self, text: str) -> int:
-        b = text.encode('utf-8', 'surrogatepass')
-        self._f.write(b); self._off.append(self._off[-1] + len(b))
-        return len(self._off) - 2
-
-    def __len__(self): return len(self._off) - 1
-
-    def __getitem__(self, i: int) -> str:
-        self._f.flush()
-        a, b = self._off[i], self._off[i + 1]
-        return os.pread(self._f.fileno(), b - a, a).decode('utf-8', 'surrogatepass')
 
 
 # %% ../nbs/09a_topk.ipynb #248b2c26
